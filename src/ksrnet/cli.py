@@ -45,12 +45,14 @@ def _fmt(value: Optional[float], pct: bool = True) -> str:
 
 
 def print_report(report, title: str) -> None:
-    table = Table(title=title)
+    from rich.markup import escape  # titles and scenario names come from paths: never markup
+
+    table = Table(title=escape(title))
     for col in ("group", "tracks", "RR %", "CER %", "char acc %", "conf gap (pts)", "wrong@>=0.9", "missing"):
         table.add_column(col, justify="right" if col != "group" else "left")
     rows = [("all", report.overall)]
     rows += [(f"layout {k}", v) for k, v in report.by_layout.items()]
-    rows += [(f"{k}", v) for k, v in report.by_scenario.items()]
+    rows += [(escape(f"{k}"), v) for k, v in report.by_scenario.items()]
     for name, s in rows:
         table.add_row(
             name, str(s.tracks), _fmt(s.recognition_rate), _fmt(s.cer), _fmt(s.char_accuracy),
@@ -61,13 +63,15 @@ def print_report(report, title: str) -> None:
 
 def load_ground_truth(tracks_root: Path):
     """Ground truth of every annotated track under a root, with a progress bar; skips unlabelled ones."""
+    from rich.markup import escape
+
     from ksrnet.metrics import GroundTruth
     from ksrnet.tracks import DatasetError, TrackError, discover_tracks, read_annotations
 
     try:
         paths = discover_tracks(tracks_root)
     except DatasetError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     truths, problems = [], []
     with progress_bar() as progress:
         task = progress.add_task("reading annotations", total=len(paths))
@@ -95,23 +99,33 @@ def score(
     Tracks without a prediction count as wrong with confidence 0; predictions for unknown tracks are
     listed but do not change the scores.
     """
+    from rich.markup import escape  # messages carry paths and label text: never markup
+
     from ksrnet.metrics import Reading, score as score_readings
     from ksrnet.submission import PredictionsError, read_predictions
+    from ksrnet.tracks import natural_key
 
     truths, problems = load_ground_truth(tracks)
     for problem in problems:
-        err_console.print(f"[yellow]skipped:[/yellow] {problem}")
+        err_console.print(f"[yellow]skipped:[/yellow] {escape(problem)}", soft_wrap=True)
     if not truths:
-        fail(f"no annotated tracks under {tracks}: nothing to score against")
+        fail(f"no annotated tracks under {escape(str(tracks))}: nothing to score against")
+    # A prediction names a track by id only: an id annotated in two folders is scored twice against it.
+    dupes = sorted((k for k, n in Counter(t.track_id for t in truths).items() if n > 1), key=natural_key)
+    if dupes:
+        err_console.print(f"[yellow]warning:[/yellow] {len(dupes)} track id(s) annotated in more than one "
+                          f"folder, each scored against the same prediction: {escape(', '.join(dupes))}",
+                          soft_wrap=True)
     try:
         preds = read_predictions(predictions)
     except (PredictionsError, OSError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     readings = {k: Reading(k, p.text, p.confidence) for k, p in preds.items()}
     report = score_readings(truths, readings)
     if as_json:
         out = report.as_dict()
         out["skipped_tracks"] = problems
+        out["duplicate_track_ids"] = dupes
         print(json.dumps(out, indent=2))
     else:
         print_report(report, f"{predictions} vs {tracks}")
@@ -130,13 +144,15 @@ def check_data(
 
     Exits with status 1 if any track is broken (unreadable image, bad label, broken JSON...).
     """
+    from rich.markup import escape
+
     from ksrnet.dataset_stats import DatasetStats
     from ksrnet.tracks import DatasetError, discover_tracks, iter_track_results
 
     try:
         paths = discover_tracks(tracks)
     except DatasetError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     stats = DatasetStats()
     with progress_bar() as progress:
         task = progress.add_task("checking tracks", total=len(paths))
@@ -149,6 +165,170 @@ def check_data(
         stats.print(console)
     if stats.failures:
         raise typer.Exit(1)
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="YAML training config (see configs/parseq-tiny.yaml)."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Where checkpoints, logs and the final weights go "
+                                 "(default runs/<config name>). An existing run dir is resumed."),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Devices per node (overrides the config)."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Nodes for DDP (overrides the config)."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Overrides trainer.max_epochs."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if run-dir holds a checkpoint."),
+) -> None:
+    """Train the PARSeq recognizer on on-the-fly synthetic tracks and/or an LRLPR-26 folder.
+
+    Checkpoints go to RUN_DIR/checkpoints (last.ckpt is refreshed regularly, so a killed run resumes
+    where it stopped); the config is saved as RUN_DIR/config.yaml and the final weights as
+    RUN_DIR/model.safetensors (+ .json), loadable with `ksrnet predict --model RUN_DIR`.
+    """
+    from ksrnet.train_config import ConfigError, TrainConfig
+    from ksrnet.training import train
+
+    try:
+        cfg = TrainConfig.load(config)
+        overrides = {k: v for k, v in (("devices", devices), ("num_nodes", num_nodes), ("max_epochs", max_epochs))
+                     if v is not None}
+        if overrides:
+            cfg = cfg.replace("trainer", **overrides)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    run_dir = run_dir or Path("runs") / config.stem
+    out = train(cfg, run_dir, resume=not no_resume)
+    console.print(f"weights: {out}")
+
+
+def _read_track_batches(paths, batch_tracks: int, description: str):
+    """Yield lists of (path, Track | TrackError) with a progress bar over all tracks."""
+    from ksrnet.tracks import iter_track_results
+
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=len(paths))
+        batch = []
+        for item in iter_track_results(paths):
+            batch.append(item)
+            if len(batch) == batch_tracks:
+                yield batch
+                progress.advance(task, len(batch))
+                batch = []
+        if batch:
+            yield batch
+            progress.advance(task, len(batch))
+
+
+def _make_reader(model: Optional[str], device: str, mode: str):
+    from ksrnet.infer import Reader
+    from ksrnet.weights import ModelLoadError, load_model
+
+    try:
+        net, meta = load_model(model, device=device)
+    except ModelLoadError as exc:
+        fail(str(exc))
+    return Reader(net, device=device, mode=mode), meta
+
+
+def _discover(tracks: Path):
+    from ksrnet.tracks import DatasetError, discover_tracks
+
+    try:
+        return discover_tracks(tracks)
+    except DatasetError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def predict(
+    tracks: Path = typer.Argument(..., help="LRLPR-26 folder (nested or flat test/track_N)."),
+    out: Path = typer.Option(Path("predictions.txt"), "--out", "-o", help="Predictions file to write."),
+    make_zip: bool = typer.Option(False, "--zip", help="Also write submission.zip beside it."),
+    model: Optional[str] = typer.Option(None, "--model", help="Shipped model name, .safetensors file or run dir "
+                                        "(default: the shipped parseq-tiny)."),
+    fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
+                               "string_majority."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Use only the last N frames of each track."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Tracks per inference batch."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
+    mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
+    details: Optional[Path] = typer.Option(None, "--details", help="Also write per-character probabilities "
+                                           "and top-3 alternatives per track as JSON lines."),
+) -> None:
+    """Read every track and write predictions.txt (track_id,TEXT;confidence).
+
+    Unreadable tracks are reported and written with an empty reading and confidence 0, never dropped.
+    """
+    from ksrnet.submission import Prediction, write_predictions
+
+    paths = _discover(tracks)
+    reader, _ = _make_reader(model, device, mode)
+    preds, extra, failures = [], [], []
+    for batch in _read_track_batches(paths, batch_size, "reading plates"):
+        good = [t for _, t in batch if not isinstance(t, Exception)]
+        for path, t in batch:
+            if isinstance(t, Exception):
+                failures.append(str(t))
+                preds.append(Prediction(path.name, "", 0.0))
+        if good:
+            for r in reader.read(good, [fusion], frame_count=frames)[fusion]:
+                preds.append(Prediction(r.track_id, r.text, r.confidence))
+                extra.append(r)
+    write_predictions(preds, out, zip_path=out.with_name("submission.zip") if make_zip else None)
+    for f in failures:
+        err_console.print(f"[yellow]unreadable, written empty:[/yellow] {f}")
+    if details:
+        details.write_text("".join(json.dumps(r.__dict__) + "\n" for r in extra))
+    console.print(f"wrote {len(preds)} predictions to {out}" + (" (+ submission.zip)" if make_zip else ""))
+
+
+@app.command("eval")
+def eval_cmd(
+    tracks: Path = typer.Argument(..., help="Annotated LRLPR-26 folder (or `ksrnet synth` output)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir."),
+    fusions: str = typer.Option("single,product,logit_mean,char_majority,string_majority", "--fusions",
+                                help="Comma-separated fusion rules to compare."),
+    frame_counts: str = typer.Option("1,3,5", "--frames", help="Comma-separated frame counts F (last F frames)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    mode: str = typer.Option("nar", "--decode"),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """RR, CER and confidence gap per fusion rule and frame count, per layout, on an annotated folder."""
+    from ksrnet.metrics import GroundTruth, Reading, score as score_readings
+
+    fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
+    counts = [int(c) for c in frame_counts.split(",") if c.strip()]
+    paths = _discover(tracks)
+    reader, _ = _make_reader(model, device, mode)
+    truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
+    for batch in _read_track_batches(paths, batch_size, "evaluating"):
+        good = []
+        for _, t in batch:
+            if isinstance(t, Exception):
+                failures.append(str(t))
+            elif t.text is not None:
+                good.append(t)
+                truths.append(GroundTruth(t.track_id, t.text, t.layout.value if t.layout else None, t.scenario))
+        if not good:
+            continue
+        for c in counts:
+            for rule, rs in reader.read(good, fusion_list, frame_count=c).items():
+                readings[(rule, c)].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
+    if not truths:
+        fail(f"no annotated, readable tracks under {tracks}")
+    results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
+    if as_json:
+        print(json.dumps({k: v.as_dict() for k, v in results.items()} | {"unreadable": failures}, indent=2))
+        return
+    table = Table(title=f"{tracks}: {len(truths)} tracks")
+    for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "wrong@>=0.9"):
+        table.add_column(col, justify="left" if col == "fusion" else "right")
+    for (rule, c) in readings:
+        s = results[f"{rule}@F={c}"].overall
+        table.add_row(rule, str(c), _fmt(s.recognition_rate), _fmt(s.cer), _fmt(s.confidence_gap),
+                      str(s.confident_wrong))
+    console.print(table)
+    for f in failures:
+        err_console.print(f"[yellow]unreadable, counted wrong:[/yellow] {f}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ksrnet.tracks import Track, TrackError
@@ -66,12 +67,14 @@ class DatasetStats:
         }
 
     def print(self, console: Console) -> None:
+        # Track names, paths and label text come from the data: escaped, never read as markup, and
+        # kept on one line each (soft wrap) so a log can be grepped for a path.
         d = self.as_dict()
         table = Table(title="tracks per scenario / layout")
         table.add_column("scenario / layout")
         table.add_column("tracks", justify="right")
         for key, n in d["per_scenario_layout"].items():
-            table.add_row(key, str(n))
+            table.add_row(escape(key), str(n))
         console.print(table)
         console.print(f"frames per track: {d['lr_frames_per_track']}")
         for name in ("lr_width", "lr_height", "hr_width", "hr_height"):
@@ -79,10 +82,10 @@ class DatasetStats:
                 console.print(f"{name.replace('_', ' ')} px: {d[name]}")
         console.print(f"unlabelled tracks: {self.unlabelled}")
         for w in self.warnings[:50]:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
         if len(self.warnings) > 50:
             console.print(f"[yellow]... and {len(self.warnings) - 50} more warnings (see --json)[/yellow]")
         for f in self.failures:
-            console.print(f"[red]broken:[/red] {f}")
+            console.print(f"[red]broken:[/red] {escape(f)}", soft_wrap=True)
         verdict = "[green]OK[/green]" if not self.failures else f"[red]{len(self.failures)} broken track(s)[/red]"
         console.print(f"{self.tracks} readable track(s); {verdict}")

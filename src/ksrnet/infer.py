@@ -1,0 +1,89 @@
+"""Reading tracks with a trained recognizer: batched per-frame inference, then multi-frame fusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from ksrnet.models.baselines import FUSIONS, fuse
+from ksrnet.models.parseq import Parseq
+from ksrnet.plates import CHARSET, LAYOUTS, layout_masks
+from ksrnet.preprocess import frames_to_tensor
+
+
+@dataclass
+class TrackReading:
+    track_id: str
+    text: str
+    confidence: float
+    layout: str | None = None
+    char_probs: tuple[float, ...] = ()
+    # per slot: [(char, prob), ...] best first, for analysts who need the runner-up characters
+    alternatives: list[list[tuple[str, float]]] = field(default_factory=list)
+    frames_used: int = 0
+    error: str | None = None
+
+
+def select_frames(frames: Sequence, count: int | None) -> list:
+    """The last `count` frames: the vehicle approaches, so later frames are usually the largest."""
+    frames = list(frames)
+    return frames if count is None or count >= len(frames) else frames[len(frames) - count:]
+
+
+class Reader:
+    def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
+                 refine_iters: int | None = None, batch_frames: int = 256):
+        if mode not in ("nar", "ar"):
+            raise ValueError("mode must be 'nar' or 'ar'")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.mode = mode
+        self.refine_iters = refine_iters
+        self.batch_frames = batch_frames
+        self.masks = torch.from_numpy(layout_masks())
+        self.height, self.width = model.config.img_h, model.config.img_w
+
+    @torch.inference_mode()
+    def frame_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (char_logits (N, 7, C), layout_logits (N, L)) on the CPU for a list of frames."""
+        images = frames_to_tensor(frames, self.height, self.width)
+        chars, layouts = [], []
+        for start in range(0, images.shape[0], self.batch_frames):
+            out = self.model(images[start:start + self.batch_frames].to(self.device), mode=self.mode,
+                             refine_iters=self.refine_iters)
+            chars.append(out.char_logits.float().cpu())
+            layouts.append(out.layout_logits.float().cpu())
+        return torch.cat(chars), torch.cat(layouts)
+
+    def read(self, tracks: list, fusions: Iterable[str] = ("product",), frame_count: int | None = None,
+             topk: int = 3) -> dict[str, list[TrackReading]]:
+        """Read a batch of tracks (objects with .track_id and .lr) with each fusion rule."""
+        fusions = list(fusions)
+        for f in fusions:
+            if f not in FUSIONS:
+                raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
+        chosen = [select_frames(t.lr, frame_count) for t in tracks]
+        flat = [frame for frames in chosen for frame in frames]
+        results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
+        if not flat:
+            return results
+        char_logits, layout_logits = self.frame_outputs(flat)
+        start = 0
+        for track, frames in zip(tracks, chosen):
+            n = len(frames)
+            for rule in fusions:
+                r = fuse(rule, char_logits[start:start + n], layout_logits[start:start + n], self.masks, topk)
+                results[rule].append(TrackReading(
+                    track_id=track.track_id,
+                    text="".join(CHARSET[i] for i in r.indices),
+                    confidence=r.confidence,
+                    layout=LAYOUTS[r.layout_index].value,
+                    char_probs=r.char_probs,
+                    alternatives=[[(CHARSET[i], p) for i, p in zip(ids, ps)]
+                                  for ids, ps in zip(r.topk_indices, r.topk_probs)],
+                    frames_used=n,
+                ))
+            start += n
+        return results

@@ -1,0 +1,161 @@
+"""Training configuration: frozen dataclasses loaded from YAML, validated, saved beside checkpoints.
+
+The architecture lives in ParseqConfig (models/parseq.py); this file holds what the data, optimiser
+and trainer need. Unknown keys are errors so a typo in a YAML file never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ksrnet.models.parseq import ParseqConfig
+
+PRESETS = ("easy", "medium", "hard", "mix")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build(cls, data: dict | None, where: str):
+    data = dict(data or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Synthetic tracks are generated on the fly; an LRLPR-26 folder can be mixed in or used alone.
+    synth_tracks_per_epoch: int = 20000
+    synth_preset: str = "mix"
+    lrlpr_root: str | None = None
+    val_tracks: int = 500
+    val_preset: str = "hard"
+    val_seed: int = 1_000_003
+    seed: int = 0
+    num_workers: int = 1
+    # Every frame of a generated track becomes a training image: generation is the costly part.
+    frames_per_track: int = 5
+
+    def __post_init__(self):
+        if self.synth_preset not in PRESETS or self.val_preset not in PRESETS:
+            raise ValueError(f"presets must be one of {PRESETS}")
+        if self.synth_tracks_per_epoch < 0 or self.val_tracks < 1:
+            raise ValueError("synth_tracks_per_epoch must be >= 0 and val_tracks >= 1")
+        if self.synth_tracks_per_epoch == 0 and not self.lrlpr_root:
+            raise ValueError("no training data: set synth_tracks_per_epoch > 0 or lrlpr_root")
+        if self.num_workers < 0 or not 1 <= self.frames_per_track <= 16:
+            raise ValueError("num_workers must be >= 0 and frames_per_track in 1..16")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 7e-4
+    weight_decay: float = 0.01
+    # onecycle | cosine over the planned steps; time_cosine follows the wall-clock budget
+    # (trainer.max_minutes) instead, so a run cut by its time limit still ends annealed.
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.075
+    label_smoothing: float = 0.0
+    layout_loss_weight: float = 0.5
+
+    def __post_init__(self):
+        if self.schedule not in ("onecycle", "cosine", "time_cosine"):
+            raise ValueError("schedule must be onecycle, cosine or time_cosine")
+        if not (0 < self.lr < 1) or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("lr must be in (0, 1), weight_decay >= 0, warmup_fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_epochs: int = 10
+    batch_tracks: int = 32
+    precision: str = "auto"  # auto = bf16-mixed where the hardware supports it, else 32
+    accumulate_grad_batches: int = 1
+    devices: int = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    checkpoint_every_n_steps: int = 200
+    gradient_clip: float = 1.0
+    max_minutes: float | None = None
+
+    def __post_init__(self):
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError("max_minutes must be positive")
+        if min(self.max_epochs, self.batch_tracks, self.accumulate_grad_batches, self.devices, self.num_nodes) < 1:
+            raise ValueError("max_epochs, batch_tracks, accumulate_grad_batches, devices, num_nodes must be >= 1")
+        if self.precision not in ("auto", "32", "bf16-mixed", "16-mixed"):
+            raise ValueError("precision must be auto, 32, bf16-mixed or 16-mixed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ParseqConfig = field(default_factory=ParseqConfig.tiny)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - {"model", "data", "optim", "trainer"})
+        if unknown:
+            raise ConfigError(f"unknown section(s) {unknown}")
+        model = dict(data.get("model") or {})
+        preset = model.pop("preset", "tiny")
+        try:
+            unknown = sorted(set(model) - set(ParseqConfig().to_dict()))
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}")
+            model_cfg = ParseqConfig.preset(preset, **model)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from exc
+        return cls(
+            model=model_cfg,
+            data=_build(DataConfig, data.get("data"), "data"),
+            optim=_build(OptimConfig, data.get("optim"), "optim"),
+            trainer=_build(TrainerConfig, data.get("trainer"), "trainer"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(raw or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "data": dataclasses.asdict(self.data),
+            "optim": dataclasses.asdict(self.optim),
+            "trainer": dataclasses.asdict(self.trainer),
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def __post_init__(self):
+        if self.optim.schedule == "time_cosine" and self.trainer.max_minutes is None:
+            raise ConfigError("optim.schedule time_cosine needs trainer.max_minutes")
+
+    def replace(self, section: str, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})

@@ -1,0 +1,240 @@
+"""Lightning wrappers that train the recognizer; the models themselves stay free of training code."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ksrnet.models.baselines import fuse_product
+from ksrnet.models.parseq import Parseq, layout_log_probs, decode_constrained, sample_permutations
+from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
+from ksrnet.preprocess import frames_to_tensor
+from ksrnet.train_config import TrainConfig
+
+
+class RecognizerSamples(IterableDataset):
+    """Tracks (synthetic or read from disk) as (frames, targets, layout) tensors for the recognizer."""
+
+    def __init__(self, tracks: IterableDataset, config: TrainConfig):
+        self.tracks = tracks
+        self.height = config.model.img_h
+        self.width = config.model.img_w
+        self.frames_per_track = config.data.frames_per_track
+        self.tokenizer = Tokenizer()
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.tracks, "set_epoch"):
+            self.tracks.set_epoch(epoch)
+
+    def __iter__(self):
+        for track in self.tracks:
+            frames = track.lr[: self.frames_per_track]
+            yield (
+                frames_to_tensor(frames, self.height, self.width),
+                torch.tensor(self.tokenizer.encode(track.text), dtype=torch.long),
+                LAYOUTS.index(track.layout),
+            )
+
+
+def collate_tracks(batch):
+    """Keep the track structure: frames (N_frames, 3, H, W), per-frame targets, and track sizes."""
+    frames = torch.cat([b[0] for b in batch])
+    counts = [b[0].shape[0] for b in batch]
+    targets = torch.cat([b[1][None].expand(n, -1) for b, n in zip(batch, counts)])
+    layouts = torch.cat([torch.full((n,), b[2], dtype=torch.long) for b, n in zip(batch, counts)])
+    return frames, targets, layouts, torch.tensor(counts)
+
+
+class RecognizerModule(L.LightningModule):
+    def __init__(self, config: TrainConfig, steps_per_epoch: int | None = None):
+        super().__init__()
+        self.config = config
+        self.save_hyperparameters({"config": config.to_dict()})
+        self.model = Parseq(config.model)
+        self.steps_per_epoch = steps_per_epoch
+        self.register_buffer("masks", torch.from_numpy(layout_masks()), persistent=False)
+        self._perm_gen = torch.Generator().manual_seed(config.data.seed)
+        self._val = []
+        self._t0: float | None = None
+        self._elapsed_at_resume = 0.0
+
+    def training_step(self, batch, batch_idx):
+        frames, targets, layouts, _ = batch
+        perms = sample_permutations(self.config.model.num_perms, self.config.model.num_slots, self._perm_gen)
+        memory = self.model.encode(frames)
+        char_logits = self.model.plm_decode(memory, targets, perms.to(frames.device))
+        layout_logits = self.model.layout_logits_from_memory(memory)
+        k = char_logits.shape[0]
+        char_loss = F.cross_entropy(
+            char_logits.reshape(-1, char_logits.shape[-1]).float(),
+            targets.repeat(k, 1).reshape(-1),
+            label_smoothing=self.config.optim.label_smoothing,
+        )
+        layout_loss = F.cross_entropy(layout_logits.float(), layouts)
+        loss = char_loss + self.config.optim.layout_loss_weight * layout_loss
+        self.log_dict({"train/loss": loss, "train/char_loss": char_loss, "train/layout_loss": layout_loss},
+                      prog_bar=True, batch_size=frames.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        frames, targets, _, counts = batch
+        out = self.model(frames, mode="nar")
+        lp, llp = layout_log_probs(out.char_logits.float(), out.layout_logits.float(), self.masks)
+        indices, _, _, _ = decode_constrained(lp, llp)
+        frame_right = (indices == targets).all(-1)
+        start = 0
+        for n in counts.tolist():
+            fused = fuse_product(out.char_logits[start:start + n], out.layout_logits[start:start + n], self.masks)
+            track_right = bool((torch.tensor(fused.indices, device=targets.device) == targets[start]).all())
+            self._val.append((frame_right[start:start + n].float().mean().item(), float(track_right)))
+            start += n
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        arr = np.asarray(self._val)
+        self.log("val/rr_frame", float(arr[:, 0].mean()), prog_bar=True, sync_dist=True)
+        self.log("val/rr_track_product", float(arr[:, 1].mean()), prog_bar=True, sync_dist=True)
+        self._val.clear()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.config.optim.schedule != "time_cosine":
+            return
+        if self._t0 is None:
+            self._t0 = time.monotonic() - self._elapsed_at_resume
+        frac = min(1.0, (time.monotonic() - self._t0) / (60 * self.config.trainer.max_minutes))
+        warm = self.config.optim.warmup_fraction
+        scale = frac / warm if frac < warm else 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = self.config.optim.lr * max(scale, 1e-3)
+
+    def on_save_checkpoint(self, checkpoint):
+        # The time-based schedule must continue where it stopped when a killed run resumes.
+        checkpoint["ksrnet_elapsed_s"] = time.monotonic() - self._t0 if self._t0 is not None else 0.0
+
+    def on_load_checkpoint(self, checkpoint):
+        self._elapsed_at_resume = float(checkpoint.get("ksrnet_elapsed_s", 0.0))
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "pos" in name or "embed" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.optim.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config.optim.lr, betas=(0.9, 0.98),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if self.config.optim.schedule == "time_cosine":
+            return opt  # the learning rate is set per step from the wall clock
+        if self.config.optim.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.config.optim.lr, total_steps=total,
+                pct_start=max(self.config.optim.warmup_fraction, 1e-3), anneal_strategy="cos",
+            )
+        else:
+            warm = max(1, int(total * self.config.optim.warmup_fraction))
+            lam = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _EpochSetter(L.Callback):
+    """Give every epoch fresh synthetic tracks (the track seeds depend on the epoch)."""
+
+    def __init__(self, samples: RecognizerSamples):
+        self.samples = samples
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.samples.set_epoch(trainer.current_epoch)
+
+
+def _precision(setting: str, accelerator: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32"
+
+
+def build_datasets(config: TrainConfig):
+    """Training and validation track sources as the config describes them."""
+    from ksrnet.synth.dataset import SyntheticTrackDataset
+    from ksrnet.track_dataset import FolderTrackDataset, Interleave
+
+    d = config.data
+    sources = []
+    if d.synth_tracks_per_epoch:
+        sources.append(SyntheticTrackDataset(d.synth_tracks_per_epoch, seed=d.seed, preset=d.synth_preset))
+    if d.lrlpr_root:
+        sources.append(FolderTrackDataset(d.lrlpr_root, seed=d.seed, require_labels=True))
+    train = sources[0] if len(sources) == 1 else Interleave(sources)
+    val = SyntheticTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True)
+    return RecognizerSamples(train, config), RecognizerSamples(val, config)
+
+
+def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: bool = True) -> Path:
+    """Train the recognizer into run_dir; resumes from run_dir/checkpoints/last.ckpt when present.
+
+    Returns the path of the exported weights (safetensors) of the final model.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ksrnet.weights import save_model
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if config_path.exists() and resume:
+        saved = TrainConfig.load(config_path)
+        if saved.model != config.model:
+            raise ValueError(f"{run_dir} holds a run with another model config; use a new run dir")
+    config.save(config_path)
+    L.seed_everything(config.data.seed, workers=True, verbose=False)
+    train_samples, val_samples = build_datasets(config)
+    t = config.trainer
+    loader_args = dict(batch_size=t.batch_tracks, collate_fn=collate_tracks, num_workers=config.data.num_workers,
+                       persistent_workers=config.data.num_workers > 0)
+    train_loader = DataLoader(train_samples, **loader_args)
+    val_loader = DataLoader(val_samples, **{**loader_args, "persistent_workers": False})
+    module = RecognizerModule(config)
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.checkpoint_every_n_steps,
+                                 save_top_k=1, monitor="val/rr_track_product", mode="max",
+                                 filename="best-{epoch}-{step}")
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy="ddp" if t.devices * t.num_nodes > 1 else "auto",
+        precision=_precision(t.precision, t.accelerator),
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip,
+        callbacks=[checkpoint, _EpochSetter(train_samples)],
+        logger=CSVLogger(run_dir, name="logs"),
+        default_root_dir=run_dir,
+        enable_progress_bar=progress,
+        log_every_n_steps=10,
+        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
+        num_sanity_val_steps=0,
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    out = run_dir / "model.safetensors"
+    if trainer.is_global_zero:
+        save_model(module.model, config.model, out, extra={"val_rr_track_product": str(
+            trainer.callback_metrics.get("val/rr_track_product", float("nan")))})
+    return out

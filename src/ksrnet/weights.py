@@ -1,0 +1,74 @@
+"""Save and load recognizer weights: safetensors plus the JSON config that built them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ksrnet.models.parseq import Parseq, ParseqConfig
+
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "parseq-tiny"
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def config_path_for(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def save_model(model: Parseq, config: ParseqConfig, path: str | Path, extra: dict | None = None) -> None:
+    """Write path (safetensors) and path.json (config + metadata), each atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"config": config.to_dict(), "kind": "parseq", **(extra or {})}
+    for target, write in ((path, lambda p: save_file(state, p)),
+                          (config_path_for(path), lambda p: Path(p).write_text(json.dumps(meta, indent=2)))):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def resolve(name_or_path: str | Path | None) -> Path:
+    """A shipped model name (e.g. 'parseq-tiny'), a .safetensors file, or a run dir holding one."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    p = Path(name_or_path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    elif not p.suffix and not p.exists():
+        p = PACKAGE_WEIGHTS / f"{name_or_path}.safetensors"
+    if not p.exists():
+        shipped = sorted(x.stem for x in PACKAGE_WEIGHTS.glob("*.safetensors"))
+        raise ModelLoadError(f"no model at {p}; shipped models: {shipped or 'none'}")
+    return p
+
+
+def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[Parseq, dict]:
+    """The model in eval mode and its metadata (config, training figures)."""
+    path = resolve(name_or_path)
+    meta_path = config_path_for(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = ParseqConfig.from_dict(meta["config"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config beside {path} ({meta_path}): {exc}") from exc
+    model = Parseq(config)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as exc:  # safetensors raises several types for a corrupt file
+        raise ModelLoadError(f"{path} does not match its config: {exc}") from exc
+    return model.to(device).eval(), meta

@@ -1,0 +1,385 @@
+"""The `ksrnet` command line: check-data and score end to end on small fixture trees (tmp_path).
+
+Rich wraps long lines (paths) at the console width, so text checks compare with all whitespace
+removed; exact numbers come from `--json`, which is plain JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ksrnet.cli import app
+from ksrnet.submission import Prediction, write_predictions
+
+runner = CliRunner()
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def squash(text: str) -> str:
+    """Text without ANSI codes and whitespace, so a wrapped line still matches."""
+    return "".join(re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text).split())
+
+
+def mentions(text: str, needle: str) -> bool:
+    return squash(needle) in squash(text)
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_exit(result, code: int) -> None:
+    """Exit status as asked, and never a crash (an uncaught exception also exits 1 under CliRunner)."""
+    detail = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\nexception: {result.exception!r}"
+    assert result.exit_code == code, detail
+    assert result.exception is None or isinstance(result.exception, SystemExit), detail
+
+
+def assert_failed(result) -> None:
+    """A clean refusal: non-zero status through SystemExit, not an uncaught exception."""
+    detail = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\nexception: {result.exception!r}"
+    assert result.exit_code != 0, detail
+    assert isinstance(result.exception, SystemExit), detail
+
+
+def make_track(path: Path, *, n: int = 5, lr_size: tuple[int, int] = (48, 17),
+               hr_size: tuple[int, int] | None = None, text: str | None = "ABC1234",
+               layout: str | None = "Brazilian", ext: str = "jpg", seed: int = 0) -> Path:
+    """A track folder: n lr frames of lr_size (w, h), optional hr frames, optional annotations.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fmt = "JPEG" if ext == "jpg" else "PNG"
+    for i in range(1, n + 1):
+        w, h = lr_size
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path / f"lr-{i:03d}.{ext}", fmt)
+        if hr_size is not None:
+            w, h = hr_size
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path / f"hr-{i:03d}.{ext}", fmt)
+    if text is not None:
+        doc = {"plate_text": text, "corners": {}}
+        if layout is not None:
+            doc["plate_layout"] = layout
+        (path / "annotations.json").write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture
+def good_tree(tmp_path: Path) -> Path:
+    """Nested train set (two scenarios, jpg) beside a flat, unlabelled test set."""
+    root = tmp_path / "data"
+    train = root / "train"
+    make_track(train / "Scenario-A" / "Brazilian" / "track_00001", n=5, lr_size=(40, 19), hr_size=(87, 38),
+               text="ABC1234", layout="Brazilian", seed=1)
+    make_track(train / "Scenario-A" / "Brazilian" / "track_00002", n=3, lr_size=(42, 20),
+               text="DEF5678", layout="Brazilian", seed=2)
+    make_track(train / "Scenario-B" / "Mercosur" / "track_00003", n=5, lr_size=(48, 17), hr_size=(128, 45),
+               text="ABC1D23", layout="Mercosur", seed=3)
+    make_track(root / "test" / "track_00004", n=5, lr_size=(50, 16), text=None, seed=4)
+    return root
+
+
+GOOD_GROUPS = {"Scenario-A/Brazilian": 2, "Scenario-B/Mercosur": 1, "no scenario/unknown layout": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# check-data
+
+
+def test_check_data_good_tree_json_counts_and_sizes(good_tree):
+    result = invoke("check-data", good_tree, "--json")
+    assert_exit(result, 0)
+    stats = json.loads(result.stdout)
+    assert stats["tracks_ok"] == 4
+    assert stats["tracks_broken"] == 0
+    assert stats["unlabelled"] == 1
+    assert stats["per_scenario_layout"] == GOOD_GROUPS
+    assert stats["lr_frames_per_track"] == {"3": 1, "5": 3}
+    # 18 lr frames: 5 x 40x19, 3 x 42x20, 5 x 48x17, 5 x 50x16.
+    assert stats["lr_width"] == {"min": 40, "mean": round(816 / 18, 2), "max": 50}
+    assert stats["lr_height"] == {"min": 16, "mean": round(320 / 18, 2), "max": 20}
+    # 10 hr frames: 5 x 87x38, 5 x 128x45.
+    assert stats["hr_width"] == {"min": 87, "mean": 107.5, "max": 128}
+    assert stats["hr_height"] == {"min": 38, "mean": 41.5, "max": 45}
+    assert stats["failures"] == [] and stats["warnings"] == []
+
+
+def test_check_data_good_tree_table(good_tree):
+    result = invoke("check-data", good_tree)
+    assert_exit(result, 0)
+    out = result.stdout
+    for group, n in GOOD_GROUPS.items():
+        assert re.search(rf"{re.escape(group)}\s*│\s*{n}\s*│", out), out
+    assert mentions(out, "4 readable track(s); OK")
+    assert mentions(out, "unlabelled tracks: 1")
+    assert "broken" not in out
+
+
+def _truncate_frame(track: Path) -> str:
+    frame = track / "lr-003.jpg"
+    data = frame.read_bytes()
+    frame.write_bytes(data[: len(data) // 2])
+    return "truncated"
+
+
+def _break_json(track: Path) -> str:
+    (track / "annotations.json").write_text('{"plate_layout": "Brazilian", "plate_text": "ABC1234", ')
+    return "invalid JSON"
+
+
+def _bad_label(track: Path) -> str:
+    (track / "annotations.json").write_text(json.dumps({"plate_layout": "Brazilian", "plate_text": "AB12"}))
+    return "invalid plate_text"
+
+
+@pytest.mark.parametrize("breakage", [_truncate_frame, _break_json, _bad_label],
+                         ids=["truncated-image", "broken-json", "invalid-label"])
+def test_check_data_broken_track_fails_and_is_named(good_tree, breakage):
+    bad = make_track(good_tree / "train" / "Scenario-A" / "Brazilian" / "track_00099", n=5, seed=9)
+    problem = breakage(bad)
+
+    result = invoke("check-data", good_tree, "--json")
+    assert_exit(result, 1)
+    stats = json.loads(result.stdout)
+    assert stats["tracks_broken"] == 1
+    (failure,) = stats["failures"]
+    assert "track_00099" in failure and problem in failure
+    # The good tracks are still read and counted.
+    assert stats["tracks_ok"] == 4
+    assert stats["per_scenario_layout"] == GOOD_GROUPS
+
+    table = invoke("check-data", good_tree)
+    assert_exit(table, 1)
+    assert mentions(table.stdout, "broken: track_00099")
+    assert mentions(table.stdout, problem)
+    assert mentions(table.stdout, "4 readable track(s); 1 broken track(s)")
+
+
+def test_check_data_reports_every_broken_track(good_tree):
+    mercosur = good_tree / "train" / "Scenario-B" / "Mercosur"
+    _truncate_frame(make_track(mercosur / "track_00010", text="ABC1D23", layout="Mercosur", seed=10))
+    _break_json(make_track(mercosur / "track_00011", text="ABC1D23", layout="Mercosur", seed=11))
+    result = invoke("check-data", good_tree, "--json")
+    assert_exit(result, 1)
+    stats = json.loads(result.stdout)
+    assert stats["tracks_ok"] == 4 and stats["tracks_broken"] == 2
+    assert ["track_00010" in stats["failures"][0], "track_00011" in stats["failures"][1]] == [True, True]
+
+
+def test_check_data_prints_labels_and_paths_verbatim_not_as_markup(tmp_path):
+    # A label or a folder name that looks like rich markup must be shown as is, never crash the report.
+    root = tmp_path / "[old]" / "data"
+    make_track(root / "Scenario-A" / "Brazilian" / "track_00001", n=1, text="ABC1234", seed=1)
+    make_track(root / "Scenario-A" / "Brazilian" / "track_00002", n=1, text="[/b]", seed=2)
+    result = invoke("check-data", root)
+    assert_exit(result, 1)
+    assert mentions(result.stdout, "[old]/data/Scenario-A/Brazilian/track_00002")
+    assert mentions(result.stdout, "invalid plate_text '[/b]'")
+    assert "\\[" not in result.stdout  # escaped once, not twice
+
+
+def test_check_data_missing_folder(tmp_path):
+    result = invoke("check-data", tmp_path / "nope")
+    assert_failed(result)
+    assert mentions(result.stderr, f"dataset root {tmp_path / 'nope'} does not exist")
+    assert result.stdout == ""
+
+
+def test_check_data_folder_without_tracks(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("nothing here")
+    result = invoke("check-data", tmp_path / "empty")
+    assert_failed(result)
+    assert mentions(result.stderr, f"no tracks found under {tmp_path / 'empty'}")
+
+
+def test_check_data_on_a_file(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    result = invoke("check-data", tmp_path / "file.txt")
+    assert_failed(result)
+    assert mentions(result.stderr, "is not a directory")
+
+
+# ---------------------------------------------------------------------------------------------
+# score
+
+
+@pytest.fixture
+def scored_tree(tmp_path: Path) -> Path:
+    """Four annotated tracks (layouts crossed with scenarios) and one unlabelled test track."""
+    root = tmp_path / "data"
+    train = root / "train"
+    make_track(train / "Scenario-A" / "Brazilian" / "track_00001", n=1, text="ABC1234", layout="Brazilian")
+    make_track(train / "Scenario-A" / "Mercosur" / "track_00003", n=1, text="ABC1D23", layout="Mercosur")
+    make_track(train / "Scenario-B" / "Brazilian" / "track_00002", n=1, text="DEF5678", layout="Brazilian")
+    make_track(train / "Scenario-B" / "Mercosur" / "track_00004", n=1, text="GHI2J45", layout="Mercosur")
+    make_track(root / "test" / "track_00005", n=1, text=None)
+    return root
+
+
+PREDICTIONS = [
+    Prediction("track_00001", "ABC1234", 0.9),    # right
+    Prediction("track_00003", "ABC1D23", 0.8),    # right
+    Prediction("track_00002", "DEF5679", 0.95),   # wrong (1 edit, 6/7 slots), confidently
+    # track_00004: missing, counts wrong with confidence 0
+    Prediction("track_99999", "XYZ9999", 0.5),    # unknown track: listed, not scored
+]
+
+
+def scores(tracks, rr, cer, acc, right, wrong, gap, confident_wrong, missing) -> dict:
+    return {"tracks": tracks, "recognition_rate": rr, "cer": cer, "char_accuracy": acc,
+            "confidence_gap": gap, "mean_conf_right": right, "mean_conf_wrong": wrong,
+            "confident_wrong": confident_wrong, "missing": missing}
+
+
+EXPECTED = {
+    # edits 0 + 0 + 1 + 7 over 28 characters; slots right 7 + 7 + 6 + 0; conf right (.9, .8), wrong (.95, 0).
+    "overall": scores(4, 0.5, 8 / 28, 20 / 28, 0.85, 0.475, 0.375, 1, 1),
+    "by_layout": {
+        "Brazilian": scores(2, 0.5, 1 / 14, 13 / 14, 0.9, 0.95, -0.05, 1, 0),
+        "Mercosur": scores(2, 0.5, 7 / 14, 7 / 14, 0.8, 0.0, 0.8, 0, 1),
+    },
+    "by_scenario": {
+        # No wrong read: the empty side counts 0 in the gap.
+        "Scenario-A": scores(2, 1.0, 0.0, 1.0, 0.85, None, 0.85, 0, 0),
+        "Scenario-B": scores(2, 0.0, 8 / 14, 6 / 14, None, 0.475, -0.475, 1, 1),
+    },
+    "extra_predictions": ["track_99999"],
+    "skipped_tracks": [],
+    "duplicate_track_ids": [],
+}
+
+
+def _approx(value):
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return pytest.approx(value, abs=1e-12)
+    return value
+
+
+def test_score_json_matches_hand_computed_figures(scored_tree, tmp_path):
+    preds = write_predictions(PREDICTIONS, tmp_path / "predictions.txt")
+    result = invoke("score", scored_tree, preds, "--json")
+    assert_exit(result, 0)
+    report = json.loads(result.stdout)
+    assert set(report) == set(EXPECTED)
+    for key, expected in EXPECTED.items():
+        assert report[key] == _approx(expected), key
+
+
+def test_score_table_mentions_missing_and_unknown_tracks(scored_tree, tmp_path):
+    preds = write_predictions(PREDICTIONS, tmp_path / "predictions.txt")
+    result = invoke("score", scored_tree, preds)
+    assert_exit(result, 0)
+    out = squash(result.stdout)
+    assert "missing" in out
+    # The "all" row: 4 tracks, RR 50.00 %, CER 28.57 %, char acc 71.43 %, gap 37.50 points, 1 wrong, 1 missing.
+    assert "│all│4│50.00│28.57│71.43│37.50│1│1│" in out, result.stdout
+    assert re.search(r"\b1 tracks? ha(s|ve) no prediction", result.stderr), result.stderr
+    assert re.search(r"\b1 predictions? names? unknown tracks?", result.stderr), result.stderr
+
+
+def test_score_reads_a_submission_zip(scored_tree, tmp_path):
+    txt = write_predictions(PREDICTIONS, tmp_path / "predictions.txt", zip_path=tmp_path / "submission.zip")
+    from_txt = invoke("score", scored_tree, txt, "--json")
+    from_zip = invoke("score", scored_tree, tmp_path / "submission.zip", "--json")
+    assert_exit(from_zip, 0)
+    assert json.loads(from_zip.stdout) == json.loads(from_txt.stdout)
+    assert json.loads(from_zip.stdout)["overall"]["recognition_rate"] == 0.5
+
+
+@pytest.mark.parametrize("bad_line, problem", [
+    ("track_00002 DEF5679 0.95", "no comma"),
+    ("track_00002,DEF5679;1.5", "outside [0, 1]"),
+    ("track_00001,ABC1234;0.1000", "duplicate track id track_00001"),
+])
+def test_score_malformed_predictions_names_the_line(scored_tree, tmp_path, bad_line, problem):
+    preds = tmp_path / "predictions.txt"
+    preds.write_text(f"track_00001,ABC1234;0.9000\ntrack_00003,ABC1D23;0.8000\n{bad_line}\n")
+    result = invoke("score", scored_tree, preds)
+    assert_failed(result)
+    assert mentions(result.stderr, f"{preds}, line 3")
+    assert mentions(result.stderr, problem)
+    assert result.stdout == ""
+
+
+def test_score_missing_predictions_file(scored_tree, tmp_path):
+    result = invoke("score", scored_tree, tmp_path / "nothing.txt")
+    assert_failed(result)
+    assert mentions(result.stderr, f"{tmp_path / 'nothing.txt'}: file not found")
+
+
+def test_score_folder_without_annotations(tmp_path):
+    root = tmp_path / "test"
+    make_track(root / "track_00001", n=1, text=None)
+    make_track(root / "track_00002", n=1, text=None)
+    preds = write_predictions([Prediction("track_00001", "ABC1234", 0.9)], tmp_path / "predictions.txt")
+    result = invoke("score", root, preds)
+    assert_failed(result)
+    assert mentions(result.stderr, f"no annotated tracks under {root}")
+
+
+def test_score_missing_tracks_folder(tmp_path):
+    preds = write_predictions([Prediction("track_00001", "ABC1234", 0.9)], tmp_path / "predictions.txt")
+    result = invoke("score", tmp_path / "nope", preds)
+    assert_failed(result)
+    assert mentions(result.stderr, "does not exist")
+
+
+def test_score_skips_broken_annotations_and_says_so(scored_tree, tmp_path):
+    bad = make_track(scored_tree / "train" / "Scenario-A" / "Brazilian" / "track_00006", n=1, text="[/b]")
+    preds = write_predictions(PREDICTIONS, tmp_path / "predictions.txt")
+    result = invoke("score", scored_tree, preds, "--json")
+    assert_exit(result, 0)
+    report = json.loads(result.stdout)
+    assert report["overall"] == _approx(EXPECTED["overall"])  # the broken track is left out
+    (skipped,) = report["skipped_tracks"]
+    assert "track_00006" in skipped and str(bad) in skipped
+    assert mentions(result.stderr, f"skipped: track_00006 ({bad})")
+    assert mentions(result.stderr, "'[/b]'")
+
+
+def test_score_warns_about_track_ids_annotated_twice(scored_tree, tmp_path):
+    make_track(scored_tree / "val" / "track_00001", n=1, text="XYZ9876", layout="Brazilian")
+    preds = write_predictions(PREDICTIONS, tmp_path / "predictions.txt")
+    result = invoke("score", scored_tree, preds, "--json")
+    assert_exit(result, 0)
+    report = json.loads(result.stdout)
+    assert report["duplicate_track_ids"] == ["track_00001"]
+    assert report["overall"]["tracks"] == 5
+    assert mentions(result.stderr, "1 track id(s) annotated in more than one folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# help
+
+
+def test_top_level_help_lists_the_commands():
+    result = invoke("--help")
+    assert_exit(result, 0)
+    out = squash(result.stdout)
+    assert squash("read license plates") in out
+    for command in ("score", "check-data"):
+        assert command in out
+
+
+@pytest.mark.parametrize("command, summary, details", [
+    ("score", "Score a predictions file against annotated tracks",
+     ["--json", "tracks", "predictions", "predictions.txt or submission.zip"]),
+    ("check-data", "Validate a dataset", ["--json", "tracks", "Exits with status 1 if any track is broken"]),
+])
+def test_command_help(command, summary, details):
+    result = invoke(command, "--help")
+    assert_exit(result, 0)
+    assert mentions(result.stdout, summary)
+    for detail in details:  # argument names are upper- or lower-cased depending on the typer version
+        assert squash(detail).lower() in squash(result.stdout).lower(), detail
