@@ -167,6 +167,36 @@ def check_data(
         raise typer.Exit(1)
 
 
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write (LRLPR-26 layout: OUT/Scenario-Synthetic/<Layout>/track_N)."),
+    tracks: int = typer.Option(100, "--tracks", "-n", min=1, help="Number of tracks."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same tracks."),
+    preset: str = typer.Option("mix", "--preset", help="Degradation difficulty: easy | medium | hard | mix."),
+    fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg for the written frames."),
+    codec: Optional[str] = typer.Option(None, "--codec", help="Force the simulated codec: none | jpeg | h264 | "
+                                        "h264+jpeg (default: drawn per track by the preset)."),
+    no_hr: bool = typer.Option(False, "--no-hr", help="Skip the hr-NNN views (faster, smaller)."),
+) -> None:
+    """Generate synthetic tracks with known text, corners, flow to the reference frame and canonical HR.
+
+    Each track folder holds lr-001..005.png, hr-001..005.png, annotations.json (plate_text,
+    plate_layout, corners) and synth_gt.npz (flows, homographies to the canonical plate, the
+    canonical HR plate; see ksrnet/synth/dataset.py).
+    """
+    from ksrnet.synth.dataset import write_synthetic_dataset
+
+    if preset not in ("easy", "medium", "hard", "mix"):
+        fail(f"unknown preset {preset!r}: use easy, medium, hard or mix")
+    if fmt not in ("png", "jpg"):
+        fail("--format must be png or jpg")
+    with progress_bar() as progress:
+        task = progress.add_task("synthesising tracks", total=tracks)
+        write_synthetic_dataset(out, tracks, seed=seed, preset=preset, fmt=fmt, with_hr=not no_hr, codec=codec,
+                                progress=lambda done, total: progress.update(task, completed=done))
+    console.print(f"wrote {tracks} tracks under {out}")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML training config (see configs/parseq-tiny.yaml)."),

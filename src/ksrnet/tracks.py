@@ -26,6 +26,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .plates import Layout, PlateTextError, normalize_text, text_problems, validate_text
 
+# Written by `ksrnet synth` beside the frames (flows, canonical HR); readers of real data ignore it.
+SYNTH_GROUND_TRUTH_NAME = "synth_gt.npz"
 ANNOTATIONS_NAME = "annotations.json"
 CORNER_KEYS = ("top-left", "top-right", "bottom-right", "bottom-left")
 FRAME_KINDS = ("lr", "hr")
@@ -336,7 +338,7 @@ def _list_folder(path: Path, fail: Callable[[str], TrackError]) -> _FolderListin
             warnings.append(f"{name}/: unexpected folder ignored")
         elif _FRAME_LIKE_RE.match(name):
             warnings.append(f"{name}: frame in an unsupported format ignored (expected png/jpg)")
-        elif name != ANNOTATIONS_NAME:
+        elif name not in (ANNOTATIONS_NAME, SYNTH_GROUND_TRUTH_NAME):
             warnings.append(f"{name}: unexpected file ignored")
     return _FolderListing(frames, warnings)
 

@@ -1,0 +1,1 @@
+"""Synthetic training data: plate rendering, camera motion and image degradation."""

@@ -1,0 +1,732 @@
+"""Image degradations that turn clean fine-grid frames into LR frames like LRLPR-26's.
+
+Order, following the light's path: atmospheric turbulence (a smooth warp), then the exposure's
+blur (motion path K_t convolved with the optics PSF, one kernel per frame), then the sensor's
+sampling (area downsample to the LR size), exposure (gain, colour cast, contrast, gamma, low
+light), sensor noise with variance ``a * y + b``, and last the codec (JPEG per frame, or H.264 over
+the track, or H.264 then a JPEG re-save like Scenario B's files).
+
+Blur sizes and turbulence are given in LR pixels; :func:`degrade_track` scales them by the fine
+grid's factor. All blurs keep their kernel's centroid on the centre pixel, so blurring never
+shifts the image and the camera's flow stays exact. Images in float stages are RGB float32 in
+[0, 1]; frames come in and go out as uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+Range = tuple[float, float]
+
+PRESET_NAMES = ("easy", "medium", "hard")
+CODECS = ("none", "jpeg", "h264", "h264+jpeg")
+PSF_KINDS = ("gaussian", "defocus")
+MOTION_KINDS = ("none", "linear", "curved")
+
+# Smallest Gaussian the kernel builder uses, in fine pixels: below it a sampled Gaussian is a
+# delta whose weight depends on the sub-pixel position, which would break centroid-centring.
+MIN_KERNEL_SIGMA = 0.35
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) * np.float32(1.0 / 255.0)
+    return img.astype(np.float32, copy=False)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# blur kernels: a motion path (points visited during the exposure) drawn with the optics PSF
+
+
+def linear_motion_path(length: float, angle_deg: float) -> np.ndarray:
+    """Points evenly spaced along a segment of ``length`` px, centred on 0; angle counter-clockwise
+    from +x with image y pointing down (so 90 degrees points up)."""
+    if length <= 0:
+        return np.zeros((1, 2))
+    n = max(2, int(math.ceil(length * 4)) + 1)
+    s = np.linspace(-0.5 * length, 0.5 * length, n)
+    a = math.radians(angle_deg)
+    return np.stack([s * math.cos(a), -s * math.sin(a)], axis=1)
+
+
+def curved_motion_path(
+    rng: np.random.Generator, length: float, angle_deg: float, curvature: float, n: int = 48
+) -> np.ndarray:
+    """A smooth random path of arc length ``length`` px along ``angle_deg``: the heading wanders by
+    up to about ``curvature`` radians and the speed varies (shake, braking), which puts uneven
+    weight along the path like real non-linear blur."""
+    if length <= 0:
+        return np.zeros((1, 2))
+    tau = np.linspace(0.0, 1.0, n)
+    heading = math.radians(-angle_deg) + curvature * (
+        rng.normal() * np.sin(math.pi * tau + rng.uniform(0, 2 * math.pi))
+        + 0.5 * rng.normal() * np.sin(2 * math.pi * tau + rng.uniform(0, 2 * math.pi))
+    )
+    speed = np.exp(0.4 * rng.normal() * np.sin(math.pi * tau * rng.uniform(0.5, 2.0) + rng.uniform(0, 2 * math.pi)))
+    step = np.stack([np.cos(heading), np.sin(heading)], axis=1) * speed[:, None]
+    pts = np.cumsum(step, axis=0)
+    arc = np.sum(np.linalg.norm(np.diff(pts, axis=0), axis=1))
+    # Points are equally spaced in time, so slow stretches of the path collect more exposure.
+    return (pts - pts.mean(axis=0)) * (length / max(arc, 1e-9))
+
+
+def _gaussian_axis(offsets: np.ndarray, centres: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(-0.5 * ((offsets[None, :] - centres[:, None]) / sigma) ** 2)
+
+
+def disc_kernel(radius: float) -> np.ndarray:
+    """Defocus PSF: a uniform disc of ``radius`` px with anti-aliased rim, sum 1, odd size."""
+    r = int(math.ceil(radius)) + 1
+    sub = 4
+    ax = (np.arange((2 * r + 1) * sub) + 0.5) / sub - (r + 0.5)
+    inside = (ax[None, :] ** 2 + ax[:, None] ** 2 <= radius * radius).astype(np.float32)
+    k = inside.reshape(2 * r + 1, sub, 2 * r + 1, sub).mean(axis=(1, 3))
+    if k.sum() <= 0:
+        k[r, r] = 1.0
+    return k / k.sum()
+
+
+def blur_kernel(path: np.ndarray, psf: str = "gaussian", psf_size: float = 0.0) -> np.ndarray:
+    """One frame's blur kernel (float32, odd square, sum 1, centroid on the centre pixel).
+
+    ``path``: motion points in px; ``psf``: "gaussian" (``psf_size`` = sigma) or "defocus"
+    (``psf_size`` = disc radius, still drawn with a minimal Gaussian so points fall between pixels
+    without shifting the centroid).
+    """
+    if psf not in PSF_KINDS:
+        raise ValueError(f"unknown psf {psf!r}")
+    pts = np.asarray(path, dtype=np.float64).reshape(-1, 2)
+    pts = pts - pts.mean(axis=0)
+    sigma = max(psf_size if psf == "gaussian" else 0.0, MIN_KERNEL_SIGMA)
+    radius = int(math.ceil(np.abs(pts).max() + 3.0 * sigma)) + 1
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    gx = _gaussian_axis(offsets, pts[:, 0], sigma)
+    gy = _gaussian_axis(offsets, pts[:, 1], sigma)
+    k = gy.T @ gx  # rows are y, columns x: sum over path points of separable Gaussians
+    if psf == "defocus" and psf_size > 0:
+        disc = disc_kernel(psf_size)
+        pad = disc.shape[0] // 2
+        k = np.pad(k, pad)
+        k = cv2.filter2D(k, -1, disc, borderType=cv2.BORDER_CONSTANT)
+    k = k.astype(np.float32)
+    return k / k.sum()
+
+
+def apply_kernel(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve (reflecting borders). Kernels here are centroid-centred, so nothing moves."""
+    if kernel.shape == (1, 1):
+        return img
+    # filter2D correlates; flipping makes it a true convolution, which matters for curved paths.
+    return cv2.filter2D(img, -1, kernel[::-1, ::-1], borderType=cv2.BORDER_REFLECT101)
+
+
+def optics_blur(img: np.ndarray, psf: str, size: float) -> np.ndarray:
+    """Lens PSF only: Gaussian of sigma ``size`` px, or defocus disc of radius ``size`` px."""
+    if size <= 0:
+        return img
+    if psf == "gaussian":
+        return cv2.GaussianBlur(img, (0, 0), size, borderType=cv2.BORDER_REFLECT101)
+    return apply_kernel(img, disc_kernel(size))
+
+
+def motion_blur(img: np.ndarray, length: float, angle_deg: float) -> np.ndarray:
+    """Linear motion blur of ``length`` px along ``angle_deg`` (centroid-centred, sum 1)."""
+    if length <= 0:
+        return img
+    return apply_kernel(img, blur_kernel(linear_motion_path(length, angle_deg), "gaussian", 0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry and sampling
+
+
+def turbulence_field(
+    shape: tuple[int, int], amplitude: float, scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Smooth random displacement ``(h, w, 2)`` with RMS ``amplitude`` px per axis and correlation
+    length about ``scale`` px (cubic interpolation of a coarse Gaussian grid)."""
+    h, w = shape
+    if amplitude <= 0:
+        return np.zeros((h, w, 2), np.float32)
+    gh = max(2, int(math.ceil(h / max(scale, 1e-6))) + 2)
+    gw = max(2, int(math.ceil(w / max(scale, 1e-6))) + 2)
+    coarse = rng.standard_normal((gh, gw, 2)).astype(np.float32)
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    field -= field.mean(axis=(0, 1))  # a common shift would be camera motion, not turbulence
+    rms = np.sqrt(np.mean(field**2, axis=(0, 1)))
+    return field * (amplitude / np.maximum(rms, 1e-6))
+
+
+def turbulence_warp(
+    img: np.ndarray, amplitude: float, scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Warp by a smooth random field (heat shimmer). Amplitude 0 returns the input untouched."""
+    if amplitude <= 0:
+        return img
+    h, w = img.shape[:2]
+    field = turbulence_field((h, w), amplitude, scale, rng)
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(
+        img, xs + field[..., 0], ys + field[..., 1], cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT101,
+    )
+
+
+def area_downsample(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Sensor sampling: box-average to exactly ``size = (width, height)``."""
+    if (img.shape[1], img.shape[0]) == tuple(size):
+        return img
+    return cv2.resize(img, tuple(int(s) for s in size), interpolation=cv2.INTER_AREA)
+
+
+# ---------------------------------------------------------------------------------------------
+# exposure and noise (float RGB in [0, 1])
+
+
+def adjust_brightness(x: np.ndarray, gain: float) -> np.ndarray:
+    """Exposure gain: multiplies intensities (before gamma)."""
+    return x * np.float32(gain)
+
+
+def apply_color_cast(x: np.ndarray, rgb_gains: tuple[float, float, float]) -> np.ndarray:
+    """White-balance error: one gain per channel (R, G, B)."""
+    return x * np.asarray(rgb_gains, dtype=np.float32)
+
+
+def adjust_contrast(x: np.ndarray, contrast: float) -> np.ndarray:
+    """Scale deviations from the image mean (haze, flat ISP curves): mean stays put."""
+    if contrast == 1.0:
+        return x
+    m = x.mean(dtype=np.float64)
+    return (x - np.float32(m)) * np.float32(contrast) + np.float32(m)
+
+
+def adjust_gamma(x: np.ndarray, gamma: float) -> np.ndarray:
+    """``y = x ** gamma`` on [0, 1]: gamma < 1 brightens mid-tones, > 1 darkens them."""
+    return np.power(np.clip(x, 0.0, 1.0), np.float32(gamma))
+
+
+def apply_exposure(
+    x: np.ndarray,
+    *,
+    gain: float = 1.0,
+    gamma: float = 1.0,
+    contrast: float = 1.0,
+    color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """Linear scalings first (they act on light), then the tone curve; result clipped to [0, 1]."""
+    y = apply_color_cast(adjust_brightness(x, gain), color_cast)
+    y = adjust_contrast(y, contrast)
+    return adjust_gamma(y, gamma)
+
+
+def sensor_noise(
+    x: np.ndarray, a: float, b: float, rng: np.random.Generator, channel_corr: float = 0.0
+) -> np.ndarray:
+    """Gaussian approximation of Poisson-Gaussian noise: variance ``a * y + b`` at intensity y.
+
+    ``channel_corr`` correlates the noise across channels (demosaicing and luma denoising make
+    colour noise partly shared) without changing each channel's variance. No clipping here.
+    """
+    if a <= 0 and b <= 0:
+        return x
+    std = np.sqrt(np.maximum(a * np.clip(x, 0.0, 1.0) + b, 0.0)).astype(np.float32)
+    noise = rng.standard_normal(x.shape, dtype=np.float32)
+    if channel_corr > 0 and x.ndim == 3:
+        shared = rng.standard_normal(x.shape[:2] + (1,), dtype=np.float32)
+        noise = np.float32(math.sqrt(1.0 - channel_corr**2)) * noise + np.float32(channel_corr) * shared
+    return x + std * noise
+
+
+# ---------------------------------------------------------------------------------------------
+# codecs (uint8 RGB)
+
+
+def _pad(img: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    return cv2.copyMakeBorder(
+        img, top, height - h - top, left, width - w - left, cv2.BORDER_REPLICATE
+    )
+
+
+def jpeg_roundtrip(img: np.ndarray, quality: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Encode and decode one RGB frame as JPEG (4:2:0, OpenCV/libjpeg quantisation tables).
+
+    ``offset = (dx, dy)`` shifts the frame inside the 16x16 MCU grid, as a crop out of a larger
+    compressed picture would be; the padding is cropped away again.
+    """
+    dx, dy = int(offset[0]), int(offset[1])
+    h, w = img.shape[:2]
+    padded = _pad(img, dy, dx, h + dy, w + dx) if (dx or dy) else img
+    ok, buf = cv2.imencode(".jpg", padded[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("cv2.imencode failed for JPEG")
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    return np.ascontiguousarray(out[dy : dy + h, dx : dx + w])
+
+
+def _libx264_available() -> bool:
+    try:
+        import av
+    except ImportError:
+        return False
+    return "libx264" in av.codecs_available and "h264" in av.codecs_available
+
+
+H264_AVAILABLE = _libx264_available()
+_warned_no_h264 = False
+
+
+def _warn_no_h264() -> None:
+    global _warned_no_h264
+    if not _warned_no_h264:
+        warnings.warn(
+            "PyAV with libx264 is not available: H.264 compression falls back to JPEG",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned_no_h264 = True
+
+
+class _H264Session:
+    """An open libx264 encoder and h264 decoder for one canvas size and QP.
+
+    Opening x264 costs ~3 ms, three times the cost of coding a whole 5-frame track, so sessions
+    are kept and each track starts with a forced IDR frame: the stream restarts from scratch and
+    the output does not depend on earlier tracks (constant QP has no rate-control memory).
+    """
+
+    def __init__(self, width: int, height: int, qp: int, deblock: bool) -> None:
+        import av
+
+        self._av = av
+        enc = av.CodecContext.create("libx264", "w")
+        enc.width, enc.height = width, height
+        enc.pix_fmt = "yuv420p"
+        enc.time_base = Fraction(1, 25)
+        options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",  # no lookahead, no B-frames: one packet out per frame in
+            "qp": str(int(qp)),
+            "threads": "1",  # determinism and one core per data worker
+            "forced-idr": "1",
+        }
+        if deblock:
+            # ultrafast switches the in-loop deblocking filter off; camera encoders keep it on.
+            options["x264-params"] = "deblock=0,0"
+        enc.options = options
+        enc.open()
+        dec = av.CodecContext.create("h264", "r")
+        dec.thread_count = 1  # frame threading would delay output by a frame
+        dec.open()
+        self.enc, self.dec, self.pts = enc, dec, 0
+
+    def roundtrip(self, frames: list[np.ndarray]) -> list[np.ndarray] | None:
+        av = self._av
+        out: list[np.ndarray] = []
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = self.pts
+            self.pts += 1
+            if i == 0:
+                vf.pict_type = av.video.frame.PictureType.I
+            for packet in self.enc.encode(vf):
+                out.extend(d.to_ndarray(format="rgb24") for d in self.dec.decode(packet))
+        return out if len(out) == len(frames) else None
+
+
+_SESSIONS: OrderedDict[tuple, _H264Session] = OrderedDict()
+_MAX_SESSIONS = 48
+
+
+def _session(width: int, height: int, qp: int, deblock: bool) -> _H264Session:
+    # Keyed by pid too: a forked data-loader worker must not share its parent's codec state.
+    key = (os.getpid(), width, height, qp, deblock)
+    s = _SESSIONS.get(key)
+    if s is None:
+        s = _H264Session(width, height, qp, deblock)
+        _SESSIONS[key] = s
+        while len(_SESSIONS) > _MAX_SESSIONS:
+            _SESSIONS.popitem(last=False)
+    else:
+        _SESSIONS.move_to_end(key)
+    return s
+
+
+def h264_roundtrip(
+    frames: list[np.ndarray],
+    qp: int,
+    offsets: list[tuple[int, int]] | None = None,
+    *,
+    deblock: bool = True,
+) -> list[np.ndarray]:
+    """Encode the frames as one H.264 stream (IDR then P frames, yuv420p, constant QP) and decode.
+
+    Frames may differ in size: each is placed at its ``offsets[t] = (dx, dy)`` on a canvas rounded
+    up to whole 16x16 macroblocks (edges replicated), so the block grid falls anywhere on the
+    plate, then cropped back. Falls back to JPEG (with a warning) without libx264.
+    """
+    if not frames:
+        return []
+    if offsets is None:
+        offsets = [(0, 0)] * len(frames)
+    if not H264_AVAILABLE:
+        _warn_no_h264()
+        q = int(np.clip(100 - 1.6 * qp, 5, 95))
+        return [jpeg_roundtrip(f, q, o) for f, o in zip(frames, offsets)]
+    need_w = max(f.shape[1] + int(o[0]) for f, o in zip(frames, offsets))
+    need_h = max(f.shape[0] + int(o[1]) for f, o in zip(frames, offsets))
+    cw, ch = 16 * math.ceil(need_w / 16), 16 * math.ceil(need_h / 16)
+    canvases = [
+        _pad(np.ascontiguousarray(f), int(o[1]), int(o[0]), ch, cw) for f, o in zip(frames, offsets)
+    ]
+    decoded = _session(cw, ch, int(qp), deblock).roundtrip(canvases)
+    if decoded is None:
+        # An encoder that held packets back would desynchronise the session: rebuild it.
+        _SESSIONS.pop((os.getpid(), cw, ch, int(qp), deblock), None)
+        decoded = _session(cw, ch, int(qp), deblock).roundtrip(canvases)
+        if decoded is None:
+            raise RuntimeError("H.264 round trip lost frames")
+    return [
+        np.ascontiguousarray(d[int(o[1]) : int(o[1]) + f.shape[0], int(o[0]) : int(o[0]) + f.shape[1]])
+        for d, f, o in zip(decoded, frames, offsets)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+@dataclass(frozen=True)
+class DegradationParams:
+    """Concrete degradations for one track. Sizes in LR pixels; per-frame values are tuples."""
+
+    preset: str = "custom"
+    psf: str = "gaussian"
+    psf_size: float = 0.0  # Gaussian sigma or defocus disc radius
+    motion_kind: str = "none"
+    motion_length: tuple[float, ...] = ()  # path length during each frame's exposure
+    motion_angle: tuple[float, ...] = ()  # degrees, counter-clockwise from +x, y down
+    motion_curvature: float = 0.0  # radians the heading of a "curved" path wanders
+    turbulence_amplitude: float = 0.0  # RMS displacement per axis
+    turbulence_scale: float = 4.0  # correlation length
+    gain: float = 1.0
+    gamma: float = 1.0
+    contrast: float = 1.0
+    color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    low_light: bool = False
+    noise_a: float = 0.0  # variance = noise_a * y + noise_b, y in [0, 1]
+    noise_b: float = 0.0
+    noise_channel_corr: float = 0.0
+    codec: str = "none"
+    jpeg_quality: int = 90  # per-frame JPEG, or the re-save quality of "h264+jpeg"
+    h264_qp: int = 28
+    h264_deblock: bool = True
+
+    def __post_init__(self) -> None:
+        if self.psf not in PSF_KINDS:
+            raise ValueError(f"psf must be one of {PSF_KINDS}, got {self.psf!r}")
+        if self.motion_kind not in MOTION_KINDS:
+            raise ValueError(f"motion_kind must be one of {MOTION_KINDS}, got {self.motion_kind!r}")
+        if len(self.motion_length) != len(self.motion_angle):
+            raise ValueError("motion_length and motion_angle need one value per frame each")
+        if self.motion_kind != "none" and not self.motion_length:
+            raise ValueError("motion blur needs per-frame motion_length/motion_angle")
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jpeg_quality must be in 1..100")
+        if not 0 <= self.h264_qp <= 51:
+            raise ValueError("h264_qp must be in 0..51")
+        if self.psf_size < 0 or self.turbulence_amplitude < 0 or self.noise_a < 0 or self.noise_b < 0:
+            raise ValueError("sizes, amplitudes and noise parameters must be >= 0")
+        if self.gain <= 0 or self.gamma <= 0 or self.contrast <= 0:
+            raise ValueError("gain, gamma and contrast must be > 0")
+        if not 0 <= self.noise_channel_corr <= 1:
+            raise ValueError("noise_channel_corr must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class DegradationRanges:
+    """What one difficulty preset draws from. ``noise_a``/``noise_b`` are drawn log-uniformly."""
+
+    psf_sigma: Range
+    defocus_prob: float
+    defocus_radius: Range
+    motion_prob: float
+    motion_length: Range
+    curved_prob: float
+    curvature: Range
+    motion_length_jitter: float  # relative std of a frame's length around the track's
+    motion_angle_jitter_deg: float
+    turbulence_prob: float
+    turbulence_amplitude: Range
+    turbulence_scale: Range
+    gain: Range
+    gamma: Range
+    contrast: Range
+    color_cast: float  # max relative deviation of a channel gain
+    low_light_prob: float
+    low_light_gain: Range  # multiplies gain
+    low_light_noise: Range  # multiplies noise_a and noise_b
+    noise_a: Range
+    noise_b: Range
+    noise_channel_corr: Range
+    codec_weights: tuple[tuple[str, float], ...]
+    jpeg_quality: Range
+    h264_qp: Range
+    resave_quality: Range  # JPEG quality of the re-save after H.264
+    deblock_prob: float
+
+
+PRESETS: dict[str, DegradationRanges] = {
+    "easy": DegradationRanges(
+        psf_sigma=(0.25, 0.5), defocus_prob=0.1, defocus_radius=(0.3, 0.7),
+        motion_prob=0.4, motion_length=(0.2, 1.0), curved_prob=0.2, curvature=(0.2, 0.6),
+        motion_length_jitter=0.15, motion_angle_jitter_deg=5.0,
+        turbulence_prob=0.1, turbulence_amplitude=(0.03, 0.1), turbulence_scale=(3.0, 8.0),
+        gain=(0.85, 1.15), gamma=(0.9, 1.1), contrast=(0.9, 1.05), color_cast=0.05,
+        low_light_prob=0.0, low_light_gain=(0.3, 0.5), low_light_noise=(1.5, 3.0),
+        noise_a=(2e-4, 2e-3), noise_b=(1e-5, 2e-4), noise_channel_corr=(0.3, 0.8),
+        codec_weights=(("jpeg", 0.45), ("h264", 0.45), ("none", 0.1)),
+        jpeg_quality=(45, 75), h264_qp=(20, 28), resave_quality=(85, 95), deblock_prob=0.8,
+    ),
+    "medium": DegradationRanges(
+        psf_sigma=(0.35, 0.7), defocus_prob=0.15, defocus_radius=(0.4, 0.9),
+        motion_prob=0.7, motion_length=(0.4, 1.8), curved_prob=0.3, curvature=(0.2, 0.8),
+        motion_length_jitter=0.2, motion_angle_jitter_deg=6.0,
+        turbulence_prob=0.25, turbulence_amplitude=(0.05, 0.2), turbulence_scale=(3.0, 8.0),
+        gain=(0.65, 1.25), gamma=(0.8, 1.25), contrast=(0.75, 1.05), color_cast=0.1,
+        low_light_prob=0.1, low_light_gain=(0.5, 0.8), low_light_noise=(1.5, 2.5),
+        noise_a=(1e-3, 5e-3), noise_b=(1e-4, 1e-3), noise_channel_corr=(0.3, 0.8),
+        codec_weights=(("jpeg", 0.4), ("h264", 0.45), ("h264+jpeg", 0.15)),
+        jpeg_quality=(25, 50), h264_qp=(27, 35), resave_quality=(75, 95), deblock_prob=0.7,
+    ),
+    "hard": DegradationRanges(
+        psf_sigma=(0.4, 0.7), defocus_prob=0.2, defocus_radius=(0.5, 0.9),
+        motion_prob=0.85, motion_length=(0.5, 1.8), curved_prob=0.35, curvature=(0.2, 0.7),
+        motion_length_jitter=0.25, motion_angle_jitter_deg=8.0,
+        turbulence_prob=0.35, turbulence_amplitude=(0.1, 0.3), turbulence_scale=(3.0, 8.0),
+        gain=(0.6, 1.25), gamma=(0.8, 1.3), contrast=(0.7, 1.0), color_cast=0.15,
+        low_light_prob=0.2, low_light_gain=(0.45, 0.75), low_light_noise=(1.3, 2.0),
+        noise_a=(1e-3, 5e-3), noise_b=(1e-4, 1.5e-3), noise_channel_corr=(0.3, 0.8),
+        codec_weights=(("jpeg", 0.35), ("h264", 0.45), ("h264+jpeg", 0.2)),
+        jpeg_quality=(15, 35), h264_qp=(30, 38), resave_quality=(70, 90), deblock_prob=0.6,
+    ),
+}
+
+
+def _u(rng: np.random.Generator, r: Range) -> float:
+    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
+
+
+def _log_u(rng: np.random.Generator, r: Range) -> float:
+    if r[0] <= 0 or r[1] <= r[0]:
+        return float(r[0])
+    return float(math.exp(rng.uniform(math.log(r[0]), math.log(r[1]))))
+
+
+def _ar1(rng: np.random.Generator, n: int, std: float, rho: float = 0.7) -> np.ndarray:
+    """Stationary AR(1) sequence: consecutive frames of one track blur alike."""
+    out = np.empty(n)
+    out[0] = rng.normal(0.0, std)
+    for i in range(1, n):
+        out[i] = rho * out[i - 1] + math.sqrt(1 - rho * rho) * rng.normal(0.0, std)
+    return out
+
+
+def _motion_angle(rng: np.random.Generator) -> float:
+    # Plates move mostly sideways or diagonally across a roadside camera's view.
+    u = rng.random()
+    if u < 0.55:
+        return float(rng.normal(0.0, 8.0))
+    if u < 0.9:
+        return float(rng.choice((-45.0, 45.0)) + rng.normal(0.0, 8.0))
+    return float(rng.uniform(-90.0, 90.0))
+
+
+def sample_degradation(
+    rng: np.random.Generator,
+    preset: str = "mix",
+    num_frames: int = 5,
+    *,
+    codec: str | None = None,
+) -> DegradationParams:
+    """Draw one track's degradations from a preset ("easy", "medium", "hard", or "mix": one of
+    the three uniformly per track). ``codec`` forces the codec (e.g. "jpeg" when timing matters)."""
+    if preset == "mix":
+        preset = PRESET_NAMES[int(rng.integers(len(PRESET_NAMES)))]
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {PRESET_NAMES + ('mix',)}")
+    r = PRESETS[preset]
+
+    if rng.random() < r.defocus_prob:
+        psf, psf_size = "defocus", _u(rng, r.defocus_radius)
+    else:
+        psf, psf_size = "gaussian", _u(rng, r.psf_sigma)
+
+    motion_kind, lengths, angles, curvature = "none", (), (), 0.0
+    if rng.random() < r.motion_prob:
+        motion_kind = "curved" if rng.random() < r.curved_prob else "linear"
+        base = _u(rng, r.motion_length)
+        lengths = tuple(float(v) for v in base * np.exp(_ar1(rng, num_frames, r.motion_length_jitter)))
+        base_angle = _motion_angle(rng)
+        angles = tuple(float(v) for v in base_angle + _ar1(rng, num_frames, r.motion_angle_jitter_deg))
+        curvature = _u(rng, r.curvature) if motion_kind == "curved" else 0.0
+
+    turb_amp, turb_scale = 0.0, 4.0
+    if rng.random() < r.turbulence_prob:
+        turb_amp, turb_scale = _u(rng, r.turbulence_amplitude), _u(rng, r.turbulence_scale)
+
+    gain = _u(rng, r.gain)
+    cast = 1.0 + rng.uniform(-r.color_cast, r.color_cast, size=3)
+    cast = tuple(float(c) for c in cast / cast.mean())
+    noise_a, noise_b = _log_u(rng, r.noise_a), _log_u(rng, r.noise_b)
+    low_light = bool(rng.random() < r.low_light_prob)
+    if low_light:
+        gain *= _u(rng, r.low_light_gain)
+        boost = _u(rng, r.low_light_noise)
+        noise_a, noise_b = noise_a * boost, noise_b * boost
+
+    if codec is None:
+        names = [c for c, _ in r.codec_weights]
+        weights = np.array([w for _, w in r.codec_weights], dtype=np.float64)
+        codec = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    elif codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    quality_range = r.resave_quality if codec == "h264+jpeg" else r.jpeg_quality
+
+    return DegradationParams(
+        preset=preset,
+        psf=psf,
+        psf_size=psf_size,
+        motion_kind=motion_kind,
+        motion_length=lengths,
+        motion_angle=angles,
+        motion_curvature=curvature,
+        turbulence_amplitude=turb_amp,
+        turbulence_scale=turb_scale,
+        gain=gain,
+        gamma=_u(rng, r.gamma),
+        contrast=_u(rng, r.contrast),
+        color_cast=cast,
+        low_light=low_light,
+        noise_a=noise_a,
+        noise_b=noise_b,
+        noise_channel_corr=_u(rng, r.noise_channel_corr),
+        codec=codec,
+        jpeg_quality=int(round(_u(rng, quality_range))),
+        h264_qp=int(round(_u(rng, r.h264_qp))),
+        h264_deblock=bool(rng.random() < r.deblock_prob),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole chain
+
+
+def frame_kernel(
+    params: DegradationParams, t: int, factor: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Blur kernel of frame t on a grid ``factor`` x finer than LR (motion path drawn with PSF)."""
+    path = np.zeros((1, 2))
+    if params.motion_kind != "none":
+        length = params.motion_length[t] * factor
+        if params.motion_kind == "curved":
+            path = curved_motion_path(rng, length, params.motion_angle[t], params.motion_curvature)
+        else:
+            path = linear_motion_path(length, params.motion_angle[t])
+    return blur_kernel(path, params.psf, params.psf_size * factor)
+
+
+def compress_track(
+    frames: list[np.ndarray], params: DegradationParams, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Apply the track's codec. Block-grid offsets are random (a crop out of a bigger picture)
+    and drift a little between frames as the crop follows the plate."""
+    if params.codec == "none":
+        return frames
+    base = rng.integers(0, 16, size=2)
+    offsets = [
+        tuple(int(v) for v in np.clip(base + rng.integers(-2, 3, size=2), 0, 15)) for _ in frames
+    ]
+    if params.codec == "jpeg":
+        return [jpeg_roundtrip(f, params.jpeg_quality, o) for f, o in zip(frames, offsets)]
+    out = h264_roundtrip(frames, params.h264_qp, offsets, deblock=params.h264_deblock)
+    if params.codec == "h264+jpeg":
+        # Scenario B stores frames as JPEG after they were cut out of the decoded video.
+        out = [jpeg_roundtrip(f, params.jpeg_quality) for f in out]
+    return out
+
+
+def degrade_track(
+    frames_hi: list[np.ndarray],
+    params: DegradationParams,
+    rng: np.random.Generator,
+    *,
+    factor: int = 2,
+    lr_sizes: list[tuple[int, int]] | None = None,
+) -> list[np.ndarray]:
+    """Turn fine-grid frames (``camera.render_frames(..., supersample=factor, downsample=False)``)
+    into uint8 RGB LR frames of ``lr_sizes`` (default: each fine size divided by ``factor``)."""
+    n = len(frames_hi)
+    if params.motion_kind != "none" and len(params.motion_length) < n:
+        raise ValueError(f"params carry motion for {len(params.motion_length)} frames, got {n}")
+    if lr_sizes is None:
+        lr_sizes = []
+        for f in frames_hi:
+            h, w = f.shape[:2]
+            if h % factor or w % factor:
+                raise ValueError(f"fine frame {w}x{h} is not a multiple of factor {factor}")
+            lr_sizes.append((w // factor, h // factor))
+    out = []
+    for t, frame in enumerate(frames_hi):
+        x = to_float(frame)
+        x = turbulence_warp(x, params.turbulence_amplitude * factor, params.turbulence_scale * factor, rng)
+        x = apply_kernel(x, frame_kernel(params, t, factor, rng))
+        x = area_downsample(x, lr_sizes[t])
+        x = apply_exposure(
+            x, gain=params.gain, gamma=params.gamma, contrast=params.contrast,
+            color_cast=params.color_cast,
+        )
+        x = sensor_noise(x, params.noise_a, params.noise_b, rng, params.noise_channel_corr)
+        out.append(to_uint8(x))
+    return compress_track(out, params, rng)
+
+
+def make_lr_track(
+    scene_image: np.ndarray,
+    traj,
+    params: DegradationParams,
+    rng: np.random.Generator,
+    *,
+    supersample: int = 2,
+) -> list[np.ndarray]:
+    """Camera + degradations in one call: scene image and trajectory to uint8 RGB LR frames."""
+    from ksrnet.synth.camera import render_frames
+
+    fine = render_frames(scene_image, traj, supersample=supersample, downsample=False)
+    return degrade_track(fine, params, rng, factor=supersample, lr_sizes=list(traj.sizes))
+
+
+def with_codec(params: DegradationParams, codec: str) -> DegradationParams:
+    """Same degradations, another codec (for ablations and timing)."""
+    return replace(params, codec=codec)
