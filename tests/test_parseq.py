@@ -193,6 +193,27 @@ def test_plm_logits_do_not_depend_on_later_tokens(dec_depth):
             assert not torch.allclose(m.plm_logits(x, changed, perms)[k, :, perm[-1]], base[k, :, perm[-1]])
 
 
+@pytest.mark.parametrize("mode", ["ar", "nar"])
+def test_fed_back_tokens_respect_the_union_syntax_mask(mode):
+    cfg = micro_config()
+    m = model(cfg)
+    digits = torch.tensor([c in plates.DIGITS for c in plates.CHARSET])
+    with torch.no_grad():
+        m.head.bias[digits] = 100.0  # the raw head wants digits everywhere
+    fed: list[torch.Tensor] = []
+    hook = m.token_embed.register_forward_hook(lambda _m, args, _out: fed.append(args[0].clone()))
+    with torch.no_grad():
+        out = m(images(3, cfg), mode=mode, refine_iters=1)
+    hook.remove()
+    assert out.char_logits.argmax(-1)[:, :3].lt(10).all()  # returned logits stay raw
+    union = MASKS.any(0)
+    slot_tokens = [t for t in fed if t.shape[1] > 1 or not (t == C).all()]
+    assert slot_tokens
+    for tokens in slot_tokens:
+        n = tokens.shape[1]
+        assert union[torch.arange(n), tokens].all()
+
+
 # -- decoding modes on a memorised toy ------------------------------------------------------------
 
 TOY_TEXTS = ["ABC1234", "XYZ9K87", "QWE5R12", "MNB0000", "JKL4M56", "PPP7777", "ZAQ1W23", "RTY8U90"]
