@@ -85,6 +85,7 @@ class RecognizerModule(L.LightningModule):
         loss = char_loss + self.config.optim.layout_loss_weight * layout_loss
         self.log_dict({"train/loss": loss, "train/char_loss": char_loss, "train/layout_loss": layout_loss},
                       prog_bar=True, batch_size=frames.shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=frames.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -139,7 +140,7 @@ class RecognizerModule(L.LightningModule):
         if self.config.optim.schedule == "time_cosine":
             return opt  # the learning rate is set per step from the wall clock
         if self.config.optim.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
+            sched = _ResumableOneCycleLR(
                 opt, max_lr=self.config.optim.lr, total_steps=total,
                 pct_start=max(self.config.optim.warmup_fraction, 1e-3), anneal_strategy="cos",
             )
@@ -148,6 +149,18 @@ class RecognizerModule(L.LightningModule):
             lam = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """OneCycleLR that keeps the current run's plan when a checkpoint is restored.
+
+    The stock load_state_dict also restores total_steps (and the phase boundaries derived from it)
+    from the checkpoint, so a run resumed with more epochs (`ksrnet train --max-epochs N` on a
+    finished run) failed at the first step past the old total. Only the position is restored here.
+    """
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in ("total_steps", "_schedule_phases")})
 
 
 class _EpochSetter(L.Callback):
@@ -205,10 +218,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     train_samples, val_samples = build_datasets(config)
     t = config.trainer
+    # No persistent workers: each worker holds its own copy of the dataset, made when it starts, so
+    # persistent ones would never see _EpochSetter's set_epoch and replay epoch 0's tracks forever.
     loader_args = dict(batch_size=t.batch_tracks, collate_fn=collate_tracks, num_workers=config.data.num_workers,
-                       persistent_workers=config.data.num_workers > 0)
+                       persistent_workers=False)
     train_loader = DataLoader(train_samples, **loader_args)
-    val_loader = DataLoader(val_samples, **{**loader_args, "persistent_workers": False})
+    val_loader = DataLoader(val_samples, **loader_args)
     module = RecognizerModule(config)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.checkpoint_every_n_steps,
@@ -233,8 +248,13 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     )
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    if not trainer.interrupted:
+        # ModelCheckpoint refreshes last.ckpt only every checkpoint_every_n_steps: without this, a
+        # finished run's last.ckpt may predate its final steps, and re-running (or extending) it
+        # would redo them on other data and overwrite model.safetensors.
+        trainer.save_checkpoint(last)
     out = run_dir / "model.safetensors"
     if trainer.is_global_zero:
-        save_model(module.model, config.model, out, extra={"val_rr_track_product": str(
-            trainer.callback_metrics.get("val/rr_track_product", float("nan")))})
+        rr = trainer.callback_metrics.get("val/rr_track_product")  # a tensor: str() gave "tensor(0.)"
+        save_model(module.model, config.model, out, extra={"val_rr_track_product": None if rr is None else float(rr)})
     return out

@@ -36,6 +36,7 @@ def save_model(model: Parseq, config: ParseqConfig, path: str | Path, extra: dic
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; shipped weights must be readable by all
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -53,7 +54,8 @@ def resolve(name_or_path: str | Path | None) -> Path:
         p = PACKAGE_WEIGHTS / f"{name_or_path}.safetensors"
     if not p.exists():
         shipped = sorted(x.stem for x in PACKAGE_WEIGHTS.glob("*.safetensors"))
-        raise ModelLoadError(f"no model at {p}; shipped models: {shipped or 'none'}")
+        raise ModelLoadError(f"no model at {name_or_path} (looked for {p}); expected a run dir holding "
+                             f"model.safetensors, a .safetensors file or a shipped name: {shipped or 'none'}")
     return p
 
 
@@ -64,7 +66,7 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     try:
         meta = json.loads(meta_path.read_text())
         config = ParseqConfig.from_dict(meta["config"])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # TypeError: "config" not a mapping
         raise ModelLoadError(f"cannot read the config beside {path} ({meta_path}): {exc}") from exc
     model = Parseq(config)
     try:

@@ -12,7 +12,8 @@ Coordinates: the canonical plate spans the continuous square [0, W] x [0, H] (pi
 [j, j+1] x [i, i+1]); `char_boxes` use that frame. `Scene.plate_corners` use OpenCV's pixel-centre
 convention (pixel (i, j) is the point (j, i)), the one cv2.warpPerspective and
 cv2.getPerspectiveTransform expect, so the plate's outer corners sit half a pixel outside the
-first and last pixel centres.
+first and last pixel centres: rectifying a scene maps `plate_corners` onto
+[[-0.5, -0.5], [W - 0.5, -0.5], [W - 0.5, H - 0.5], [-0.5, H - 0.5]].
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ PLATE_MM: tuple[float, float] = (130.0, 400.0)
 
 _REF_SIZE = 160  # font size (px) at which glyph distance fields are computed once and cached
 _SDF_PAD = 14  # ref px of empty margin around a glyph: room for bolder strokes and the AA ramp
+_SDF_DOWN = 2  # cached fields are this much coarser than the reference render
+_MAX_DESCENT = 0.06  # of the character height
 _FAR = -1.0e3  # distance value for "far outside any glyph" when resampling beyond the field
 
 BRAZILIAN_STATES = (
@@ -48,6 +51,7 @@ _CITY_PREFIXES = ("SAO", "SANTA", "SANTO", "PORTO", "NOVA", "BOA", "CAMPO", "RIO
 _CITY_LINKS = ("DO", "DA", "DE", "DOS", "DAS")
 _ONSETS = ("B", "C", "D", "F", "G", "J", "L", "M", "N", "P", "R", "S", "T", "V", "BR", "CR",
            "GU", "PR", "TR", "CH", "LH", "NH", "QU")
+_INITIAL_ONSETS = tuple(o for o in _ONSETS if o not in ("LH", "NH"))  # never word-initial
 _VOWELS = ("A", "A", "E", "I", "O", "U", "A", "O")
 _CODAS = ("", "", "", "", "S", "R", "L", "N", "M")
 
@@ -74,8 +78,9 @@ SCHEME_PRIORS: dict[Layout, tuple[tuple[Scheme, float], ...]] = {
     ),
 }
 
-# (low, high) RGB bounds in [0, 1]: background, characters.
-_SCHEME_COLOURS: dict[Scheme, tuple[tuple[tuple[float, ...], tuple[float, ...]], tuple[tuple[float, ...], tuple[float, ...]]]] = {
+_RGBRange = tuple[tuple[float, float, float], tuple[float, float, float]]  # (low, high), in [0, 1]
+# Per scheme: background range, character range.
+_SCHEME_COLOURS: dict[Scheme, tuple[_RGBRange, _RGBRange]] = {
     Scheme.BR_GREY: (((0.58, 0.60, 0.60), (0.84, 0.86, 0.87)), ((0.06, 0.07, 0.08), (0.24, 0.25, 0.27))),
     Scheme.BR_RED: (((0.55, 0.08, 0.07), (0.80, 0.22, 0.20)), ((0.84, 0.82, 0.80), (0.97, 0.96, 0.95))),
     Scheme.BR_WHITE: (((0.84, 0.85, 0.85), (0.97, 0.97, 0.97)), ((0.04, 0.05, 0.06), (0.18, 0.20, 0.24))),
@@ -85,7 +90,7 @@ _SCHEME_COLOURS: dict[Scheme, tuple[tuple[tuple[float, ...], tuple[float, ...]],
     Scheme.MS_GREEN: (((0.84, 0.85, 0.86), (0.97, 0.97, 0.98)), ((0.04, 0.34, 0.14), (0.14, 0.52, 0.26))),
     Scheme.MS_GREY: (((0.84, 0.85, 0.86), (0.97, 0.97, 0.98)), ((0.36, 0.37, 0.39), (0.55, 0.56, 0.58))),
 }
-_MERCOSUR_BLUE = ((0.02, 0.16, 0.42), (0.12, 0.32, 0.70))
+_MERCOSUR_BLUE = ((0.0, 0.08, 0.30), (0.12, 0.32, 0.72))
 
 # Car paint in Brazilian traffic: mostly white, silver, grey and black.
 _CAR_COLOURS: tuple[tuple[tuple[float, float, float], float], ...] = (
@@ -116,6 +121,10 @@ def random_city_line(rng: np.random.Generator) -> str:
     words.append(_random_word(rng, int(rng.integers(2, 5))))
     if rng.random() < 0.2:
         words += [_CITY_LINKS[rng.integers(len(_CITY_LINKS))], _random_word(rng, int(rng.integers(2, 4)))]
+    while len(" ".join(words)) > 18 and len(words) > 1:  # long names lose whole words, not halves
+        words.pop()
+        if words[-1] in _CITY_LINKS:
+            words.pop()
     city = " ".join(words)[:18]
     state = BRAZILIAN_STATES[rng.integers(len(BRAZILIAN_STATES))]
     return f"{state} - {city}" if rng.random() < 0.75 else f"{city} - {state}"
@@ -124,7 +133,8 @@ def random_city_line(rng: np.random.Generator) -> str:
 def _random_word(rng: np.random.Generator, syllables: int) -> str:
     parts = []
     for i in range(syllables):
-        parts.append(_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))])
+        onsets = _INITIAL_ONSETS if i == 0 else _ONSETS
+        parts.append(onsets[rng.integers(len(onsets))] + _VOWELS[rng.integers(len(_VOWELS))])
         if i == syllables - 1:
             parts.append(_CODAS[rng.integers(len(_CODAS))])
     return "".join(parts)
@@ -146,7 +156,7 @@ class PlateStyle:
     band_rgb: tuple[float, float, float]  # Mercosur band; unused on old plates
     font_path: str
     font_weight: int | None  # axis value for a variable font, None for a static file
-    stroke_ratio: float  # stem thickness / character height (plates: about 0.13-0.17)
+    stroke_ratio: float  # stem thickness / character height (real plates: about 0.13-0.19)
     char_height: float  # of H
     text_width: float  # of W, the span from the first to the last character cell
     text_center_y: float  # of H, vertical centre of the character row
@@ -240,7 +250,8 @@ def sample_style(
         band_rgb=band,
         font_path=face.path,
         font_weight=weight,
-        stroke_ratio=float(rng.uniform(0.115, 0.165)),
+        # Measured on real crops: FE-Schrift (Mercosur) strokes are heavier than Mandatory's.
+        stroke_ratio=float(rng.uniform(0.145, 0.195) if mercosur else rng.uniform(0.125, 0.17)),
         char_height=char_height,
         text_width=text_width,
         text_center_y=text_center_y,
@@ -320,7 +331,7 @@ def _pick_font(rng: np.random.Generator, layout: Layout, fonts: Sequence[FontFac
         lo, hi = face.weight_range  # type: ignore[misc]
         lo, hi = max(lo, 500), min(hi, 800)
         # Whole steps of 50 keep the glyph cache small; the stroke adjustment does the fine tuning.
-        weight = int(round(rng.uniform(lo, hi) / 50.0)) * 50 if hi > lo else face.weight_range[1]  # type: ignore[index]
+        weight = int(round(rng.uniform(lo, hi) / 50.0)) * 50 if hi > lo else hi
         return face, weight
     preferred = [f for f in faces if 500 <= f.weight <= 800] or list(faces)
     return preferred[rng.integers(len(preferred))], None
@@ -344,17 +355,20 @@ class _Glyph:
 
 @functools.lru_cache(maxsize=8192)
 def _glyph(path: str, weight: int | None, ch: str) -> _Glyph:
+    """A glyph's distance field, in units of field pixels (`_SDF_DOWN` times coarser than the
+    FreeType render, which keeps several thousand cached glyphs to a few tens of MB)."""
     font = load_font(path, _REF_SIZE, weight)
     advance = float(font.getlength(ch))
     l, t, r, b = font.getbbox(ch, anchor="ls")
-    pad = _SDF_PAD
+    pad, down = _SDF_PAD, _SDF_DOWN
     w, h = max(r - l, 1) + 2 * pad, max(b - t, 1) + 2 * pad
+    w, h = w + (-w) % down, h + (-h) % down  # whole field pixels
     img = Image.new("L", (w, h), 0)
     ImageDraw.Draw(img).text((pad - l, pad - t), ch, font=font, fill=255, anchor="ls")
     ink = np.asarray(img) > 127
     if not ink.any():
-        return _Glyph(np.full((h, w), _FAR, np.float32), 0.0, 0.0, float(pad - t), 0.0, 0.0,
-                      float(pad - l), advance)
+        return _Glyph(np.full((h // down, w // down), _FAR, np.float32), 0.0, 0.0, (pad - t) / down,
+                      0.0, 0.0, (pad - l) / down, advance / down)
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
     inside = cv2.distanceTransform(ink.astype(np.uint8), cv2.DIST_L2, 5)
@@ -363,24 +377,29 @@ def _glyph(path: str, weight: int | None, ch: str) -> _Glyph:
     sdf = (inside - outside).astype(np.float32)
     sdf[sdf > 0] -= 0.5
     sdf[sdf < 0] += 0.5
-    return _Glyph(sdf, float(rows[0]), float(rows[-1] + 1), float(pad - t), float(cols[0]),
-                  float(cols[-1] + 1), float(pad - l), advance)
+    # A distance field is smooth, so averaging it down loses next to nothing of the outline.
+    field = cv2.resize(sdf, (w // down, h // down), interpolation=cv2.INTER_AREA) * np.float32(1.0 / down)
+    return _Glyph(field, rows[0] / down, (rows[-1] + 1) / down, (pad - t) / down, cols[0] / down,
+                  (cols[-1] + 1) / down, (pad - l) / down, advance / down)
 
 
 @functools.lru_cache(maxsize=512)
 def _face_metrics(path: str, weight: int | None) -> tuple[float, float]:
     """(stem thickness / glyph height, typical glyph width / glyph height) of a face.
 
-    The stem is read across the upper part of 'H' (clear of the crossbar); the typical width is the median over the plate
-    charset minus the narrow I and 1, which on plates still occupy a full cell.
+    The stem is read across the upper part of 'H' (clear of the crossbar), as the ink coverage of
+    its first stroke; the typical width is the median over the plate charset minus the narrow
+    I, J and 1, which on plates still get a full cell.
     """
     g = _glyph(path, weight, "H")
     row = int(g.top + 0.25 * (g.baseline - g.top))
-    run = np.flatnonzero(g.sdf[row] > 0)
+    coverage = np.clip(g.sdf[row] + 0.5, 0.0, 1.0)
+    inked = np.flatnonzero(coverage > 0)
     stem = 0.0
-    if run.size:
-        breaks = np.flatnonzero(np.diff(run) > 1)
-        stem = float((run[breaks[0]] if breaks.size else run[-1]) - run[0] + 1)
+    if inked.size:
+        gaps = np.flatnonzero(coverage[inked[0]:] == 0)
+        end = inked[0] + (gaps[0] if gaps.size else coverage.size)
+        stem = float(coverage[inked[0]:end].sum())
     height = g.baseline - g.top
     widths = []
     for ch in LETTERS + DIGITS:
@@ -422,34 +441,63 @@ def _stamp_glyph(
 
 @functools.lru_cache(maxsize=512)
 def _cap_ratio(path: str, weight: int | None) -> float:
+    """Capital height / font size."""
     g = _glyph(path, weight, "H")
-    return max(g.baseline - g.top, 1.0) / _REF_SIZE
+    return max(g.baseline - g.top, 0.5) * _SDF_DOWN / _REF_SIZE
+
+
+@functools.lru_cache(maxsize=16384)
+def _print_glyph(path: str, weight: int | None, size: int, ch: str) -> tuple[np.ndarray, int, float]:
+    """Bitmap of one small-print character on the font's line box (baseline at row `ascent`),
+    its left offset from the pen and its advance, at an integer font size."""
+    font = load_font(path, size, weight)
+    ascent, descent = font.getmetrics()
+    advance = float(font.getlength(ch))
+    l, _, r, _ = font.getbbox(ch, anchor="ls")
+    if r <= l:
+        return np.zeros((ascent + descent, 0), np.float32), 0, advance
+    img = Image.new("L", (r - l, ascent + descent), 0)
+    ImageDraw.Draw(img).text((-l, ascent), ch, font=font, fill=255, anchor="ls")
+    return np.asarray(img, np.float32) * np.float32(1 / 255), l, advance
 
 
 def _draw_small_print(
     canvas: np.ndarray, text: str, path: str, weight: int | None, *, center_x: float, top: float,
-    height: float, squeeze: float = 1.0,
+    height: float, squeeze: float = 1.0, tracking: float = 0.0, max_width: float | None = None,
 ) -> None:
-    """Small print (city line, BRASIL, BR) with capitals `height` px tall, centred at `center_x`.
+    """Small print (city line, BRASIL, BR) with capitals `height` px tall, centred at `center_x`,
+    squeezed further when it would be wider than `max_width`.
 
-    A handful of pixels tall, it needs no sub-pixel care: FreeType draws the whole string at about
-    twice the size in one call and an area resize brings it down (smoother than hinting at 5 px).
+    A handful of pixels tall, it needs no sub-pixel care: cached character bitmaps at about twice
+    the size are laid on a line, which one area resize brings down (smoother than hinting at 5 px).
+    `tracking` adds letter spacing in capital heights.
     """
     H, W = canvas.shape
     ratio = _cap_ratio(path, weight)
     size = max(int(round(2.0 * height / ratio)), 6)
     font = load_font(path, size, weight)
-    l, t, r, b = font.getbbox(text, anchor="ls")
-    if r <= l or b <= t:
-        return
-    img = Image.new("L", (r - l, b - t), 0)
-    ImageDraw.Draw(img).text((-l, -t), text, font=font, fill=255, anchor="ls")
-    k = height / (ratio * size)
-    tw, th = max(int(round((r - l) * k * squeeze)), 1), max(int(round((b - t) * k)), 1)
-    small = cv2.resize(np.asarray(img, np.float32) * np.float32(1 / 255), (tw, th), interpolation=cv2.INTER_AREA)
-    # Row of the capitals' top in the drawn image is (-t - cap); map it onto `top`.
+    ascent, descent = font.getmetrics()
+    cap = ratio * size
+    glyphs = [_print_glyph(path, weight, size, ch) for ch in text]
+    pens, pen = [], 0.0
+    for _, _, advance in glyphs:
+        pens.append(pen)
+        pen += advance + tracking * cap
+    width = int(math.ceil(pen - tracking * cap)) + 2
+    line = np.zeros((ascent + descent, max(width, 1)), np.float32)
+    for (bitmap, left, _), x in zip(glyphs, pens):
+        c0 = int(round(x)) + left
+        c0, c1 = max(c0, 0), min(c0 + bitmap.shape[1], line.shape[1])
+        if c1 > c0:
+            np.maximum(line[:, c0:c1], bitmap[:, : c1 - c0], out=line[:, c0:c1])
+    k = height / cap
+    if max_width is not None and line.shape[1] * k * squeeze > max_width:
+        squeeze = max_width / (line.shape[1] * k)
+    tw, th = max(int(round(line.shape[1] * k * squeeze)), 1), max(int(round(line.shape[0] * k)), 1)
+    small = cv2.resize(line, (tw, th), interpolation=cv2.INTER_AREA)
+    # Capitals start at row (ascent - cap) of the line box; map that row onto `top`.
     x0 = int(round(center_x - tw / 2))
-    y0 = int(round(top - (-t - ratio * size) * k))
+    y0 = int(round(top - (ascent - cap) * k))
     cx0, cy0 = max(x0, 0), max(y0, 0)
     cx1, cy1 = min(x0 + tw, W), min(y0 + th, H)
     if cx1 > cx0 and cy1 > cy0:
@@ -545,9 +593,29 @@ def _blend(img: np.ndarray, cov: np.ndarray | None, rgb, opacity: float = 1.0, r
 
 
 def _noise(rng: np.random.Generator, h: int, w: int, cells: tuple[int, int]) -> np.ndarray:
-    """Smooth value noise in about [0, 1] with `cells` (rows, cols) random knots across the image."""
+    """Smooth value noise in [0, 1] with `cells` (rows, cols) random knots across the image.
+
+    Bilinear, not bicubic: upscaling a handful of knots bicubically costs ten times more, and
+    after a camera's blur nobody can tell the two apart.
+    """
     knots = rng.random((cells[0] + 1, cells[1] + 1), dtype=np.float32)
-    return cv2.resize(knots, (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(knots, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@functools.lru_cache(maxsize=1)
+def _grain_texture() -> np.ndarray:
+    # One fixed field of white noise, read at random offsets: drawing fresh Gaussian noise for
+    # every plate would cost more than the rest of the plate's texture work.
+    return np.random.default_rng(20260).standard_normal((512, 1024), dtype=np.float32)
+
+
+def _grain(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    tex = _grain_texture()
+    if h > tex.shape[0] or w > tex.shape[1]:
+        return rng.standard_normal((h, w), dtype=np.float32)
+    y = int(rng.integers(tex.shape[0] - h + 1))
+    x = int(rng.integers(tex.shape[1] - w + 1))
+    return tex[y:y + h, x:x + w]
 
 
 def _ink_region(canvas: np.ndarray) -> Region | None:
@@ -564,9 +632,11 @@ def _ink_region(canvas: np.ndarray) -> Region | None:
 
 @dataclass(frozen=True, eq=False)
 class RenderedPlate:
+    """A rectified plate: the HR target a restoration model should reproduce, with its labels."""
+
     image: np.ndarray  # (H, W, 3) uint8 RGB, the rectified plate
     alpha: np.ndarray  # (H, W) uint8 coverage of the plate (rounded corners are outside)
-    text_mask: np.ndarray  # (H, W) uint8 coverage of the seven characters
+    text_mask: np.ndarray  # (H, W) uint8 coverage of the seven characters as printed, before wear
     text: str
     layout: Layout
     char_boxes: np.ndarray  # (7, 4) float32 x0, y0, x1, y1 ink boxes, edge coordinates, left to right
@@ -602,8 +672,13 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
             np.maximum(overlay, ring * np.float32(style.border), out=overlay)
         if style.city_line:
             ch = style.city_height * H
+            # The city line sits between the two bolts, which it must not run into.
+            room = 0.8 * W
+            if style.bolts:
+                room = 2 * abs(style.bolts[0][0] - 0.5) * W - 3.0 * style.bolt_radius * H
             _draw_small_print(overlay, style.city_line, style.font_path, style.font_weight,
-                              center_x=W / 2, top=max(0.12 * H - ch / 2, 0.05 * H), height=ch, squeeze=1.0)
+                              center_x=W / 2, top=max(0.12 * H - ch / 2, 0.05 * H), height=ch, squeeze=0.9,
+                              tracking=0.1, max_width=room)
 
     chars, boxes = _draw_characters(text, style, H, W)
     letters = chars.copy()
@@ -626,10 +701,11 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
         img += np.float32(style.emboss * 0.5) * _clip(-relief, 0, 1)
     _blend(img, ink, fg)
 
-    if layout is Layout.MERCOSUR and style.br_mark:
+    room = boxes[0][0] - 0.05 * H  # between the printed outline and the first character
+    if layout is Layout.MERCOSUR and style.br_mark and room > 0.025 * W:
         mark = np.zeros((H, W), np.float32)
-        _draw_small_print(mark, "BR", style.font_path, style.font_weight, center_x=0.045 * W,
-                          top=0.80 * H, height=0.075 * H)
+        _draw_small_print(mark, "BR", style.font_path, style.font_weight, center_x=0.05 * H + room / 2,
+                          top=0.80 * H, height=0.075 * H, max_width=room - 1.0)
         region = _ink_region(mark)
         if region is not None:
             _blend(img, mark[region], (0.1, 0.1, 0.12), 0.9, region)
@@ -638,7 +714,7 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
         _draw_bolt(img, bx * W, by * H, style.bolt_radius * H, style.bolt_rgb)
 
     if style.grain > 0:
-        img += rng.standard_normal((H, W), dtype=np.float32) * np.float32(style.grain)
+        img += _grain(rng, H, W) * np.float32(style.grain)
     if style.dirt > 0:
         # Road grime: a soft brownish haze thickest near the bottom edge, plus a few darker smudges.
         haze = _noise(rng, H, W, (2, 4))
@@ -718,7 +794,9 @@ def _draw_characters(text: str, style: PlateStyle, H: int, W: int) -> tuple[np.n
         if style.separator and i == 3:
             x += style.separator_gap * pitch
         g = _glyph(style.font_path, style.font_weight, ch)
-        ky = char_h / max(g.baseline - g.top, 1.0)
+        # Plate characters never descend: a long Q tail or a J below the baseline is pulled up so
+        # that no glyph reaches more than _MAX_DESCENT below the row.
+        ky = char_h / max(g.baseline - g.top, (g.bottom - g.top) / (1.0 + _MAX_DESCENT), 1.0)
         kx = ky * condense
         width = (g.right - g.left) * kx
         limit = pitch * 0.94 - 2 * max(grow, 0)
@@ -762,7 +840,7 @@ def _draw_mercosur_band(img: np.ndarray, style: PlateStyle, H: int, W: int, radi
     white = np.zeros((H, W), np.float32)
     word_h = band_h * 0.42
     _draw_small_print(white, "BRASIL", style.font_path, style.font_weight,
-                      center_x=W / 2, top=band_h / 2 - word_h / 2, height=word_h, squeeze=1.1)
+                      center_x=W / 2, top=band_h / 2 - word_h / 2, height=word_h, tracking=0.25)
     _blend(img, white[rows], (0.95, 0.95, 0.97), region=rows)
 
     patch_h = band_h * 0.62
@@ -805,16 +883,17 @@ def _draw_bolt(img: np.ndarray, cx: float, cy: float, r: float, rgb) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
+    """A plate on its car, for a camera model to move, warp and crop."""
+
     image: np.ndarray  # (Hs, Ws, 3) uint8 RGB: the plate on its car
     plate_corners: np.ndarray  # (4, 2) float32 TL, TR, BR, BL, OpenCV pixel-centre convention
     plate: RenderedPlate
 
 
-def canonical_corners(size: tuple[int, int] = CANONICAL_SIZE) -> np.ndarray:
-    """(4, 2) outer corners TL, TR, BR, BL of the canonical plate in OpenCV pixel-centre coordinates;
-    cv2.getPerspectiveTransform(scene.plate_corners, canonical_corners(size)) rectifies a scene."""
-    H, W = size
-    return np.array([[-0.5, -0.5], [W - 0.5, -0.5], [W - 0.5, H - 0.5], [-0.5, H - 0.5]], np.float32)
+def _outer_corners(h: int, w: int) -> np.ndarray:
+    """(4, 2) outer corners TL, TR, BR, BL of an h x w image in OpenCV pixel-centre coordinates
+    (the same convention as camera.canonical_corners, which takes (width, height))."""
+    return np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float32)
 
 
 def render_scene(
@@ -838,6 +917,11 @@ def render_scene(
     colours, weights = zip(*_CAR_COLOURS)
     car = np.asarray(colours[rng.choice(len(colours), p=np.asarray(weights) / sum(weights))], np.float32)
     car = np.clip(car * rng.uniform(0.85, 1.1) + rng.uniform(-0.03, 0.03, 3).astype(np.float32), 0, 1)
+    if rng.random() < 0.5:
+        # Plates are retroreflective: under a camera's flash or IR light they return far more light
+        # than the paint around them, which real low-resolution crops show as a bright plate in a
+        # dark surround.
+        car = car * np.float32(rng.uniform(0.15, 0.7))
     # A bumper is curved mostly about a horizontal axis, so its shading varies by row: one bright
     # sheen, darker far edges and a few thin creases. Built as a column and broadcast across.
     ys = np.arange(Hs, dtype=np.float32)[:, None] + np.float32(0.5)
@@ -860,7 +944,8 @@ def render_scene(
         _blend(img, cov, (0.0, 0.0, 0.0), rng.uniform(0.15, 0.5), region)
     # The plate's shadow on the body, offset down and sideways, with a soft edge.
     sdx, sdy, soft = rng.uniform(-1, 2), rng.uniform(0.5, 3), rng.uniform(1.0, 3.0)
-    region = _region(Hs, Ws, x0 + sdx - 2 * soft, y0 + sdy - 2 * soft, x0 + W + sdx + 2 * soft, y0 + H + sdy + 2 * soft)
+    region = _region(Hs, Ws, x0 + sdx - 2 * soft, y0 + sdy - 2 * soft,
+                     x0 + W + sdx + 2 * soft, y0 + H + sdy + 2 * soft)
     if region is not None:
         xs_r, ys_r = _centres(region)
         d = _round_box_dist(xs_r, ys_r, x0 + sdx, y0 + sdy, x0 + W + sdx, y0 + H + sdy, 2.0)
@@ -872,17 +957,17 @@ def render_scene(
         _draw_frame(img, rng, x0, y0, H, W, chrome=frame < 0.12)
 
     # The plate itself, pasted pixel for pixel so its canonical image stays the exact HR target.
-    region = (slice(y0, y0 + H), slice(x0, x0 + W))
-    a = plate.alpha.astype(np.float32) / 255.0
-    _blend(img, a, 0.0, 1.0, region)
-    _view(img, region)[:] += a * (plate.image.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    # Where the plate is not opaque (rounded corners, and a frame's lip that some frames have over
+    # the plate's outermost pixel) what was drawn beneath shows through.
+    image = _to_hwc_uint8(img)
+    a = plate.alpha.astype(np.float32) * np.float32(1 / 255)
     if has_frame and rng.random() < 0.4:
-        # Some frames have a lip that covers the plate's outermost pixel.
-        lip = _ring(H, W, 0.0, 1.0, plate.style.corner_radius * H)
-        _blend(img, lip, (0.06, 0.06, 0.07), 0.8, region)
+        a = a * (1.0 - np.float32(0.8) * _ring(H, W, 0.0, 1.0, plate.style.corner_radius * H))
+    under = image[y0:y0 + H, x0:x0 + W]
+    under[:] = cv2.blendLinear(plate.image, np.ascontiguousarray(under), a, 1.0 - a)
 
-    corners = canonical_corners((H, W)) + np.array([x0, y0], np.float32)
-    return Scene(image=_to_hwc_uint8(img), plate_corners=corners.astype(np.float32), plate=plate)
+    corners = _outer_corners(H, W) + np.array([x0, y0], np.float32)
+    return Scene(image=image, plate_corners=corners.astype(np.float32), plate=plate)
 
 
 def _draw_grille(img: np.ndarray, rng: np.random.Generator, mt: int, H: int, mb: int) -> None:

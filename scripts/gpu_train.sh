@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Trains the shipped recognizer on a lent GPU machine (no network there; python3 there has torch,
+# lightning, opencv). PyAV and the font packages travel as wheels in .whl/ (see benchmarks/RESULTS.md).
+# Usage: OUT=/some/dir scripts/gpu_train.sh [config] [minutes-of-hard-timeout]
+set -u
+config=${1:-configs/parseq-tiny-gpu.yaml}
+limit=${2:-520}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, lightning, av, cv2; print('torch', torch.__version__, 'lightning', lightning.__version__, 'av', av.__version__, 'cv2', cv2.__version__, 'cpus', __import__('os').cpu_count())"
+python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
+run=/tmp/run
+timeout "$limit" python3 -m ksrnet.cli train "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" | tail -c 20000 > "$OUT/train.log"
+echo "train exit: ${PIPESTATUS[0]}"
+# If the hard timeout cut the run before its own export, export the last checkpoint ourselves.
+if [ ! -f "$run/model.safetensors" ] && [ -f "$run/checkpoints/last.ckpt" ]; then
+  python3 -m ksrnet.export_checkpoint "$run/checkpoints/last.ckpt" "$run/model.safetensors"
+fi
+cp "$run"/model.safetensors "$run"/model.json "$run"/config.yaml "$OUT"/ 2>/dev/null
+cp "$run"/logs/version_0/metrics.csv "$OUT"/ 2>/dev/null
+tail -5 "$OUT/train.log"
+ls -la "$OUT"
