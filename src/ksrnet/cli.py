@@ -197,6 +197,25 @@ def synth(
     console.print(f"wrote {tracks} tracks under {out}")
 
 
+@app.command("contact-sheet")
+def contact_sheet_cmd(
+    out: Path = typer.Argument(Path("contact_sheet.png"), help="PNG to write."),
+    tracks: int = typer.Option(8, "--tracks", "-n", min=1, help="Synthetic tracks (one row of 5 frames each)."),
+    seed: int = typer.Option(0, "--seed"),
+    preset: str = typer.Option("hard", "--preset", help="easy | medium | hard | mix"),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real LR frames to show below "
+                                        "(e.g. ../shared/real-samples/lrlpr26_frames)."),
+    scale: int = typer.Option(4, "--scale", min=1, help="Nearest-neighbour zoom, so pixels stay visible."),
+) -> None:
+    """Render synthetic tracks beside real LR frames in one PNG, at the same scale, to judge realism."""
+    from ksrnet.synth.contact_sheet import write_contact_sheet
+
+    if real is not None and not real.is_dir():
+        fail(f"--real {real} is not a folder")
+    path = write_contact_sheet(out, num_tracks=tracks, seed=seed, preset=preset, real_dir=real, scale=scale)
+    console.print(f"wrote {path}")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML training config (see configs/parseq-tiny.yaml)."),
