@@ -32,7 +32,6 @@ Conventions (the same everywhere in this module):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import cv2
@@ -65,7 +64,9 @@ class CameraParams:
     rotation_deg: Range = (-4.0, 4.0)
     rotation_jitter_deg: float = 0.4
     yaw_deg: Range = (-25.0, 25.0)
-    pitch_deg: Range = (-15.0, 15.0)
+    # Positive pitch: camera above the plate looking down (the usual pole-mounted camera), so the
+    # plate is foreshortened vertically and its top edge is nearer; real LR plates look ~4:1.
+    pitch_deg: Range = (0.0, 30.0)
     # The viewing angle changes as the vehicle approaches: max per-frame drift of yaw and pitch.
     tilt_drift_deg: float = 1.0
     # Pinhole distance in plate widths; nearer means stronger keystone for the same angles.
@@ -103,7 +104,7 @@ class CameraParams:
             raise ValueError(f"CameraParams.reference: unknown {self.reference!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: == would be ambiguous
 class Trajectory:
     """Geometry of one track. ``homographies[t]`` maps scene pixels to LR frame t pixels."""
 
@@ -137,7 +138,7 @@ def resolve_reference(reference: str | int, num_frames: int) -> int:
 
 
 def homography_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Exact 4-point homography in float64 (cv2.getPerspectiveTransform rounds inputs to float32)."""
+    """Exact 4-point homography in float64 (cv2.getPerspectiveTransform takes float32 points)."""
     src = np.asarray(src, dtype=np.float64).reshape(4, 2)
     dst = np.asarray(dst, dtype=np.float64).reshape(4, 2)
     a = np.zeros((8, 8))
@@ -292,7 +293,9 @@ def sample_trajectory(
     jitter = rng.normal(0.0, 1.0, size=(n, 2)) * np.array(p.detector_jitter) * size
     crop = np.rint(0.5 * (lo + hi) + jitter - 0.5 * (size - 1))
     # Corners must stay in [margin - 0.5, size - 0.5 - margin] in crop coordinates.
-    crop = np.clip(crop, np.ceil(hi - size + 0.5 + margin - 1e-9), np.floor(lo - margin + 0.5 + 1e-9))
+    crop_min = np.ceil(hi - size + 0.5 + margin - 1e-9)
+    crop_max = np.floor(lo - margin + 0.5 + 1e-9)
+    crop = np.clip(crop, crop_min, crop_max)
     shift = centres - crop
     place = np.zeros((n, 3, 3))
     place[:, 0, 0] = place[:, 1, 1] = scale
@@ -322,6 +325,8 @@ def flow_between(traj: Trajectory, src: int, dst: int) -> np.ndarray:
     ``dst``; use :func:`flow_valid_mask` to know which pixels have a counterpart.
     """
     xs, ys = _pixel_grid(traj.sizes[src])
+    if src == dst:
+        return np.zeros(xs.shape + (2,), np.float32)
     m = traj.homographies[dst] @ np.linalg.inv(traj.homographies[src])
     den = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
     u = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2]) / den
@@ -375,7 +380,7 @@ def canonical_homography(
 
     ``cv2.warpPerspective(frame_t, H, canonical_size)`` rectifies frame t;
     ``cv2.warpPerspective(canonical, H, frame_size, flags=cv2.WARP_INVERSE_MAP)`` puts a canonical
-    plate image onto frame t's grid.
+    plate image onto frame t's grid (point-sampled: blur or supersample a sharp plate first).
     """
     return homography_from_points(traj.corners[t], canonical_corners(canonical_size))
 
@@ -418,12 +423,11 @@ def render_frames(
 
     # Scene region any frame sees, plus a margin so reflections and later blurs see real content.
     inv = np.linalg.inv(fine)
-    seen = np.concatenate(
-        [
-            _apply_batch(inv[t : t + 1], canonical_corners((w * supersample, h * supersample)))[0]
-            for t, (w, h) in enumerate(traj.sizes)
-        ]
+    frame_corners = np.stack(
+        [canonical_corners((w * supersample, h * supersample)) for w, h in traj.sizes]
     )
+    seen = np.einsum("tij,tpj->tpi", inv[:, :, :2], frame_corners) + inv[:, None, :, 2]
+    seen = (seen[..., :2] / seen[..., 2:3]).reshape(-1, 2)
     # Densest sampling: fine px per scene px along the plate's edges, over all frames.
     c = traj.scene_corners
     q = _apply_batch(fine, c)
