@@ -244,7 +244,10 @@ def train_cmd(
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     run_dir = run_dir or Path("runs") / config.stem
-    out = train(cfg, run_dir, resume=not no_resume)
+    try:
+        out = train(cfg, run_dir, resume=not no_resume)
+    except ValueError as exc:
+        fail(str(exc))
     console.print(f"weights: {out}")
 
 
@@ -295,7 +298,7 @@ def predict(
                                         "(default: the shipped parseq-tiny)."),
     fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
                                "string_majority."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Use only the last N frames of each track."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use only the last N frames of each track."),
     batch_size: int = typer.Option(64, "--batch-size", help="Tracks per inference batch."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
@@ -345,7 +348,12 @@ def eval_cmd(
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
-    counts = [int(c) for c in frame_counts.split(",") if c.strip()]
+    try:
+        counts = [int(c) for c in frame_counts.split(",") if c.strip()]
+    except ValueError:
+        fail(f"--frames must be comma-separated integers, got {frame_counts!r}")
+    if not counts or min(counts) < 1:
+        fail("--frames needs frame counts >= 1")
     paths = _discover(tracks)
     reader, _ = _make_reader(model, device, mode)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []

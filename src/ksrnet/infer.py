@@ -28,6 +28,9 @@ class TrackReading:
 
 def select_frames(frames: Sequence, count: int | None) -> list:
     """The last `count` frames: the vehicle approaches, so later frames are usually the largest."""
+    if count is not None and count < 1:
+        # frames[len - 0:] would be empty: every track silently dropped (predict) or missing (eval)
+        raise ValueError(f"frame count must be >= 1, got {count}")
     frames = list(frames)
     return frames if count is None or count >= len(frames) else frames[len(frames) - count:]
 

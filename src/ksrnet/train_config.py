@@ -23,12 +23,46 @@ class ConfigError(ValueError):
     pass
 
 
+def _section(data: Any, where: str) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}")
+    return dict(data)
+
+
+def _has_type(value: Any, name: str) -> bool:
+    if name in ("int", "float") and isinstance(value, bool):
+        return False
+    return isinstance(value, {"int": int, "float": (int, float), "str": str, "bool": bool,
+                              "None": type(None)}.get(name, object))
+
+
+def _check_types(cls, data: dict, where: str) -> None:
+    """Name the field and the expected type (comparisons inside __post_init__ would only say
+    "'<' not supported between 'int' and 'str'"). Annotations are strings here (postponed)."""
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value, names = data[f.name], [t.strip() for t in str(f.type).split("|")]
+        if not any(_has_type(value, n) for n in names):
+            hint = ""
+            if isinstance(value, str) and "float" in names:
+                try:
+                    float(value)
+                    hint = " (YAML reads 1e-3 as text: write 1.0e-3 or 0.001)"
+                except ValueError:
+                    pass
+            raise ConfigError(f"{where}.{f.name}: expected {' or '.join(names)}, got {value!r}{hint}")
+
+
 def _build(cls, data: dict | None, where: str):
-    data = dict(data or {})
+    data = _section(data, where)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    _check_types(cls, data, where)
     try:
         return cls(**data)
     except (TypeError, ValueError) as exc:
@@ -113,7 +147,7 @@ class TrainConfig:
         unknown = sorted(set(data) - {"model", "data", "optim", "trainer"})
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}")
-        model = dict(data.get("model") or {})
+        model = _section(data.get("model"), "model")
         preset = model.pop("preset", "tiny")
         try:
             unknown = sorted(set(model) - set(ParseqConfig().to_dict()))

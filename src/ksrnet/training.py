@@ -31,7 +31,12 @@ class RecognizerSamples(IterableDataset):
         self.tokenizer = Tokenizer()
 
     def __len__(self) -> int:
-        return len(self.tracks)
+        # Per DDP rank: sources shard their tracks over ranks (track_dataset.my_indices), and Lightning
+        # plans each rank's steps (hence the one-cycle schedule) from this length; the full count made
+        # a W-GPU run end at 1/W of its schedule, never annealed.
+        dist = torch.distributed
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return math.ceil(len(self.tracks) / world)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.tracks, "set_epoch"):
@@ -226,9 +231,13 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     val_loader = DataLoader(val_samples, **loader_args)
     module = RecognizerModule(config)
     ckpt_dir = run_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.checkpoint_every_n_steps,
-                                 save_top_k=1, monitor="val/rr_track_product", mode="max",
-                                 filename="best-{epoch}-{step}")
+    # Two callbacks: one monitored callback with a step trigger defers every save until the metric
+    # exists, i.e. wrote nothing before the first validation (a run killed in epoch 0 lost it all).
+    # last.ckpt: every N steps, always that name (no last-v1 when a run dir was moved or copied).
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                               every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=1, monitor="val/rr_track_product", mode="max",
+                           filename="best-{epoch}-{step}")  # after each validation
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
@@ -238,7 +247,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
         precision=_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip,
-        callbacks=[checkpoint, _EpochSetter(train_samples)],
+        callbacks=[periodic, best, _EpochSetter(train_samples)],
         logger=CSVLogger(run_dir, name="logs"),
         default_root_dir=run_dir,
         enable_progress_bar=progress,

@@ -1,0 +1,124 @@
+"""Accuracy of every late fusion at F=1/3/5 on a fixed synthetic test set, on the real LR samples,
+and CPU inference speed. Prints markdown tables for benchmarks/RESULTS.md.
+
+Usage: python benchmarks/recognizer.py [--model parseq-tiny] [--tracks 2000] [--preset hard]
+The test tracks use a seed no training run uses (TEST_SEED), so they are never seen in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+from ksrnet.infer import Reader
+from ksrnet.metrics import GroundTruth, Reading, score
+from ksrnet.models.baselines import FUSIONS
+from ksrnet.synth.dataset import generate_track
+from ksrnet.tracks import Track
+from ksrnet.weights import load_model
+
+TEST_SEED = 20_261_126
+REAL_LR = Path(__file__).resolve().parents[2] / "shared" / "real-samples" / "lrlpr26_frames"
+
+
+def synthetic_tracks(n: int, preset: str) -> list:
+    tracks = []
+    for i in range(n):
+        t = generate_track(TEST_SEED, i, preset=preset)
+        t.scene = t.trajectory = None
+        tracks.append(t)
+    return tracks
+
+
+def real_tracks(folder: Path) -> list[Track]:
+    """Single-frame tracks from files named like ..._lr-005_AVL5215_36x20.png (text before the size)."""
+    out = []
+    for path in sorted(folder.glob("*lr*.png")):
+        m = re.search(r"_([A-Z0-9]{7})_\d+x\d+", path.name)
+        if m:
+            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            out.append(Track(track_id=path.stem, lr=[rgb], text=m.group(1)))
+    return out
+
+
+def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
+    truths = [GroundTruth(t.track_id, t.text, getattr(t.layout, "value", None)) for t in tracks]
+    results = {}
+    for c in counts:
+        readings = {f: {} for f in fusions}
+        for s in range(0, len(tracks), batch):
+            for rule, rs in reader.read(tracks[s:s + batch], fusions, frame_count=c).items():
+                readings[rule].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
+        for rule in fusions:
+            results[(rule, c)] = score(truths, readings[rule])
+    return results
+
+
+def speed(reader: Reader, tracks, batch: int, repeats: int = 3) -> float:
+    reader.read(tracks[:batch], ["product"])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for s in range(0, len(tracks), batch):
+            reader.read(tracks[s:s + batch], ["product"])
+        best = min(best, time.perf_counter() - start)
+    return len(tracks) / best
+
+
+def table(results: dict, title: str) -> str:
+    lines = [f"**{title}**", "", "| fusion | F | RR % | CER % | conf gap (pts) | wrong with conf >= 0.9 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for (rule, c), r in results.items():
+        o = r.overall
+        gap = f"{100 * o.confidence_gap:.1f}" if o.confidence_gap is not None else "-"
+        lines.append(f"| {rule} | {c} | {100 * o.recognition_rate:.2f} | {100 * o.cer:.2f} | {gap} | {o.confident_wrong} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--tracks", type=int, default=2000)
+    ap.add_argument("--preset", default="hard")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, meta = load_model(args.model)
+    reader = Reader(model)
+    start = time.perf_counter()
+    tracks = synthetic_tracks(args.tracks, args.preset)
+    print(f"generated {len(tracks)} '{args.preset}' tracks (seed {TEST_SEED}) in {time.perf_counter() - start:.0f} s")
+    synth = evaluate(reader, tracks, list(FUSIONS), [1, 3, 5])
+    print(table(synth, f"synthetic {args.preset}, {len(tracks)} tracks"))
+    p1 = synth[("product", 1)].overall.recognition_rate
+    p5 = synth[("product", 5)].overall.recognition_rate
+    print(f"\nF=5 product error / F=1 error = {(1 - p5) / max(1e-9, 1 - p1):.3f}")
+    out = {"synthetic": {f"{k[0]}@{k[1]}": v.as_dict() for k, v in synth.items()}}
+    reals = real_tracks(REAL_LR) if REAL_LR.is_dir() else []
+    if reals:
+        real = evaluate(reader, reals, ["single"], [1])
+        r = real[("single", 1)]
+        print(f"\nreal LRLPR-26 LR frames ({len(reals)}, single frame): RR {100 * r.overall.recognition_rate:.1f}% "
+              f"CER {100 * r.overall.cer:.1f}%")
+        for t in reals:
+            got = reader.read([t], ["single"])["single"][0]
+            print(f"  {t.track_id}: truth {t.text} read {got.text} conf {got.confidence:.3f}")
+        out["real_single_frame"] = r.as_dict()
+    for batch in (1, 64):
+        n = min(len(tracks), 256 if batch > 1 else 64)
+        tps = speed(reader, tracks[:n], batch)
+        print(f"speed, batch {batch} tracks x 5 frames, {args.threads} threads: {tps:.1f} tracks/s")
+        out[f"tracks_per_s_batch{batch}"] = tps
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""Training: config validation, a micro CLI run (train -> predict -> eval), resuming, model loading.
+
+Every run is micro (an 8k-parameter PARSeq, a handful of synthetic tracks, 1-2 epochs) so the whole
+file takes seconds of CPU. One trained run dir is shared by the tests of this module (each copies it
+before changing anything).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import ksrnet.synth.dataset as synth_dataset
+import ksrnet.training as training
+from ksrnet.cli import app
+from ksrnet.infer import Reader, select_frames
+from ksrnet.models.baselines import FUSIONS
+from ksrnet.plates import infer_layout
+from ksrnet.submission import read_predictions
+from ksrnet.train_config import ConfigError, TrainConfig
+from ksrnet.weights import ModelLoadError, load_model
+
+runner = CliRunner()
+
+MICRO = {
+    "model": {"preset": "tiny", "embed_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_heads": 2},
+    "data": {"synth_tracks_per_epoch": 8, "val_tracks": 4, "num_workers": 0},
+    "trainer": {"max_epochs": 1, "batch_tracks": 4, "checkpoint_every_n_steps": 1},
+}
+STEPS_PER_EPOCH = 2  # 8 tracks / 4 per batch
+
+
+def micro(**sections) -> dict:
+    """MICRO with some keys of some sections replaced: micro(data={"num_workers": 1})."""
+    return {k: {**MICRO.get(k, {}), **sections.get(k, {})} for k in {**MICRO, **sections}}
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def plain(text: str) -> str:
+    """Output without ANSI codes or whitespace (rich wraps long lines)."""
+    return "".join(re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text).split())
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_ok(result) -> None:
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+
+
+def assert_refused(result, *needles: str) -> None:
+    """Non-zero exit through typer.Exit (not a crash), with each needle in the output."""
+    detail = f"{result.output}\n{result.exception!r}"
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), detail
+    for needle in needles:
+        assert plain(needle) in plain(result.output), detail
+
+
+def ckpt(run_dir: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=False, map_location="cpu")
+
+
+class StepCounter(training._EpochSetter):
+    """The real _EpochSetter, also recording the global step each fit starts from and the batches
+    it trains; optionally raising (a simulated crash) once the global step reaches `fail_at`."""
+
+    started_at: list[int] = []
+    batches: list[int] = []
+    fail_at: int | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        type(self).started_at.append(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        type(self).batches.append(trainer.global_step)
+        if type(self).fail_at is not None and trainer.global_step >= type(self).fail_at:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.fixture
+def counter(monkeypatch):
+    StepCounter.started_at, StepCounter.batches, StepCounter.fail_at = [], [], None
+    monkeypatch.setattr(training, "_EpochSetter", StepCounter)
+    return StepCounter
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) TrainConfig
+
+
+def test_shipped_configs_load():
+    for path in Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"):
+        cfg = TrainConfig.load(path)
+        assert cfg.trainer.max_epochs >= 1, path
+
+
+def test_micro_config_values(tmp_path):
+    cfg = TrainConfig.load(write_yaml(tmp_path / "c.yaml", MICRO))
+    assert (cfg.model.embed_dim, cfg.model.enc_depth, cfg.model.enc_heads, cfg.model.dec_heads) == (32, 1, 2, 2)
+    assert cfg.model.enc_heads == 2 and cfg.model.img_h == 32  # the rest from the tiny preset
+    assert cfg.data.synth_tracks_per_epoch == 8 and cfg.data.num_workers == 0
+    assert cfg.optim.schedule == "onecycle"  # a default
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = TrainConfig.from_dict(micro(optim={"lr": 0.001, "schedule": "cosine"},
+                                      trainer={"max_minutes": 2.5, "precision": "32"}))
+    cfg.save(tmp_path / "c.yaml")
+    back = TrainConfig.load(tmp_path / "c.yaml")
+    assert back == cfg
+    assert back.optim.lr == 0.001 and back.trainer.max_minutes == 2.5 and back.model.embed_dim == 32
+    # What is saved beside a run is a complete, explicit config (every key written out).
+    saved = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert saved["model"]["embed_dim"] == 32 and "preset" not in saved["model"]
+    assert saved["data"]["val_seed"] == cfg.data.val_seed
+
+
+def test_replace_keeps_other_sections():
+    cfg = TrainConfig.from_dict(MICRO).replace("trainer", max_epochs=5)
+    assert cfg.trainer.max_epochs == 5 and cfg.trainer.batch_tracks == 4 and cfg.model.embed_dim == 32
+
+
+@pytest.mark.parametrize("data, needles", [
+    (micro(data={"synth_track_per_epoch": 8}), ["data", "synth_track_per_epoch", "synth_tracks_per_epoch"]),
+    (micro(trainer={"max_epoch": 3}), ["trainer", "max_epoch", "allowed"]),
+    (micro(model={"embed_dims": 64}), ["model", "embed_dims"]),
+    ({**MICRO, "optimizer": {"lr": 0.1}}, ["unknown section", "optimizer"]),
+    (micro(model={"preset": "huge"}), ["model", "huge", "tiny"]),
+    (micro(model={"embed_dim": 33}), ["model", "embed_dim=33", "enc_heads=2"]),
+    (micro(optim={"schedule": "linear"}), ["optim", "onecycle"]),
+    (micro(optim={"lr": 2.0}), ["optim", "lr must be in (0, 1)"]),
+    (micro(optim={"lr": "1e-3"}), ["optim.lr", "expected float", "'1e-3'", "0.001"]),
+    (micro(trainer={"max_epochs": 0}), ["trainer", "max_epochs"]),
+    (micro(trainer={"max_epochs": "ten"}), ["trainer.max_epochs", "expected int", "'ten'"]),
+    (micro(trainer={"max_epochs": True}), ["trainer.max_epochs", "expected int"]),
+    (micro(trainer={"precision": "bf17"}), ["trainer", "precision"]),
+    (micro(data={"synth_preset": "extreme"}), ["data", "presets"]),
+    (micro(data={"synth_tracks_per_epoch": 0}), ["data", "no training data"]),
+    (micro(optim={"schedule": "time_cosine"}), ["time_cosine", "max_minutes"]),
+    ({**MICRO, "data": [1, 2]}, ["data", "mapping"]),
+    ({**MICRO, "model": "tiny"}, ["model", "mapping"]),
+])
+def test_bad_configs_raise_config_error_naming_the_problem(tmp_path, data, needles):
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.load(path)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("model: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "mapping at the top level"),
+])
+def test_malformed_yaml(tmp_path, text, needle):
+    with pytest.raises(ConfigError, match=needle):
+        TrainConfig.load(write_yaml(tmp_path / "bad.yaml", text))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        TrainConfig.load(tmp_path / "nope.yaml")
+
+
+def test_empty_yaml_is_all_defaults(tmp_path):
+    assert TrainConfig.load(write_yaml(tmp_path / "empty.yaml", "")) == TrainConfig()
+
+
+def test_cli_train_refuses_a_bad_config(tmp_path):
+    path = write_yaml(tmp_path / "bad.yaml", micro(trainer={"max_epoch": 3}))
+    result = invoke("train", path, "--run-dir", tmp_path / "run")
+    assert_refused(result, "unknown key(s) ['max_epoch']")
+    assert not (tmp_path / "run").exists()
+
+
+def test_samples_length_is_per_ddp_rank(monkeypatch):
+    """Lightning plans each rank's steps (and the one-cycle schedule) from len(dataset); the tracks
+    are sharded over ranks, so the length must be the per-rank count."""
+    from ksrnet.synth.dataset import SyntheticTrackDataset
+
+    cfg = TrainConfig.from_dict(MICRO)
+    samples = training.RecognizerSamples(SyntheticTrackDataset(10), cfg)
+    assert len(samples) == 10
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    assert len(samples) == 3  # ranks get 3, 3, 2, 2 tracks
+
+
+def test_train_refuses_a_run_dir_of_another_model(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig.from_dict(micro(model={"embed_dim": 64})).save(run / "config.yaml")
+    with pytest.raises(ValueError, match="another model config"):
+        training.train(TrainConfig.from_dict(MICRO), run, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) one micro CLI run, then predict and eval with it
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    config = write_yaml(root / "micro.yaml", MICRO)
+    result = invoke("train", config, "--run-dir", root / "run")
+    assert_ok(result)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def synth_tracks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "tracks"
+    assert_ok(invoke("synth", out, "--tracks", 3, "--seed", 11, "--no-hr"))
+    return out
+
+
+def test_train_writes_the_run_dir(trained_run):
+    for name in ("config.yaml", "checkpoints/last.ckpt", "model.safetensors", "model.json"):
+        assert (trained_run / name).is_file(), name
+    assert TrainConfig.load(trained_run / "config.yaml") == TrainConfig.from_dict(MICRO)
+    state = ckpt(trained_run)
+    assert state["global_step"] == STEPS_PER_EPOCH and state["epoch"] == 1
+    # Besides last.ckpt, the best checkpoint by validation RR (one epoch: that epoch's end).
+    assert [p.name for p in (trained_run / "checkpoints").glob("best-*.ckpt")] == [f"best-epoch=0-step={STEPS_PER_EPOCH}.ckpt"]
+    assert state["hyper_parameters"]["config"]["model"]["embed_dim"] == 32
+    meta = json.loads((trained_run / "model.json").read_text())
+    assert meta["kind"] == "parseq" and meta["config"]["embed_dim"] == 32
+    rr = meta["val_rr_track_product"]
+    assert isinstance(rr, float) and 0.0 <= rr <= 1.0  # a number, not "tensor(0.)"
+    # The exported weights are the checkpoint's final weights.
+    weights = load_file(str(trained_run / "model.safetensors"))
+    model_state = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    assert set(weights) == set(model_state)
+    assert all(torch.equal(weights[k], model_state[k]) for k in weights)
+    # A CSV log with the validation figures of epoch 0.
+    logs = list((trained_run / "logs").rglob("metrics.csv"))
+    assert logs and "val/rr_track_product" in logs[0].read_text()
+
+
+def test_load_model_from_run_dir(trained_run):
+    model, meta = load_model(trained_run)
+    assert not model.training
+    assert model.config.embed_dim == 32 and meta["config"] == model.config.to_dict()
+    assert sum(p.numel() for p in model.parameters()) < 50_000
+
+
+PREDICTION_LINE = re.compile(r"^(track_\d{5}),([A-Z0-9]{7});(\d\.\d+)$")
+
+
+def test_predict_with_the_run_dir(trained_run, synth_tracks, tmp_path):
+    out = tmp_path / "predictions.txt"
+    result = invoke("predict", synth_tracks, "--model", trained_run, "--out", out)
+    assert_ok(result)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3
+    ids = []
+    for line in lines:
+        m = PREDICTION_LINE.match(line)
+        assert m, line
+        ids.append(m.group(1))
+        assert infer_layout(m.group(2)) is not None, line  # the 7 slots obey one layout's syntax
+        assert 0.0 <= float(m.group(3)) <= 1.0
+    assert sorted(ids) == ["track_00001", "track_00002", "track_00003"]
+    preds = read_predictions(out)  # the project's own reader accepts it
+    assert set(preds) == set(ids)
+    # Deterministic: same model, same tracks, same file.
+    again = tmp_path / "again.txt"
+    assert_ok(invoke("predict", synth_tracks, "--model", trained_run, "--out", again))
+    assert again.read_text() == out.read_text()
+
+
+def test_eval_with_the_run_dir(trained_run, synth_tracks):
+    result = invoke("eval", synth_tracks, "--model", trained_run, "--fusions", "single,product", "--frames", "1,5")
+    assert_ok(result)
+    assert "RR%" in plain(result.output) and "product" in result.output and "3tracks" in plain(result.output)
+    result = invoke("eval", synth_tracks, "--model", trained_run, "--fusions", "product,char_majority",
+                    "--frames", "5", "--json")
+    assert_ok(result)
+    scores = json.loads(result.stdout)
+    assert set(scores) == {"product@F=5", "char_majority@F=5", "unreadable"}
+    for key in ("product@F=5", "char_majority@F=5"):
+        overall = scores[key]["overall"]
+        assert overall["tracks"] == 3 and overall["missing"] == 0
+        assert overall["recognition_rate"] in (0.0, 1 / 3, 2 / 3, 1.0)
+        assert 0.0 <= overall["cer"] <= 1.0
+
+
+def test_reader_with_the_trained_model(trained_run):
+    assert select_frames([1, 2, 3, 4, 5], 3) == [3, 4, 5]
+    assert select_frames([1, 2], 5) == [1, 2] and select_frames([1, 2], None) == [1, 2]
+    with pytest.raises(ValueError, match="frame count must be >= 1"):
+        select_frames([1, 2, 3], 0)
+    model, _ = load_model(trained_run)
+    reader = Reader(model, batch_frames=3)  # 7 frames -> 3 batches, outputs concatenated in order
+    rng = np.random.default_rng(0)
+    tracks = [SimpleNamespace(track_id=f"t{i}", lr=[rng.integers(0, 255, (17, 48, 3), dtype=np.uint8)
+                                                      for _ in range(n)]) for i, n in enumerate((5, 1, 1))]
+    out = reader.read(tracks, FUSIONS)
+    assert set(out) == set(FUSIONS)
+    for rule, readings in out.items():
+        assert [r.track_id for r in readings] == ["t0", "t1", "t2"]
+        assert [r.frames_used for r in readings] == [5, 1, 1]
+        for r in readings:
+            assert infer_layout(r.text) is not None and r.layout == infer_layout(r.text).value
+            assert 0.0 <= r.confidence <= 1.0 and len(r.alternatives) == 7
+    # Batching does not change the per-frame outputs.
+    frames = [f for t in tracks for f in t.lr]
+    a, b = reader.frame_outputs(frames), Reader(model, batch_frames=256).frame_outputs(frames)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+    assert out["product"][1].text == out["single"][1].text  # one frame: every rule reads the same
+    with pytest.raises(ValueError, match="frame count"):
+        reader.read(tracks, ["product"], frame_count=0)
+    with pytest.raises(ValueError, match="unknown fusion"):
+        reader.read(tracks, ["vote"])
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) resuming
+
+
+def test_resume_with_more_epochs_continues_the_run(trained_run, tmp_path, counter):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = ckpt(run)
+    config = write_yaml(tmp_path / "micro.yaml", MICRO)
+    result = invoke("train", config, "--run-dir", run, "--max-epochs", 2)
+    assert_ok(result)
+    # The second fit started where the first stopped and trained exactly one more epoch.
+    assert counter.started_at == [STEPS_PER_EPOCH]
+    assert counter.batches == [STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH]
+    after = ckpt(run)
+    assert after["global_step"] == 2 * STEPS_PER_EPOCH and after["epoch"] == 2
+    # The one-cycle schedule continued (step count carried over) on the new, longer plan instead of
+    # failing past the first run's total.
+    sched = after["lr_schedulers"][0]
+    assert sched["last_epoch"] == 2 * STEPS_PER_EPOCH and sched["total_steps"] == 2 * STEPS_PER_EPOCH
+    assert before["lr_schedulers"][0]["total_steps"] == STEPS_PER_EPOCH
+    # Optimizer state was carried over too (Adam's step counters keep counting).
+    steps = [s["step"] for s in after["optimizer_states"][0]["state"].values()]
+    assert steps and all(float(s) == 2 * STEPS_PER_EPOCH for s in steps)
+    assert TrainConfig.load(run / "config.yaml").trainer.max_epochs == 2
+    first, second = load_file(str(trained_run / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the extra epoch changed the weights
+    # Re-running the finished run is a no-op: nothing trained, same weights.
+    counter.started_at.clear(), counter.batches.clear()
+    weights = load_file(str(run / "model.safetensors"))
+    assert_ok(invoke("train", config, "--run-dir", run, "--max-epochs", 2))
+    assert counter.batches == []
+    again = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_no_resume_starts_over(trained_run, tmp_path, counter):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = write_yaml(tmp_path / "micro.yaml", MICRO)
+    assert_ok(invoke("train", config, "--run-dir", run, "--no-resume"))
+    assert counter.started_at == [0] and len(counter.batches) == STEPS_PER_EPOCH
+    assert ckpt(run)["global_step"] == STEPS_PER_EPOCH
+
+
+def test_crashed_run_resumes_mid_epoch(tmp_path, counter):
+    # 4 steps per epoch; the run dies after its 3rd step, before that step's checkpoint is written
+    # (ModelCheckpoint runs after the other callbacks), so last.ckpt holds step 2.
+    cfg = TrainConfig.from_dict(micro(data={"synth_tracks_per_epoch": 16, "val_tracks": 1}))
+    run = tmp_path / "run"
+    counter.fail_at = 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(cfg, run, progress=False)
+    assert ckpt(run)["global_step"] == 2
+    assert not (run / "model.safetensors").exists()
+    counter.fail_at = None
+    counter.started_at.clear(), counter.batches.clear()
+    out = training.train(cfg, run, progress=False)
+    assert counter.started_at == [2] and counter.batches == [3, 4]  # the 2 missing steps, not 4 anew
+    assert ckpt(run)["global_step"] == 4
+    assert out == run / "model.safetensors" and out.is_file()
+
+
+def test_every_epoch_draws_new_tracks_with_workers_and_last_ckpt_is_final(tmp_path, monkeypatch):
+    """With DataLoader workers, epoch e must train on the tracks of (seed, epoch e): each worker
+    holds a copy of the dataset, so a persistent worker would replay epoch 0 forever. And a finished
+    run's last.ckpt holds its final step even when that is not a multiple of the checkpoint interval."""
+    log = tmp_path / "drawn.txt"
+    real = synth_dataset.generate_track
+
+    def logged(seed, index, *, epoch=0, **kw):
+        with open(log, "a") as f:  # workers are forked: they inherit this patch, and append here
+            f.write(f"{seed} {epoch} {index}\n")
+        return real(seed, index, epoch=epoch, **kw)
+
+    monkeypatch.setattr(synth_dataset, "generate_track", logged)
+    cfg = TrainConfig.from_dict(micro(data={"synth_tracks_per_epoch": 4, "val_tracks": 1, "num_workers": 1},
+                                      trainer={"max_epochs": 2, "batch_tracks": 2, "checkpoint_every_n_steps": 3}))
+    training.train(cfg, tmp_path / "run", progress=False)
+    drawn = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    train_seed = cfg.data.seed
+    assert sorted(d for d in drawn if d[0] == train_seed) == [(train_seed, e, i) for e in (0, 1) for i in range(4)]
+    assert sorted(d for d in drawn if d[0] == cfg.data.val_seed) == [(cfg.data.val_seed, 0, 0)] * 2
+    # 2 epochs x 2 steps: checkpoints every 3 steps wrote step 3; the end of the run must write step 4.
+    assert ckpt(tmp_path / "run")["global_step"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) loading models that are not there or do not fit
+
+
+def model_dir_copy(trained_run: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(trained_run / name, dest / name)
+    return dest
+
+
+def test_config_that_does_not_match_the_weights(trained_run, tmp_path, synth_tracks):
+    bad = model_dir_copy(trained_run, tmp_path / "bad")
+    meta = json.loads((bad / "model.json").read_text())
+    meta["config"]["embed_dim"] = 64  # valid config (64 % 2 == 0), wrong shapes
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="does not match its config") as info:
+        load_model(bad)
+    assert "size mismatch" in str(info.value)
+    result = invoke("predict", synth_tracks, "--model", bad, "--out", tmp_path / "p.txt")
+    assert_refused(result, "does not match its config")
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_one_layer_too_many(trained_run, tmp_path):
+    bad = model_dir_copy(trained_run, tmp_path / "bad")
+    meta = json.loads((bad / "model.json").read_text())
+    meta["config"]["enc_depth"] = 2
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="Missing key"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("meta_text, needle", [
+    (None, "cannot read the config"),  # no model.json at all
+    ("{not json", "cannot read the config"),
+    ('{"kind": "parseq"}', "cannot read the config"),
+    ('{"config": null}', "cannot read the config"),
+    ('{"config": {"embed_dim": 32, "colour": "red"}}', "colour"),
+    ('{"config": {"embed_dim": 33}}', "embed_dim"),
+])
+def test_broken_model_json(trained_run, tmp_path, meta_text, needle):
+    bad = model_dir_copy(trained_run, tmp_path / "bad")
+    if meta_text is None:
+        (bad / "model.json").unlink()
+    else:
+        (bad / "model.json").write_text(meta_text)
+    with pytest.raises(ModelLoadError, match=needle):
+        load_model(bad)
+
+
+def test_corrupt_weights(trained_run, tmp_path):
+    bad = model_dir_copy(trained_run, tmp_path / "bad")
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="does not match its config"):
+        load_model(bad)
+
+
+def test_model_pointing_nowhere(tmp_path, synth_tracks):
+    nowhere = tmp_path / "no" / "such" / "run"
+    with pytest.raises(ModelLoadError, match="no model at"):
+        load_model(nowhere)
+    result = invoke("predict", synth_tracks, "--model", nowhere, "--out", tmp_path / "p.txt")
+    assert_refused(result, "no model at", str(nowhere))
+    assert not (tmp_path / "p.txt").exists()
+    result = invoke("eval", synth_tracks, "--model", nowhere)
+    assert_refused(result, "no model at")
+
+
+def test_run_dir_without_exported_weights(trained_run, tmp_path, synth_tracks):
+    # A run killed before its end has checkpoints but no model.safetensors yet.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    result = invoke("predict", synth_tracks, "--model", run, "--out", tmp_path / "p.txt")
+    assert_refused(result, "no model at", "model.safetensors")
