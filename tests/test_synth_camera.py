@@ -119,7 +119,7 @@ def test_sizes_and_plate_extent_like_lrlpr26():
     for seed in range(200):
         t = traj(seed)
         w, h = t.sizes[0]
-        assert 40 <= w <= 56 and 15 <= h <= 21
+        assert 36 <= w <= 56 and 16 <= h <= 21
         q = t.corners[t.reference]
         plate_w.append(0.5 * (q[1, 0] - q[0, 0] + q[2, 0] - q[3, 0]))
         plate_h.append(0.5 * (q[3, 1] - q[0, 1] + q[2, 1] - q[1, 1]))
@@ -130,6 +130,8 @@ def test_sizes_and_plate_extent_like_lrlpr26():
     assert 6 <= plate_h.min() and plate_h.max() <= 19
     assert 34 <= np.median(plate_w) <= 46
     assert 0.6 <= np.median(fills) <= 0.95
+    # The plate fills 80-95 % of the crop width in most tracks (margins cap it in narrow crops).
+    assert np.mean((np.array(fills) >= 0.7) & (np.array(fills) <= 0.96)) >= 0.8
 
 
 def test_plate_grows_when_approaching():

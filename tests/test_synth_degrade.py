@@ -446,3 +446,95 @@ def test_make_lr_track_end_to_end():
     frames = D.make_lr_track(text_scene(), t, p, rng)
     assert [f.shape for f in frames] == [(h, w, 3) for w, h in t.sizes]
     assert all(f.dtype == np.uint8 for f in frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# flash/IR look
+
+
+def _plate_scene(h: int = 40, w: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Float RGB frame: a light grey plate with dark bars on a mid-coloured surround, and its
+    corners (pixel-centre coordinates)."""
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = (0.45, 0.35, 0.25)
+    img[10:30, 10:90] = (0.75, 0.75, 0.76)
+    img[14:26, 20:80:8] = (0.1, 0.1, 0.1)
+    corners = np.array([[9.5, 9.5], [89.5, 9.5], [89.5, 29.5], [9.5, 29.5]])
+    return img, corners
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def test_plate_mask_covers_the_plate_only():
+    _, corners = _plate_scene()
+    m = D.plate_mask((100, 40), corners)
+    assert m.dtype == np.float32 and m.shape == (40, 100)
+    assert m[12:28, 12:88].min() > 0.99 and m[:8].max() < 0.01 and m[:, :8].max() < 0.01
+    assert abs(m.sum() - 80 * 20) < 80  # area of the quad, anti-aliased rim
+
+
+def test_flash_look_raises_contrast_and_lowers_saturation():
+    img, corners = _plate_scene()
+    mask = D.plate_mask((img.shape[1], img.shape[0]), corners)
+    day = D.apply_exposure(img.copy())
+    lit = D.apply_surround_gain(img, mask, 0.25)
+    flash = D.apply_exposure(lit, gain=1.25, contrast=1.2, saturation=0.3, black_level=0.08, gamma=1.0)
+    y_day, y_flash = _luma(day), _luma(flash)
+    # Plate brighter, surround darker, overall contrast up.
+    assert y_flash[12:28, 12:18].mean() > y_day[12:28, 12:18].mean() + 0.1
+    assert y_flash[:6].mean() < 0.5 * y_day[:6].mean()
+    spread = lambda y: np.percentile(y, 95) - np.percentile(y, 5)
+    assert spread(y_flash) > spread(y_day) + 0.2
+    sat = lambda x: (x.max(-1) - x.min(-1)).mean()
+    assert sat(flash) < 0.5 * sat(day)
+    assert flash.min() >= 0 and flash.max() <= 1
+
+
+def test_saturation_and_black_level_helpers():
+    x = np.random.default_rng(0).random((2, 8, 9, 3)).astype(np.float32)
+    grey = D.adjust_saturation(x, 0.0)
+    assert grey.shape == x.shape and np.abs(grey - grey[..., :1]).max() < 1e-5
+    np.testing.assert_allclose(D.adjust_saturation(x, 1.0), x)
+    bl = D.apply_black_level(x, 0.1)
+    np.testing.assert_allclose(bl, (x - 0.1) / 0.9, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", D.PRESET_NAMES)
+def test_preset_exposure_stays_in_documented_ranges(preset):
+    r = D.PRESETS[preset]
+    rng = np.random.default_rng(7)
+    params = [D.sample_degradation(rng, preset) for _ in range(400)]
+    flash = [p for p in params if p.flash]
+    day = [p for p in params if not p.flash]
+    share = len(flash) / len(params)
+    assert abs(share - r.flash_prob) < 0.08
+    for p in flash:
+        assert r.flash_gain[0] <= p.gain <= r.flash_gain[1]
+        assert r.flash_contrast[0] <= p.contrast <= r.flash_contrast[1]
+        assert r.flash_surround_gain[0] <= p.surround_gain <= r.flash_surround_gain[1] < 1
+        assert r.flash_saturation[0] <= p.saturation <= r.flash_saturation[1]
+        assert r.flash_black_level[0] <= p.black_level <= r.flash_black_level[1]
+        assert p.color_cast[2] >= p.color_cast[0] - 2 * r.color_cast  # cool tint
+        assert not p.low_light
+    for p in day:
+        assert p.surround_gain == 1.0 and p.black_level == 0.0
+        assert r.saturation[0] <= p.saturation <= r.saturation[1]
+        # Mild casts only: no channel more than the preset's deviation (after renormalising).
+        assert max(p.color_cast) - min(p.color_cast) <= 2 * r.color_cast / (1 - r.color_cast) + 1e-9
+    # Dark tracks: none in easy, rare in medium, a minority in hard.
+    dark = np.mean([p.low_light for p in params])
+    assert dark <= {"easy": 0.0, "medium": 0.06, "hard": 0.12}[preset] + 0.03
+
+
+def test_flash_track_has_bright_plate_and_dark_surround():
+    from ksrnet.synth.dataset import generate_track
+
+    spreads = {True: [], False: []}
+    for i in range(24):
+        t = generate_track(3, i, preset="medium", codec="jpeg")
+        y = _luma(np.stack(t.lr).astype(np.float32) / 255)
+        spreads[bool(np.percentile(y, 95) > 0.8 and np.percentile(y, 5) < 0.1)].append(i)
+    # About half the tracks get the flash look: bright plates (near clip) with black surrounds.
+    assert 4 <= len(spreads[True]) <= 22

@@ -44,14 +44,14 @@ Range = tuple[float, float]
 class CameraParams:
     """Ranges the per-track geometry is drawn from. Lengths are in LR pixels unless named otherwise.
 
-    Defaults follow the LRLPR-26 LR crops: 36-56 px wide, 15-21 px tall, the plate filling most of
-    the width and about 55-75 % of the height (a detector box has more slack vertically).
+    Defaults follow the LRLPR-26 LR crops: 36-56 px wide, 16-21 px tall, the plate filling
+    80-95 % of the width and about 50-80 % of the height (a detector box has more slack vertically).
     """
 
-    crop_width: Range = (40.0, 56.0)
-    crop_height: Range = (15.0, 21.0)
+    crop_width: Range = (36.0, 56.0)
+    crop_height: Range = (16.0, 21.0)
     # Width of the plate's bounding box over the crop width, in the reference frame.
-    plate_fill: Range = (0.78, 0.94)
+    plate_fill: Range = (0.80, 0.95)
     # Every corner stays at least this far inside the crop's outer edge, in every frame.
     min_margin_px: float = 1.0
     # Relative growth of the plate per frame; negative values model a receding vehicle.

@@ -273,6 +273,47 @@ def adjust_gamma(x: np.ndarray, gamma: float) -> np.ndarray:
     return cv2.pow(flat, float(gamma)).reshape(y.shape)
 
 
+def adjust_saturation(x: np.ndarray, saturation: float) -> np.ndarray:
+    """Blend each RGB pixel toward its luma: 1 keeps the colours, 0 gives grey (IR/flash cameras
+    and cheap ISPs render desaturated colours)."""
+    if saturation == 1.0 or x.ndim < 3 or x.shape[-1] != 3:
+        return x
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-2], 3)
+    grey = cv2.cvtColor(cv2.cvtColor(flat, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(flat, float(saturation), grey, 1.0 - float(saturation), 0.0).reshape(x.shape)
+
+
+def apply_black_level(x: np.ndarray, black_level: float) -> np.ndarray:
+    """Crush the shadows: ``(x - b) / (1 - b)``, so everything under ``b`` goes to 0."""
+    if black_level <= 0:
+        return x
+    return (x - np.float32(black_level)) * np.float32(1.0 / (1.0 - black_level))
+
+
+def plate_mask(size: tuple[int, int], corners: np.ndarray) -> np.ndarray:
+    """Anti-aliased float32 ``(h, w)`` mask of the plate quad (pixel-centre coordinates)."""
+    w, h = size
+    m = np.zeros((h, w), np.uint8)
+    c = np.asarray(corners, np.float64).reshape(4, 2)
+    # OpenCV fills polygons inclusively through their vertices' pixels: pull the outer boundary
+    # in by half a pixel so the filled area matches the quad's.
+    c = c - 0.5 * np.sign(c - c.mean(axis=0))
+    pts = np.rint(c * 16).astype(np.int32)
+    cv2.fillConvexPoly(m, pts, 255, cv2.LINE_AA, 4)
+    return m.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def apply_surround_gain(x: np.ndarray, mask: np.ndarray, surround_gain: float) -> np.ndarray:
+    """Light the plate and its surround differently: a retro-reflective plate under a flash or IR
+    illuminator returns far more light than the paint around it. ``mask`` is 1 on the plate."""
+    if surround_gain == 1.0:
+        return x
+    f = np.float32(surround_gain) + np.float32(1.0 - surround_gain) * mask
+    if x.ndim == 3:
+        f = cv2.cvtColor(f, cv2.COLOR_GRAY2RGB) if x.shape[-1] == 3 else f[..., None]
+    return x * f
+
+
 def apply_exposure(
     x: np.ndarray,
     *,
@@ -280,13 +321,18 @@ def apply_exposure(
     gamma: float = 1.0,
     contrast: float = 1.0,
     color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    saturation: float = 1.0,
+    black_level: float = 0.0,
 ) -> np.ndarray:
-    """Linear scalings first (they act on light), then the tone curve; result clipped to [0, 1]."""
+    """Linear scalings first (they act on light), then the ISP: saturation, contrast, black
+    level and the tone curve; result clipped to [0, 1]."""
     if x.ndim >= 3:
         y = _scale_channels(x, tuple(gain * c for c in color_cast))
     else:
         y = x * np.float32(gain)
+    y = adjust_saturation(y, saturation)
     y = adjust_contrast(y, contrast)
+    y = apply_black_level(y, black_level)
     return adjust_gamma(y, gamma)
 
 
@@ -518,6 +564,12 @@ class DegradationParams:
     contrast: float = 1.0
     color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
     low_light: bool = False
+    # Flash/IR look: the plate lit far more than its surround (surround_gain < 1 multiplies
+    # everything outside the plate before the blur), strong gain, crushed shadows, grey colours.
+    flash: bool = False
+    surround_gain: float = 1.0
+    saturation: float = 1.0
+    black_level: float = 0.0
     noise_a: float = 0.0  # variance = noise_a * y + noise_b, y in [0, 1]
     noise_b: float = 0.0
     noise_channel_corr: float = 0.0
@@ -545,6 +597,10 @@ class DegradationParams:
             raise ValueError("sizes, amplitudes and noise parameters must be >= 0")
         if self.gain <= 0 or self.gamma <= 0 or self.contrast <= 0:
             raise ValueError("gain, gamma and contrast must be > 0")
+        if not 0 < self.surround_gain <= 1 or not 0 <= self.saturation <= 1.5:
+            raise ValueError("surround_gain must be in (0, 1] and saturation in [0, 1.5]")
+        if not 0 <= self.black_level < 0.5:
+            raise ValueError("black_level must be in [0, 0.5)")
         if not 0 <= self.noise_channel_corr <= 1:
             raise ValueError("noise_channel_corr must be in [0, 1]")
 
@@ -568,7 +624,16 @@ class DegradationRanges:
     gain: Range
     gamma: Range
     contrast: Range
-    color_cast: float  # max relative deviation of a channel gain
+    color_cast: float  # max relative deviation of a channel gain (daylight look)
+    saturation: Range  # daylight look
+    flash_prob: float  # share of tracks with the flash/IR look (bright plate, dark surround)
+    flash_gain: Range
+    flash_contrast: Range
+    flash_gamma: Range
+    flash_surround_gain: Range
+    flash_saturation: Range
+    flash_black_level: Range
+    flash_cool: Range  # the flash look's blue tint: R gain 1 - v, B gain 1 + v
     low_light_prob: float
     low_light_gain: Range  # multiplies gain
     low_light_noise: Range  # multiplies noise_a and noise_b
@@ -582,13 +647,21 @@ class DegradationRanges:
     deblock_prob: float
 
 
+# The flash/IR look is the same in every preset: presets differ by blur, codec and noise.
+_FLASH: dict[str, Range] = dict(
+    flash_gain=(1.05, 1.35), flash_contrast=(1.05, 1.3), flash_gamma=(0.9, 1.2),
+    flash_surround_gain=(0.12, 0.5), flash_saturation=(0.15, 0.6), flash_black_level=(0.02, 0.12),
+    flash_cool=(0.0, 0.12),
+)
+
 PRESETS: dict[str, DegradationRanges] = {
     "easy": DegradationRanges(
         psf_sigma=(0.25, 0.5), defocus_prob=0.1, defocus_radius=(0.3, 0.7),
         motion_prob=0.4, motion_length=(0.2, 1.0), curved_prob=0.2, curvature=(0.2, 0.6),
         motion_length_jitter=0.15, motion_angle_jitter_deg=5.0,
         turbulence_prob=0.1, turbulence_amplitude=(0.03, 0.1), turbulence_scale=(3.0, 8.0),
-        gain=(0.85, 1.15), gamma=(0.9, 1.1), contrast=(0.9, 1.05), color_cast=0.05,
+        gain=(0.9, 1.15), gamma=(0.9, 1.1), contrast=(0.95, 1.1), color_cast=0.03,
+        saturation=(0.7, 1.0), **_FLASH, flash_prob=0.5,
         low_light_prob=0.0, low_light_gain=(0.3, 0.5), low_light_noise=(1.5, 3.0),
         noise_a=(2e-4, 2e-3), noise_b=(1e-5, 2e-4), noise_channel_corr=(0.3, 0.8),
         codec_weights=(("jpeg", 0.45), ("h264", 0.45), ("none", 0.1)),
@@ -599,8 +672,9 @@ PRESETS: dict[str, DegradationRanges] = {
         motion_prob=0.7, motion_length=(0.3, 1.3), curved_prob=0.3, curvature=(0.2, 0.8),
         motion_length_jitter=0.2, motion_angle_jitter_deg=6.0,
         turbulence_prob=0.25, turbulence_amplitude=(0.05, 0.2), turbulence_scale=(3.0, 8.0),
-        gain=(0.65, 1.25), gamma=(0.8, 1.25), contrast=(0.75, 1.05), color_cast=0.1,
-        low_light_prob=0.1, low_light_gain=(0.5, 0.8), low_light_noise=(1.5, 2.5),
+        gain=(0.8, 1.2), gamma=(0.85, 1.15), contrast=(0.85, 1.1), color_cast=0.05,
+        saturation=(0.6, 1.0), **_FLASH, flash_prob=0.55,
+        low_light_prob=0.04, low_light_gain=(0.6, 0.85), low_light_noise=(1.5, 2.5),
         noise_a=(1e-3, 5e-3), noise_b=(1e-4, 1e-3), noise_channel_corr=(0.3, 0.8),
         codec_weights=(("jpeg", 0.4), ("h264", 0.45), ("h264+jpeg", 0.15)),
         jpeg_quality=(30, 55), h264_qp=(23, 30), resave_quality=(75, 95), deblock_prob=0.7,
@@ -610,8 +684,9 @@ PRESETS: dict[str, DegradationRanges] = {
         motion_prob=0.85, motion_length=(0.4, 1.5), curved_prob=0.35, curvature=(0.2, 0.7),
         motion_length_jitter=0.25, motion_angle_jitter_deg=8.0,
         turbulence_prob=0.35, turbulence_amplitude=(0.1, 0.3), turbulence_scale=(3.0, 8.0),
-        gain=(0.6, 1.25), gamma=(0.8, 1.3), contrast=(0.7, 1.0), color_cast=0.15,
-        low_light_prob=0.2, low_light_gain=(0.55, 0.85), low_light_noise=(1.3, 2.0),
+        gain=(0.75, 1.2), gamma=(0.85, 1.2), contrast=(0.8, 1.05), color_cast=0.07,
+        saturation=(0.5, 1.0), **_FLASH, flash_prob=0.6,
+        low_light_prob=0.1, low_light_gain=(0.6, 0.85), low_light_noise=(1.3, 2.0),
         noise_a=(1.5e-3, 6e-3), noise_b=(1e-4, 1.5e-3), noise_channel_corr=(0.3, 0.8),
         codec_weights=(("jpeg", 0.35), ("h264", 0.45), ("h264+jpeg", 0.2)),
         jpeg_quality=(18, 40), h264_qp=(26, 33), resave_quality=(70, 90), deblock_prob=0.6,
@@ -683,11 +758,20 @@ def sample_degradation(
     if rng.random() < r.turbulence_prob:
         turb_amp, turb_scale = _u(rng, r.turbulence_amplitude), _u(rng, r.turbulence_scale)
 
-    gain = _u(rng, r.gain)
+    flash = bool(rng.random() < r.flash_prob)
     cast = 1.0 + rng.uniform(-r.color_cast, r.color_cast, size=3)
+    if flash:
+        gain, contrast, gamma = _u(rng, r.flash_gain), _u(rng, r.flash_contrast), _u(rng, r.flash_gamma)
+        surround, saturation = _u(rng, r.flash_surround_gain), _u(rng, r.flash_saturation)
+        black_level = _u(rng, r.flash_black_level)
+        cool = _u(rng, r.flash_cool)
+        cast = cast * np.array([1.0 - cool, 1.0, 1.0 + cool])
+    else:
+        gain, contrast, gamma = _u(rng, r.gain), _u(rng, r.contrast), _u(rng, r.gamma)
+        surround, saturation, black_level = 1.0, _u(rng, r.saturation), 0.0
     cast = tuple(float(c) for c in cast / cast.mean())
     noise_a, noise_b = _log_u(rng, r.noise_a), _log_u(rng, r.noise_b)
-    low_light = bool(rng.random() < r.low_light_prob)
+    low_light = bool(not flash and rng.random() < r.low_light_prob)
     if low_light:
         gain *= _u(rng, r.low_light_gain)
         boost = _u(rng, r.low_light_noise)
@@ -712,10 +796,14 @@ def sample_degradation(
         turbulence_amplitude=turb_amp,
         turbulence_scale=turb_scale,
         gain=gain,
-        gamma=_u(rng, r.gamma),
-        contrast=_u(rng, r.contrast),
+        gamma=gamma,
+        contrast=contrast,
         color_cast=cast,
         low_light=low_light,
+        flash=flash,
+        surround_gain=surround,
+        saturation=saturation,
+        black_level=black_level,
         noise_a=noise_a,
         noise_b=noise_b,
         noise_channel_corr=_u(rng, r.noise_channel_corr),
@@ -831,9 +919,13 @@ def degrade_track(
     *,
     factor: int = 2,
     lr_sizes: list[tuple[int, int]] | None = None,
+    plate_corners: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Turn fine-grid frames (``camera.render_frames(..., supersample=factor, downsample=False)``)
-    into uint8 RGB LR frames of ``lr_sizes`` (default: each fine size divided by ``factor``)."""
+    into uint8 RGB LR frames of ``lr_sizes`` (default: each fine size divided by ``factor``).
+
+    ``plate_corners`` (``(T, 4, 2)`` in LR pixels, e.g. ``Trajectory.corners``) lets the flash
+    look dim the surround and not the plate; without it ``surround_gain`` is ignored."""
     n = len(frames_hi)
     if params.motion_kind != "none" and len(params.motion_length) < n:
         raise ValueError(f"params carry motion for {len(params.motion_length)} frames, got {n}")
@@ -850,6 +942,11 @@ def degrade_track(
     lr = []
     for t, frame in enumerate(frames_hi):
         x = to_float(frame)
+        if params.surround_gain != 1.0 and plate_corners is not None:
+            # LR pixel centre c sits at fine coordinate factor * c + (factor - 1) / 2.
+            fine_corners = np.asarray(plate_corners[t], np.float64) * factor + (factor - 1) / 2
+            mask = plate_mask((x.shape[1], x.shape[0]), fine_corners)
+            x = apply_surround_gain(x, mask, params.surround_gain)
         x = turbulence_warp(
             x, params.turbulence_amplitude * factor, params.turbulence_scale * factor, rng
         )
@@ -862,7 +959,8 @@ def degrade_track(
     for x in groups:
         x = apply_exposure(
             x, gain=params.gain, gamma=params.gamma, contrast=params.contrast,
-            color_cast=params.color_cast,
+            color_cast=params.color_cast, saturation=params.saturation,
+            black_level=params.black_level,
         )
         x = sensor_noise(x, params.noise_a, params.noise_b, rng, params.noise_channel_corr)
         out.extend(to_uint8(x))
@@ -879,5 +977,7 @@ def make_lr_track(
 ) -> list[np.ndarray]:
     """Camera + degradations in one call: scene image and trajectory to uint8 RGB LR frames."""
     fine = render_frames(scene_image, traj, supersample=supersample, downsample=False)
-    return degrade_track(fine, params, rng, factor=supersample, lr_sizes=list(traj.sizes))
+    return degrade_track(
+        fine, params, rng, factor=supersample, lr_sizes=list(traj.sizes), plate_corners=traj.corners
+    )
 
