@@ -137,6 +137,9 @@ class TrainerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     model: ParseqConfig = field(default_factory=ParseqConfig.tiny)
+    # Weights (a .safetensors with its .json, or a run dir) to start from instead of random init;
+    # ignored when the run resumes from its own checkpoint.
+    init_weights: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -144,7 +147,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         data = dict(data or {})
-        unknown = sorted(set(data) - {"model", "data", "optim", "trainer"})
+        unknown = sorted(set(data) - {"model", "data", "optim", "trainer", "init_weights"})
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}")
         model = _section(data.get("model"), "model")
@@ -161,6 +164,7 @@ class TrainConfig:
             data=_build(DataConfig, data.get("data"), "data"),
             optim=_build(OptimConfig, data.get("optim"), "optim"),
             trainer=_build(TrainerConfig, data.get("trainer"), "trainer"),
+            init_weights=data.get("init_weights"),
         )
 
     @classmethod
@@ -182,6 +186,7 @@ class TrainConfig:
             "data": dataclasses.asdict(self.data),
             "optim": dataclasses.asdict(self.optim),
             "trainer": dataclasses.asdict(self.trainer),
+            "init_weights": self.init_weights,
         }
 
     def save(self, path: str | Path) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ksrnet.models.baselines import fuse_product
-from ksrnet.models.parseq import Parseq, layout_log_probs, decode_constrained, sample_permutations
+from ksrnet.models.parseq import Parseq, ParseqConfig, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.train_config import TrainConfig
@@ -256,6 +256,13 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
         num_sanity_val_steps=0,
     )
     last = ckpt_dir / "last.ckpt"
+    if config.init_weights and not (resume and last.exists()):
+        from ksrnet.weights import load_model
+
+        start, meta = load_model(config.init_weights)
+        if ParseqConfig.from_dict(meta["config"]) != config.model:
+            raise ValueError(f"init_weights {config.init_weights} were built with another model config")
+        module.model.load_state_dict(start.state_dict())
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
     if not trainer.interrupted:
         # ModelCheckpoint refreshes last.ckpt only every checkpoint_every_n_steps: without this, a

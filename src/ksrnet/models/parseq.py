@@ -72,6 +72,11 @@ class ParseqConfig:
     dropout: float = 0.1
     num_perms: int = 6
     refine_iters: int = 1
+    # "patch": ViT's single linear patch projection; "conv": a small strided conv stem with the same
+    # output grid. On an H100, tiny with the patch stem stayed on the character prior for 3100 steps
+    # (48 tracks a step) where the conv stem had started to learn (benchmarks/RESULTS.md).
+    stem: str = "conv"
+    stem_channels: int = 32
     num_slots: int = plates.NUM_SLOTS
     num_classes: int = len(plates.CHARSET)
     num_layouts: int = len(plates.LAYOUTS)
@@ -100,6 +105,12 @@ class ParseqConfig:
             raise ValueError(f"ParseqConfig.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"ParseqConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"ParseqConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
+        if not isinstance(self.stem_channels, int) or self.stem_channels < 1:
+            raise ValueError(f"ParseqConfig.stem_channels must be a positive int, got {self.stem_channels!r}")
+        if self.stem == "conv" and (self.patch_h & (self.patch_h - 1) or self.patch_w & (self.patch_w - 1)):
+            raise ValueError("the conv stem needs power-of-two patch sizes")
         if self.num_perms % 2:
             raise ValueError(
                 f"ParseqConfig.num_perms must be even (permutations come in mirrored pairs), got {self.num_perms}")
@@ -288,6 +299,52 @@ class DecoderLayer(nn.Module):
         return query + self.drop(self.mlp(self.norm_m(query)))
 
 
+def sincos_2d(rows: int, cols: int, dim: int) -> Tensor:
+    """(rows * cols, dim) fixed 2D sine-cosine position code: half the channels encode the row,
+    half the column, at geometrically spaced frequencies (unit-variance entries)."""
+    quarter = dim // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(1, quarter)))
+    ys, xs = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32),
+                            indexing="ij")
+    parts = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        angles = coord[:, None] * freqs[None]
+        parts += [angles.sin(), angles.cos()]
+    code = torch.cat(parts, dim=1)
+    return nn.functional.pad(code, (0, dim - code.shape[1]))
+
+
+class GroupNorm1(nn.Module):
+    """GroupNorm with one group (normalise over C, H, W), written out because nn.GroupNorm's batch
+    size check is not traceable; same parameters and arithmetic."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        var = x.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def conv_stem(in_chans: int, channels: int, dim: int, patch_h: int, patch_w: int) -> nn.Sequential:
+    """3x3 convolutions that halve height and width until the (patch_h, patch_w) stride is reached,
+    then a 1x1 projection to the embedding width: the same token grid as the patch projection."""
+    layers: list[nn.Module] = [nn.Conv2d(in_chans, channels, 3, padding=1), nn.GELU()]
+    sh, sw, ch = patch_h, patch_w, channels
+    while sh > 1 or sw > 1:
+        stride = (2 if sh > 1 else 1, 2 if sw > 1 else 1)
+        out = min(2 * ch, dim)
+        layers += [nn.Conv2d(ch, out, 3, stride=stride, padding=1), GroupNorm1(out), nn.GELU()]
+        sh, sw, ch = sh // stride[0], sw // stride[1], out
+    layers.append(nn.Conv2d(ch, dim, 1))
+    return nn.Sequential(*layers)
+
+
 class ParseqOutput(NamedTuple):
     char_logits: Tensor  # (B, num_slots, num_classes), raw (no syntax mask applied)
     layout_logits: Tensor  # (B, num_layouts)
@@ -311,8 +368,11 @@ class Parseq(nn.Module):
         c = config
         d = c.embed_dim
         # Encoder
-        self.patch_embed = nn.Conv2d(c.in_chans, d, kernel_size=(c.patch_h, c.patch_w),
-                                     stride=(c.patch_h, c.patch_w))
+        if c.stem == "conv":
+            self.patch_embed = conv_stem(c.in_chans, c.stem_channels, d, c.patch_h, c.patch_w)
+        else:
+            self.patch_embed = nn.Conv2d(c.in_chans, d, kernel_size=(c.patch_h, c.patch_w),
+                                         stride=(c.patch_h, c.patch_w))
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_patches, d))
         self.pos_drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(d, c.enc_heads, c.mlp_ratio, c.dropout)
@@ -352,12 +412,16 @@ class Parseq(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.token_embed.weight, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        # 2D sin-cos start (still learned): the slot queries need to tell patches apart by position
+        # from the first step, which a near-zero random table does not give them.
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_2d(*self.config.grid, self.config.embed_dim)[None])
         nn.init.trunc_normal_(self.pos_queries, std=0.02)
-        # ViT's patch-embed init: a linear layer over the flattened patch.
-        fan_in = self.patch_embed.in_channels * self.patch_embed.kernel_size[0] * self.patch_embed.kernel_size[1]
-        nn.init.trunc_normal_(self.patch_embed.weight, std=1 / math.sqrt(fan_in))
-        nn.init.zeros_(self.patch_embed.bias)
+        # ViT's patch-embed init: a linear layer over the flattened patch (conv stems keep torch's).
+        if isinstance(self.patch_embed, nn.Conv2d):
+            fan_in = self.patch_embed.in_channels * self.patch_embed.kernel_size[0] * self.patch_embed.kernel_size[1]
+            nn.init.trunc_normal_(self.patch_embed.weight, std=1 / math.sqrt(fan_in))
+            nn.init.zeros_(self.patch_embed.bias)
 
     # -- encoder ---------------------------------------------------------------------------------
 
