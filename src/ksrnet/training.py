@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ksrnet.models.baselines import fuse_product
@@ -70,6 +71,9 @@ class RecognizerModule(L.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.register_buffer("masks", torch.from_numpy(layout_masks()), persistent=False)
         self._perm_gen = torch.Generator().manual_seed(config.data.seed)
+        # Training-only head (blank = last class) read off the encoder's columns for the CTC loss.
+        self.ctc_head = nn.Linear(config.model.embed_dim, config.model.num_classes + 1) \
+            if config.optim.ctc_loss_weight > 0 else None
         self._val = []
         self._t0: float | None = None
         self._elapsed_at_resume = 0.0
@@ -88,10 +92,23 @@ class RecognizerModule(L.LightningModule):
         )
         layout_loss = F.cross_entropy(layout_logits.float(), layouts)
         loss = char_loss + self.config.optim.layout_loss_weight * layout_loss
+        if self.ctc_head is not None:
+            ctc_loss = self._ctc_loss(memory, targets)
+            loss = loss + self.config.optim.ctc_loss_weight * ctc_loss
+            self.log("train/ctc_loss", ctc_loss, batch_size=frames.shape[0])
         self.log_dict({"train/loss": loss, "train/char_loss": char_loss, "train/layout_loss": layout_loss},
                       prog_bar=True, batch_size=frames.shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=frames.shape[0])
         return loss
+
+    def _ctc_loss(self, memory: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        gh, gw = self.config.model.grid
+        columns = memory.view(memory.shape[0], gh, gw, -1).mean(dim=1)  # (B, gw, D)
+        logp = torch.log_softmax(self.ctc_head(columns).float(), dim=-1).transpose(0, 1)  # (gw, B, C+1)
+        b, s = targets.shape
+        return F.ctc_loss(logp, targets, torch.full((b,), gw, dtype=torch.long),
+                          torch.full((b,), s, dtype=torch.long), blank=self.config.model.num_classes,
+                          zero_infinity=True)
 
     def validation_step(self, batch, batch_idx):
         frames, targets, _, counts = batch
@@ -134,7 +151,7 @@ class RecognizerModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for name, p in self.named_parameters():
             (no_decay if p.ndim < 2 or "pos" in name or "embed" in name else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.config.optim.weight_decay},
