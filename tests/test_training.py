@@ -491,3 +491,22 @@ def test_run_dir_without_exported_weights(trained_run, tmp_path, synth_tracks):
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
     result = invoke("predict", synth_tracks, "--model", run, "--out", tmp_path / "p.txt")
     assert_refused(result, "no model at", "model.safetensors")
+
+
+def test_auxiliary_ctc_loss_trains_its_head_and_the_encoder():
+    cfg = TrainConfig.from_dict({
+        "model": {"preset": "tiny", "embed_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_heads": 2,
+                  "stem_channels": 8},
+        "optim": {"ctc_loss_weight": 1.0},
+    })
+    module = training.RecognizerModule(cfg)
+    assert module.ctc_head is not None and module.ctc_head.out_features == 37
+    targets = torch.randint(0, 36, (3, 7))
+    memory = module.model.encode(torch.rand(3, 3, 32, 128) * 2 - 1)
+    loss = module._ctc_loss(memory, targets)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert module.ctc_head.weight.grad.abs().sum() > 0
+    assert module.model.pos_embed.grad.abs().sum() > 0
+    # Without the weight there is no head at all: nothing training-only reaches the shipped weights.
+    assert training.RecognizerModule(cfg.replace("optim", ctc_loss_weight=0.0)).ctc_head is None
