@@ -510,3 +510,16 @@ def test_auxiliary_ctc_loss_trains_its_head_and_the_encoder():
     assert module.model.pos_embed.grad.abs().sum() > 0
     # Without the weight there is no head at all: nothing training-only reaches the shipped weights.
     assert training.RecognizerModule(cfg.replace("optim", ctc_loss_weight=0.0)).ctc_head is None
+
+
+def test_eval_counts_an_unreadable_labelled_track_as_wrong(trained_run, synth_tracks, tmp_path):
+    tracks = tmp_path / "tracks"
+    shutil.copytree(synth_tracks, tracks)
+    broken = sorted(tracks.rglob("track_*"))[0]
+    (broken / "lr-002.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = invoke("eval", tracks, "--model", trained_run, "--fusions", "product", "--frames", "5", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    overall = data["product@F=5"]["overall"]
+    assert overall["tracks"] == 3 and overall["missing"] == 1
+    assert any(broken.name in u for u in data["unreadable"])

@@ -61,12 +61,22 @@ def print_report(report, title: str) -> None:
     console.print(table)
 
 
+def annotated_truth(path: Path):
+    """GroundTruth from a track's annotations.json (None when unlabelled); raises TrackError."""
+    from ksrnet.metrics import GroundTruth
+    from ksrnet.tracks import read_annotations
+
+    ann = read_annotations(path)
+    if ann.text is None:
+        return None
+    return GroundTruth(path.name, ann.text, ann.layout.value if ann.layout else None, ann.scenario)
+
+
 def load_ground_truth(tracks_root: Path):
     """Ground truth of every annotated track under a root, with a progress bar; skips unlabelled ones."""
     from rich.markup import escape
 
-    from ksrnet.metrics import GroundTruth
-    from ksrnet.tracks import DatasetError, TrackError, discover_tracks, read_annotations
+    from ksrnet.tracks import DatasetError, TrackError, discover_tracks
 
     try:
         paths = discover_tracks(tracks_root)
@@ -77,13 +87,12 @@ def load_ground_truth(tracks_root: Path):
         task = progress.add_task("reading annotations", total=len(paths))
         for path in paths:
             try:
-                ann = read_annotations(path)
+                truth = annotated_truth(path)
             except TrackError as exc:
                 problems.append(str(exc))
             else:
-                if ann.text is not None:
-                    layout = ann.layout.value if ann.layout else None
-                    truths.append(GroundTruth(path.name, ann.text, layout, ann.scenario))
+                if truth is not None:
+                    truths.append(truth)
             progress.advance(task)
     return truths, problems
 
@@ -332,6 +341,16 @@ def predict(
     console.print(f"wrote {len(preds)} predictions to {out}" + (" (+ submission.zip)" if make_zip else ""))
 
 
+def _truth_of_unreadable(path: Path):
+    """Ground truth of a track whose frames cannot be read, if its annotations can."""
+    from ksrnet.tracks import TrackError
+
+    try:
+        return annotated_truth(path)
+    except TrackError:
+        return None
+
+
 @app.command("eval")
 def eval_cmd(
     tracks: Path = typer.Argument(..., help="Annotated LRLPR-26 folder (or `ksrnet synth` output)."),
@@ -359,9 +378,12 @@ def eval_cmd(
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     for batch in _read_track_batches(paths, batch_size, "evaluating"):
         good = []
-        for _, t in batch:
+        for path, t in batch:
             if isinstance(t, Exception):
                 failures.append(str(t))
+                truth = _truth_of_unreadable(path)
+                if truth is not None:
+                    truths.append(truth)  # no reading: scored as wrong, never dropped
             elif t.text is not None:
                 good.append(t)
                 truths.append(GroundTruth(t.track_id, t.text, t.layout.value if t.layout else None, t.scenario))
@@ -385,7 +407,7 @@ def eval_cmd(
                       str(s.confident_wrong))
     console.print(table)
     for f in failures:
-        err_console.print(f"[yellow]unreadable, counted wrong:[/yellow] {f}")
+        err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {f}")
 
 
 @app.command()

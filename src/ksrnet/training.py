@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, layout_log_probs, decode_constrained, sample_permutations
@@ -63,12 +62,11 @@ def collate_tracks(batch):
 
 
 class RecognizerModule(L.LightningModule):
-    def __init__(self, config: TrainConfig, steps_per_epoch: int | None = None):
+    def __init__(self, config: TrainConfig):
         super().__init__()
         self.config = config
         self.save_hyperparameters({"config": config.to_dict()})
         self.model = Parseq(config.model)
-        self.steps_per_epoch = steps_per_epoch
         self.register_buffer("masks", torch.from_numpy(layout_masks()), persistent=False)
         self._perm_gen = torch.Generator().manual_seed(config.data.seed)
         # Training-only head (blank = last class) read off the encoder's columns for the CTC loss.
