@@ -401,3 +401,42 @@ def test_jit_trace_matches_eager(mode):
             got = traced(x)
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_slot_position_prior_points_each_slot_at_its_own_seventh():
+    from ksrnet.models.parseq import slot_position_prior
+
+    rows, cols = 2, 16
+    bias = slot_position_prior(7, rows, cols, 0.07)
+    assert bias.shape == (7, rows * cols) and (bias <= 0).all()
+    best_col = bias.view(7, rows, cols)[:, 0].argmax(-1)
+    assert (best_col[1:] > best_col[:-1]).all()  # slot i looks right of slot i-1
+    assert best_col[0] <= 2 and best_col[-1] >= cols - 3
+    assert torch.equal(bias.view(7, rows, cols)[:, 0], bias.view(7, rows, cols)[:, 1])  # same in every row
+
+
+def test_slot_prior_model_decodes_and_traces():
+    config = micro_config(slot_prior_sigma=0.07)
+    model = Parseq(config).eval()
+    assert any(name == "slot_prior_scale" for name, _ in model.named_parameters())
+    x = images(2, config)
+    nar = model(x, mode="nar").char_logits
+    ar = model(x, mode="ar").char_logits
+    assert nar.shape == ar.shape == (2, 7, 36) and torch.isfinite(nar).all() and torch.isfinite(ar).all()
+    class Nar(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return self.inner(t, mode="nar").char_logits
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Nar(model), x)
+        torch.testing.assert_close(traced(x), nar)
+    # Turning the prior's learned strength to zero is exactly the model without the prior.
+    plain = Parseq(micro_config()).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "slot_prior_scale"})
+    with torch.no_grad():
+        model.slot_prior_scale.zero_()
+    torch.testing.assert_close(model(x, mode="nar").char_logits, plain(x, mode="nar").char_logits)

@@ -77,6 +77,11 @@ class ParseqConfig:
     # (48 tracks a step) where the conv stem had started to learn (benchmarks/RESULTS.md).
     stem: str = "conv"
     stem_channels: int = 32
+    # Width (fraction of the image width) of a Gaussian bias on the decoder's cross-attention that
+    # starts slot i looking at the i-th seventh of the plate; its strength is learned. 0 = off.
+    # Plates are fixed-pitch and fill most of the crop, so this breaks the decoder's symmetry at
+    # step 0 instead of after thousands of steps on the character prior.
+    slot_prior_sigma: float = 0.0
     num_slots: int = plates.NUM_SLOTS
     num_classes: int = len(plates.CHARSET)
     num_layouts: int = len(plates.LAYOUTS)
@@ -111,6 +116,9 @@ class ParseqConfig:
             raise ValueError(f"ParseqConfig.stem_channels must be a positive int, got {self.stem_channels!r}")
         if self.stem == "conv" and (self.patch_h & (self.patch_h - 1) or self.patch_w & (self.patch_w - 1)):
             raise ValueError("the conv stem needs power-of-two patch sizes")
+        if isinstance(self.slot_prior_sigma, bool) or not isinstance(self.slot_prior_sigma, (int, float)) \
+                or self.slot_prior_sigma < 0:
+            raise ValueError(f"ParseqConfig.slot_prior_sigma must be >= 0, got {self.slot_prior_sigma!r}")
         if self.num_perms % 2:
             raise ValueError(
                 f"ParseqConfig.num_perms must be even (permutations come in mirrored pairs), got {self.num_perms}")
@@ -245,6 +253,8 @@ class Attention(nn.Module):
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         b, n, d = x.shape
         q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)  # an additive bias must match q's dtype under autocast
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
@@ -293,10 +303,19 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, query: Tensor, content: Tensor, memory_kv: tuple[Tensor, Tensor],
-                mask: Tensor | None) -> Tensor:
+                mask: Tensor | None, memory_bias: Tensor | None = None) -> Tensor:
         query = query + self.drop(self.self_attn(self.norm_q(query), self.norm_c(content), mask))
-        query = query + self.drop(self.cross_attn.attend(self.norm_x(query), *memory_kv))
+        query = query + self.drop(self.cross_attn.attend(self.norm_x(query), *memory_kv, memory_bias))
         return query + self.drop(self.mlp(self.norm_m(query)))
+
+
+def slot_position_prior(num_slots: int, rows: int, cols: int, sigma: float) -> Tensor:
+    """(num_slots, rows * cols) additive attention bias: slot i prefers the columns around the centre
+    of the i-th of num_slots equal cells spanning the middle 90 % of the width (any row)."""
+    x = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
+    centres = 0.05 + 0.9 * (torch.arange(num_slots, dtype=torch.float32) + 0.5) / num_slots
+    bias = -((x[None] - centres[:, None]) ** 2) / (2 * sigma ** 2)  # (slots, cols)
+    return bias[:, None, :].expand(num_slots, rows, cols).reshape(num_slots, rows * cols)
 
 
 def sincos_2d(rows: int, cols: int, dim: int) -> Tensor:
@@ -388,6 +407,12 @@ class Parseq(nn.Module):
         self.dec_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, c.num_classes)
         self.layout_head = nn.Linear(d, c.num_layouts)
+        if c.slot_prior_sigma > 0:
+            self.register_buffer("slot_prior", slot_position_prior(c.num_slots, *c.grid, c.slot_prior_sigma),
+                                 persistent=False)
+            self.slot_prior_scale = nn.Parameter(torch.ones(()))
+        else:
+            self.slot_prior = None
 
         masks = torch.as_tensor(plates.layout_masks() if syntax_masks is None else syntax_masks)
         expected = (c.num_layouts, c.num_slots, c.num_classes)
@@ -461,11 +486,15 @@ class Parseq(nn.Module):
         return self.dec_drop(content)
 
     def _decode(self, queries: Tensor, content: Tensor, memory_kv: list[tuple[Tensor, Tensor]],
-                mask: Tensor | None) -> Tensor:
-        """Logits ``(B, Q, num_classes)`` for position queries ``(1 or B, Q, D)``."""
+                mask: Tensor | None, slots: slice, repeat: int = 1) -> Tensor:
+        """Logits ``(B, Q, num_classes)`` for position queries ``(1 or B, Q, D)`` of the slots
+        ``slots`` (repeated ``repeat`` times along Q)."""
         q = self.dec_drop(queries.expand(content.shape[0], -1, -1))
+        bias = None
+        if self.slot_prior is not None:
+            bias = (self.slot_prior_scale * self.slot_prior[slots]).repeat(repeat, 1)
         for layer, kv in zip(self.dec_layers, memory_kv):
-            q = layer(q, content, kv, mask)
+            q = layer(q, content, kv, mask, bias)
         return self.head(self.dec_norm(q))
 
     def _masked_argmax(self, logits: Tensor, slots: slice) -> Tensor:
@@ -483,7 +512,8 @@ class Parseq(nn.Module):
         memory_kv = self._memory_kv(memory)
         if mode == "nar":
             # All queries at once against BOS alone: the row of a mask with only column 0 True.
-            logits = self._decode(self.pos_queries, self._content(None, b, memory.device), memory_kv, None)
+            logits = self._decode(self.pos_queries, self._content(None, b, memory.device), memory_kv, None,
+                                  slice(0, s))
         else:
             # Left-to-right, one query per step; the content holds exactly the slots decoded so far,
             # which is row i of the identity-permutation mask, so no mask is needed.
@@ -492,14 +522,14 @@ class Parseq(nn.Module):
             for i in range(s):
                 tokens = torch.cat(preds, dim=1) if preds else None
                 content = self._content(tokens, b, memory.device)
-                step = self._decode(self.pos_queries[:, i:i + 1], content, memory_kv, None)
+                step = self._decode(self.pos_queries[:, i:i + 1], content, memory_kv, None, slice(i, i + 1))
                 steps.append(step)
                 preds.append(self._masked_argmax(step, slice(i, i + 1)))
             logits = torch.cat(steps, dim=1)
         for _ in range(iters):
             tokens = self._masked_argmax(logits, slice(0, s))
             content = self._content(tokens, b, memory.device)
-            logits = self._decode(self.pos_queries, content, memory_kv, self.cloze_mask)
+            logits = self._decode(self.pos_queries, content, memory_kv, self.cloze_mask, slice(0, s))
         return logits
 
     def forward(self, images: Tensor, *, mode: str = "nar", refine_iters: int | None = None) -> ParseqOutput:
@@ -526,7 +556,7 @@ class Parseq(nn.Module):
         mask = build_perm_attention_mask(perms.to(memory.device)).reshape(k * s, s + 1)
         content = self._content(targets, b, memory.device)
         queries = self.pos_queries.repeat(1, k, 1)
-        logits = self._decode(queries, content, self._memory_kv(memory), mask)
+        logits = self._decode(queries, content, self._memory_kv(memory), mask, slice(0, s), repeat=k)
         return logits.view(b, k, s, -1).transpose(0, 1)
 
     def plm_logits(self, images: Tensor, targets: Tensor, perms: Tensor) -> Tensor:
