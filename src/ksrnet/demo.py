@@ -37,6 +37,8 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
         return report.as_dict()
     console.print(f"2/3 reading them with the shipped model ({meta['config']['embed_dim']}-dim PARSeq, "
                   "product fusion over 5 frames)")
+    if meta.get("provenance"):
+        console.print(f"    model: {meta['provenance']}")
     readings = Reader(model).read(tracks, ["product"])["product"]
     preds = [Prediction(r.track_id, r.text, r.confidence) for r in readings]
     write_predictions(preds, predictions_path)
