@@ -383,3 +383,12 @@ def test_command_help(command, summary, details):
     assert mentions(result.stdout, summary)
     for detail in details:  # argument names are upper- or lower-cased depending on the typer version
         assert squash(detail).lower() in squash(result.stdout).lower(), detail
+
+
+def test_predict_and_eval_reject_unknown_fusion_and_decode_before_reading(tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path), "--fusion", "vote"])
+    assert result.exit_code == 2 and "unknown fusion vote" in " ".join(result.output.split())
+    result = runner.invoke(app, ["eval", str(tmp_path), "--fusions", "product,median"])
+    assert result.exit_code == 2 and "unknown fusion median" in " ".join(result.output.split())
+    result = runner.invoke(app, ["predict", str(tmp_path), "--decode", "beam"])
+    assert result.exit_code == 2 and "--decode must be nar or ar" in " ".join(result.output.split())

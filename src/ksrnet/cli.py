@@ -278,6 +278,16 @@ def _read_track_batches(paths, batch_tracks: int, description: str):
             progress.advance(task, len(batch))
 
 
+def _check_choices(fusions: list[str], mode: str) -> None:
+    from ksrnet.models.baselines import FUSIONS
+
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown or not fusions:
+        fail(f"unknown fusion {', '.join(unknown) or '(none given)'}; choose from {', '.join(FUSIONS)}")
+    if mode not in ("nar", "ar"):
+        fail(f"--decode must be nar or ar, got {mode!r}")
+
+
 def _make_reader(model: Optional[str], device: str, mode: str):
     from ksrnet.infer import Reader
     from ksrnet.weights import ModelLoadError, load_model
@@ -320,6 +330,7 @@ def predict(
     """
     from ksrnet.submission import Prediction, write_predictions
 
+    _check_choices([fusion], mode)
     paths = _discover(tracks)
     reader, _ = _make_reader(model, device, mode)
     preds, extra, failures = [], [], []
@@ -373,6 +384,7 @@ def eval_cmd(
         fail(f"--frames must be comma-separated integers, got {frame_counts!r}")
     if not counts or min(counts) < 1:
         fail("--frames needs frame counts >= 1")
+    _check_choices(fusion_list, mode)
     paths = _discover(tracks)
     reader, _ = _make_reader(model, device, mode)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
