@@ -260,6 +260,35 @@ def train_cmd(
     console.print(f"weights: {out}")
 
 
+@app.command("train-ksrnet")
+def train_ksrnet_cmd(
+    config: Path = typer.Argument(..., help="YAML KSR-Net training config (see configs/ksrnet-tiny.yaml)."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run dir (default runs/<config name>); resumed if present."),
+    stages: str = typer.Option("1,1b,2,3", "--stages", help="Comma-separated stages: 1 (flow on synthetic "
+                               "ground truth), 1b (photometric flow fine-tuning), 2 (restoration warm-up), "
+                               "3 (end to end)."),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Devices per node (overrides the config)."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Nodes for DDP (overrides the config)."),
+) -> None:
+    """Train the KSR-Net restoration network stage by stage (the recognizer stays frozen).
+
+    Each stage starts from the previous stage's weights in RUN_DIR and writes
+    RUN_DIR/stage-<s>/ksrnet.safetensors; the last one is also copied to RUN_DIR/ksrnet.safetensors.
+    """
+    from ksrnet.ksr_config import ConfigError
+    from ksrnet.ksr_training import run_stages
+
+    wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
+    if not wanted or any(s not in ("1", "1b", "2", "3") for s in wanted):
+        fail(f"--stages takes 1, 1b, 2, 3 (comma-separated), got {stages!r}")
+    overrides = {k: v for k, v in (("devices", devices), ("num_nodes", num_nodes)) if v is not None}
+    try:
+        out = run_stages(config, run_dir or Path("runs") / config.stem, wanted, **overrides)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"weights: {out}")
+
+
 def _read_track_batches(paths, batch_tracks: int, description: str):
     """Yield lists of (path, Track | TrackError) with a progress bar over all tracks."""
     from ksrnet.tracks import iter_track_results

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
     pass
 
 
-def _section(data: Any, where: str) -> dict:
+def mapping_section(data: Any, where: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -56,8 +56,8 @@ def _check_types(cls, data: dict, where: str) -> None:
             raise ConfigError(f"{where}.{f.name}: expected {' or '.join(names)}, got {value!r}{hint}")
 
 
-def _build(cls, data: dict | None, where: str):
-    data = _section(data, where)
+def build_section(cls, data: dict | None, where: str):
+    data = mapping_section(data, where)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -155,7 +155,7 @@ class TrainConfig:
         unknown = sorted(set(data) - {"model", "data", "optim", "trainer", "init_weights"})
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}")
-        model = _section(data.get("model"), "model")
+        model = mapping_section(data.get("model"), "model")
         preset = model.pop("preset", "tiny")
         try:
             unknown = sorted(set(model) - set(ParseqConfig().to_dict()))
@@ -166,9 +166,9 @@ class TrainConfig:
             raise ConfigError(f"model: {exc}") from exc
         return cls(
             model=model_cfg,
-            data=_build(DataConfig, data.get("data"), "data"),
-            optim=_build(OptimConfig, data.get("optim"), "optim"),
-            trainer=_build(TrainerConfig, data.get("trainer"), "trainer"),
+            data=build_section(DataConfig, data.get("data"), "data"),
+            optim=build_section(OptimConfig, data.get("optim"), "optim"),
+            trainer=build_section(TrainerConfig, data.get("trainer"), "trainer"),
             init_weights=data.get("init_weights"),
         )
 

@@ -1,0 +1,678 @@
+"""KSR-Net training, stage by stage as the seed describes it (DESIGN.md, "Training").
+
+Stages (``ksrnet.ksr_config.STAGES``), each one Lightning run of :class:`KSRStageModule`:
+
+====== ================================ ============================= ==========================================
+stage  trains (everything else frozen)  losses                        schedule (defaults, ``stageN`` section)
+====== ================================ ============================= ==========================================
+``1``  flow                             endpoint error vs. synthetic  AdamW 1e-3, warm-up + cosine
+                                        GT flow (masked: target
+                                        inside frame t)
+``1b`` flow                             photometric (Charbonnier of   AdamW 2e-4, cosine
+                                        the warp, both directions)
+                                        masked by valid_mask x soft
+                                        FB reliability (detached) +
+                                        edge-aware smoothness; no GT
+``2``  extractor, fusion (STFT), head   Charbonnier + gradient        AdamW 5e-4, cosine
+       (flow, HAM, recognizer frozen)   profile vs. the SR target,
+                                        masked to the plate
+``3``  flow, extractor, HAM, fusion,    by variant (``VARIANT_LOSSES``): CosineAnnealingWarmRestarts
+       head (recognizer frozen: it is   v1/v2 Charbonnier + perceptual 2e-4 -> 1e-7
+       the loss network)                (recognizer encoder); final
+                                        Charbonnier + edge + semantic
+                                        (frozen recognizer's CE)
+====== ================================ ============================= ==========================================
+
+Run directory::
+
+    run_dir/config.yaml                      the KSRTrainConfig (checked on resume)
+    run_dir/stage-<s>/checkpoints/last.ckpt  resumable Lightning checkpoint (+ best-*.ckpt with validation)
+    run_dir/stage-<s>/logs/                  CSV logs
+    run_dir/stage-<s>/ksrnet.safetensors     the stage's weights (+ ksrnet.json: config, stage, metrics)
+    run_dir/ksrnet.safetensors               a copy of the last stage finished (+ ksrnet.json)
+
+Stage ``s`` starts from the weights of the latest earlier stage found in the run dir (in ``STAGES``
+order), else ``init_weights``, else random; then the recognizer is loaded from
+``recognizer_weights``. An interrupted stage resumes from its own ``last.ckpt`` instead.
+
+Data: :class:`KSRTrackDataset` turns ``synth.dataset.generate_track`` into tensors at the model's
+``lr_size``: frames, exact ground-truth flows ref -> t (from the camera homographies, composed with
+the resize), their validity, the SR target (the canonical HR plate warped onto the reference frame's
+x``upscale`` grid), its plate mask, the text and the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from ksrnet.ksr_config import STAGES, KSRTrainConfig, StageConfig, stage_key
+from ksrnet.losses import PerceptualLoss, charbonnier, semantic_loss, sobel_gradients
+from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
+                                smoothness_loss, valid_mask)
+from ksrnet.models.ksrnet import KSRNet, KSRNetConfig, batch_reference_index, lr_resize_matrix, resize_track
+from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_probs
+from ksrnet.models.restore import sr_homography_from_lr, warp_to_reference_grid
+from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
+from ksrnet.synth.camera import CameraParams, canonical_homography
+from ksrnet.train_config import ConfigError
+from ksrnet.track_dataset import my_indices
+
+# Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
+STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
+    "1": ("flow",),
+    "1b": ("flow",),
+    "2": ("extractor", "fusion", "head"),
+    "3": ("flow", "extractor", "ham", "fusion", "head"),
+}
+WEIGHTS_NAME = "ksrnet.safetensors"
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights: safetensors + the JSON config that built them (the ``ksrnet.weights`` pattern)
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_ksrnet(model: KSRNet, config: KSRNetConfig, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``path`` (safetensors) and ``path.with_suffix('.json')`` (``{"config": KSRNetConfig
+    .to_dict(), "kind": "ksrnet", **extra}``), each atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"config": config.to_dict(), "kind": "ksrnet", **(extra or {})}
+    _atomic_write(path, lambda p: save_file(state, p))
+    _atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    return path
+
+
+def resolve_ksrnet(path: str | Path) -> Path:
+    """A KSR-Net ``.safetensors`` file, or a run dir / stage dir holding ``ksrnet.safetensors``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.is_file():
+        raise FileNotFoundError(f"no KSR-Net weights at {path} (looked for {p})")
+    return p
+
+
+def load_ksrnet_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """State dict and metadata of saved KSR-Net weights."""
+    p = resolve_ksrnet(path)
+    meta = json.loads(p.with_suffix(".json").read_text())
+    if meta.get("kind") != "ksrnet":
+        raise ValueError(f"{p} holds {meta.get('kind')!r} weights, not KSR-Net")
+    return load_file(str(p)), meta
+
+
+def load_ksrnet(path: str | Path, device: str | torch.device = "cpu") -> tuple[KSRNet, dict]:
+    """The model (eval mode) and its metadata."""
+    state, meta = load_ksrnet_state(path)
+    model = KSRNet(KSRNetConfig.from_dict(meta["config"]))
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _frame_tensor(frame: np.ndarray) -> Tensor:
+    """uint8 (h, w, 3) RGB -> float (3, h, w) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def resized_flow(traj, ref: int, t: int, lr_size: tuple[int, int]) -> np.ndarray:
+    """Ground-truth flow ``(2, H, W)`` float32 on the *resized* reference frame's grid (``lr_size``)
+    pointing into the resized frame t (the ``flow_between(traj, ref, t)`` convention, exact: the
+    homography ``R_t^-1 H_t H_ref^-1 R_ref`` with ``R`` = ``lr_resize_matrix``, not an interpolated
+    flow field). For frames of one native size this equals ``flow_between`` resized with its
+    values rescaled per axis (``flow.resize_flow``)."""
+    h, w = lr_size
+    if t == ref:
+        return np.zeros((2, h, w), np.float32)
+    (wr, hr), (wt, ht) = traj.sizes[ref], traj.sizes[t]
+    r_ref = lr_resize_matrix((hr, wr), lr_size).numpy()
+    r_t = lr_resize_matrix((ht, wt), lr_size).numpy()
+    m = np.linalg.inv(r_t) @ traj.homographies[t] @ np.linalg.inv(traj.homographies[ref]) @ r_ref
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    den = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
+    u = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2]) / den
+    v = (m[1, 0] * xs + m[1, 1] * ys + m[1, 2]) / den
+    return np.stack([u - xs, v - ys]).astype(np.float32)
+
+
+def sr_target(canonical_hr: np.ndarray, traj, ref: int, lr_size: tuple[int, int], upscale: int,
+              supersample: int = 2) -> tuple[Tensor, Tensor]:
+    """The canonical HR plate on the SR grid of the resized reference frame.
+
+    ``H = canonical_homography(ref) @ lr_resize_matrix(native -> lr_size)`` maps resized-LR pixels to
+    canonical pixels; ``sr_homography_from_lr`` moves it to the ``upscale`` x grid (and once more to
+    a ``supersample`` x finer grid, box-averaged back). Returns ``(target (3, sH, sW) in [-1, 1],
+    mask (1, sH, sW) float)``, the mask 1 where every sub-sample fell inside the plate."""
+    hc, wc = canonical_hr.shape[:2]
+    w_ref, h_ref = traj.sizes[ref]
+    h_lr = torch.from_numpy(canonical_homography(traj, ref, (wc, hc))) @ lr_resize_matrix((h_ref, w_ref), lr_size)
+    h_sr = sr_homography_from_lr(h_lr, upscale)
+    k = supersample
+    h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
+    out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
+    hr = _frame_tensor(canonical_hr)[None].double()
+    target, inside = warp_to_reference_grid(hr, h_fine, out)
+    if k > 1:
+        target, inside = F.avg_pool2d(target, k), F.avg_pool2d(inside, k)
+    mask = (inside > 1.0 - 1e-6).to(torch.float32)
+    return target[0].float().clamp(-1.0, 1.0), mask[0]
+
+
+_TOKENIZER = Tokenizer()
+
+
+def track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str = "middle",
+                 supersample: int = 2) -> dict[str, Tensor]:
+    """One ``SynthTrack`` (with its ``trajectory``) as training tensors:
+
+    ``frames`` (T, 3, H, W) in [-1, 1] at ``lr_size``; ``frame_mask`` (T,) bool; ``reference`` ()
+    long (the model's reference for ``ref_policy`` and T frames); ``flows`` (T, 2, H, W), ref -> t
+    (0 at the reference); ``flow_valid`` (T, 1, H, W) float (target inside frame t);
+    ``sr_target`` (3, sH, sW); ``sr_mask`` (1, sH, sW); ``text`` (num_slots,) long; ``layout`` ()
+    long (index in ``plates.LAYOUTS``)."""
+    if track.trajectory is None:
+        raise ValueError("the track has no trajectory (SyntheticTrackDataset drops it): use generate_track")
+    t_count = len(track.lr)
+    ref = batch_reference_index(ref_policy, t_count)
+    frames = resize_track([_frame_tensor(f) for f in track.lr], lr_size)
+    flows = torch.from_numpy(np.stack([resized_flow(track.trajectory, ref, t, lr_size) for t in range(t_count)]))
+    valid = valid_mask(flows, size=lr_size).float()
+    target, mask = sr_target(track.canonical_hr, track.trajectory, ref, lr_size, upscale, supersample)
+    return {
+        "frames": frames.float(),
+        "frame_mask": torch.ones(t_count, dtype=torch.bool),
+        "reference": torch.tensor(ref, dtype=torch.long),
+        "flows": flows,
+        "flow_valid": valid,
+        "sr_target": target,
+        "sr_mask": mask,
+        "text": torch.tensor(_TOKENIZER.encode(track.text), dtype=torch.long),
+        "layout": torch.tensor(LAYOUTS.index(track.layout), dtype=torch.long),
+    }
+
+
+class KSRTrackDataset(IterableDataset):
+    """``num_tracks`` synthetic tracks per epoch as :func:`track_sample` dicts, sharded over
+    DataLoader workers and DDP ranks (``track_dataset.my_indices``). ``fixed=True`` (validation)
+    yields the same tracks every epoch; otherwise ``set_epoch`` draws new ones. The same
+    (seed, epoch) gives the same tracks for any worker count."""
+
+    def __init__(self, num_tracks: int, *, lr_size: tuple[int, int], upscale: int = 4,
+                 ref_policy: str = "middle", seed: int = 0, preset: str = "mix", codec: str | None = None,
+                 num_frames: int = 5, fixed: bool = False, supersample: int = 2,
+                 camera: CameraParams = CameraParams()) -> None:
+        if num_tracks < 1:
+            raise ValueError("num_tracks must be >= 1")
+        self.num_tracks, self.lr_size, self.upscale, self.ref_policy = num_tracks, tuple(lr_size), upscale, ref_policy
+        self.seed, self.preset, self.codec, self.num_frames = seed, preset, codec, num_frames
+        self.fixed, self.supersample, self.camera = fixed, supersample, camera
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        # Per DDP rank (see training.RecognizerSamples.__len__): Lightning plans each rank's steps.
+        dist = torch.distributed
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return math.ceil(self.num_tracks / world)
+
+    def __iter__(self):
+        import cv2
+
+        from ksrnet.synth import dataset as synth  # looked up per call: tests may patch generate_track
+
+        cv2.setNumThreads(1)
+        epoch = 0 if self.fixed else self.epoch
+        for i in my_indices(self.num_tracks):
+            track = synth.generate_track(self.seed, i, preset=self.preset, num_frames=self.num_frames,
+                                         codec=self.codec, camera=self.camera, epoch=epoch)
+            yield track_sample(track, self.lr_size, self.upscale, self.ref_policy, self.supersample)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses the stages need beyond ksrnet.losses
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    w = mask.to(values.dtype).expand_as(values)
+    return (values * w).sum() / w.sum().clamp_min(1.0)
+
+
+def masked_edge_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """``losses.gradient_profile_loss`` restricted to ``mask`` ``(B, 1, H, W)``: the Sobel
+    differences are averaged where the whole 3x3 support lies inside the mask."""
+    pgx, pgy = sobel_gradients(pred)
+    tgx, tgy = sobel_gradients(target)
+    inner = -F.max_pool2d(-mask.to(pred.dtype), 3, stride=1)  # 'valid' erosion: matches Sobel's output
+    return 0.5 * (_masked_mean((pgx - tgx).abs(), inner) + _masked_mean((pgy - tgy).abs(), inner))
+
+
+def _others(t: int, ref: int) -> list[int]:
+    return [i for i in range(t) if i != ref]
+
+
+def _batch_reference(batch: dict[str, Tensor]) -> int:
+    ref = batch["reference"]
+    r = int(ref[0])
+    if not bool((ref == r).all()):
+        raise ValueError("every track of a batch must share its reference slot")
+    return r
+
+
+# --------------------------------------------------------------------------------------------------
+# The Lightning module
+
+
+def trainable_parts(model: KSRNet, stage: str) -> list[str]:
+    if stage not in STAGE_TRAINABLE:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return [name for name in STAGE_TRAINABLE[stage] if name in model.parts()]
+
+
+def stage_losses_names(stage: str, variant: str) -> tuple[str, ...]:
+    """The losses a stage trains with (the variant matters in stage 3 only)."""
+    if stage == "1":
+        return ("epe",)
+    if stage == "1b":
+        return ("photometric", "smoothness")
+    if stage == "2":
+        return ("charbonnier", "edge")
+    from ksrnet.models.ksrnet import VARIANT_LOSSES
+
+    return VARIANT_LOSSES[variant]
+
+
+class KSRStageModule(L.LightningModule):
+    """One training stage of KSR-Net: what is trainable and which losses, per ``stage``.
+
+    ``stage_losses(batch)`` returns ``{"loss": total, <name>: term, ...}`` (plain torch; used by
+    ``training_step`` and by tests). Frozen parts have ``requires_grad=False``, are left out of the
+    optimiser and kept in eval mode (``train()`` is overridden), so DDP needs no unused-parameter
+    search and the recognizer's dropout stays off.
+    """
+
+    def __init__(self, config: KSRTrainConfig, stage: str, model_config: KSRNetConfig | None = None):
+        super().__init__()
+        stage_key(stage)  # validates
+        self.config = config
+        self.stage = stage
+        self.model_config = model_config or config.model
+        self.save_hyperparameters({"config": config.to_dict(), "stage": stage,
+                                   "model_config": self.model_config.to_dict()})
+        self.model = KSRNet(self.model_config)
+        self.trainable = trainable_parts(self.model, stage)
+        for name, part in self.model.parts().items():
+            part.requires_grad_(name in self.trainable)
+        self.loss_names = stage_losses_names(stage, self.model_config.variant)
+        self._perceptual = None
+        if "perceptual" in self.loss_names:
+            blocks = config.losses.perceptual_blocks
+            self._perceptual = PerceptualLoss.from_recognizer(self.model.recognizer, blocks)
+        self.register_buffer("layout_masks", torch.from_numpy(layout_masks()), persistent=False)
+        self._val: list[dict[str, float]] = []
+
+    # -- modes -------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name, part in self.model.parts().items():
+            if name not in self.trainable:
+                part.eval()
+        return self
+
+    # -- losses ------------------------------------------------------------------------------------
+
+    def _flow_pairs(self, batch: dict[str, Tensor]):
+        frames = batch["frames"]
+        b, t = frames.shape[:2]
+        r = _batch_reference(batch)
+        others = _others(t, r)
+        sup = frames[:, others].flatten(0, 1)
+        ref = frames[:, r].unsqueeze(1).expand(-1, len(others), -1, -1, -1).flatten(0, 1)
+        gt = batch["flows"][:, others].flatten(0, 1)
+        gt_valid = batch["flow_valid"][:, others].flatten(0, 1)
+        return ref, sup, gt, gt_valid
+
+    def stage_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.stage == "1":
+            ref, sup, gt, gt_valid = self._flow_pairs(batch)
+            if ref.shape[0] == 0:
+                raise ValueError("stage 1 needs tracks of at least 2 frames")
+            epe = endpoint_error(self.model.flow(ref, sup).float(), gt, gt_valid)
+            return {"loss": epe, "epe": epe}
+        if self.stage == "1b":
+            return self._photometric_losses(batch)
+        return self._restoration_losses(batch)
+
+    def _photometric_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        lc = self.config.losses
+        ref, sup, gt, gt_valid = self._flow_pairs(batch)
+        fw, bw = self.model.flow(torch.cat((ref, sup)), torch.cat((sup, ref))).float().chunk(2)
+        with torch.no_grad():  # the masks are weights, not something to optimise
+            rel_fw = valid_mask(fw).float() * forward_backward_consistency(
+                fw, bw, lc.fb_alpha, lc.fb_beta, soft=True, check_bounds=False)
+            rel_bw = valid_mask(bw).float() * forward_backward_consistency(
+                bw, fw, lc.fb_alpha, lc.fb_beta, soft=True, check_bounds=False)
+        ref32, sup32 = ref.float(), sup.float()
+        photo = 0.5 * (photometric_loss(ref32, sup32, fw, rel_fw) + photometric_loss(sup32, ref32, bw, rel_bw))
+        edge = lc.smoothness_edge_weight
+        smooth = 0.5 * (smoothness_loss(fw, ref32, edge) + smoothness_loss(bw, sup32, edge))
+        loss = photo + lc.smoothness_weight * smooth
+        with torch.no_grad():
+            epe = endpoint_error(fw.detach(), gt, gt_valid)  # monitored only: no GT in this stage
+        return {"loss": loss, "photometric": photo, "smoothness": smooth, "epe": epe,
+                "fb_reliability": rel_fw.mean()}
+
+    def _restoration_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        lc = self.config.losses
+        mask_frames = batch["frame_mask"]
+        out = self.model.restore(batch["frames"], None if bool(mask_frames.all()) else mask_frames)
+        if not bool((out.reference == batch["reference"]).all()):
+            raise ValueError("the model's reference frame differs from the one the SR target was built on")
+        sr = out.sr.float()
+        target, mask = batch["sr_target"].float(), batch["sr_mask"].float()
+        # Outside the plate the target is undefined: compare images whose surroundings are the
+        # prediction's own (no gradient there), so edge and feature losses see only the plate.
+        filled = torch.where(mask > 0, target, sr.detach())
+        terms: dict[str, Tensor] = {"charbonnier": charbonnier(sr, target, lc.charbonnier_eps, mask)}
+        loss = terms["charbonnier"]
+        if "edge" in self.loss_names:
+            terms["edge"] = masked_edge_loss(sr, filled, mask)
+            loss = loss + lc.edge_weight * terms["edge"]
+        if "perceptual" in self.loss_names:
+            terms["perceptual"] = self._perceptual(sr, filled)
+            loss = loss + lc.perceptual_weight * terms["perceptual"]
+        if "semantic" in self.loss_names:
+            terms["semantic"] = semantic_loss(self.model.recognizer, sr, batch["text"],
+                                              label_smoothing=lc.label_smoothing)
+            loss = loss + lc.semantic_weight * terms["semantic"]
+        return {"loss": loss, **terms}
+
+    # -- Lightning hooks ---------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        terms = self.stage_losses(batch)
+        n = batch["frames"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n, prog_bar=True)
+        return terms["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        if self.stage in ("1", "1b"):
+            ref, sup, gt, gt_valid = self._flow_pairs(batch)
+            epe = endpoint_error(self.model.flow(ref, sup).float(), gt, gt_valid)
+            self._val.append({"epe": float(epe), "n": float(ref.shape[0])})
+            return
+        out = self.model.restore(batch["frames"])
+        sr = out.sr.float()
+        mask = batch["sr_mask"]
+        mse = ((sr - batch["sr_target"]) ** 2).mean(1, keepdim=True)
+        per_track = (mse * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp_min(1.0)
+        psnr = 10.0 * torch.log10(4.0 / per_track.clamp_min(1e-10))  # [-1, 1] images: peak-to-peak 2
+        reading = self.model.read(out.sr)
+        lp, llp = layout_log_probs(reading.char_logits.float(), reading.layout_logits.float(), self.layout_masks)
+        indices = decode_constrained(lp, llp)[0]
+        right = (indices == batch["text"]).all(-1).float()
+        for p, ok in zip(psnr.tolist(), right.tolist()):
+            self._val.append({"psnr": p, "rr": ok, "n": 1.0})
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        n = sum(v["n"] for v in self._val)
+        keys = [k for k in self._val[0] if k != "n"]
+        for k in keys:
+            value = sum(v[k] * v["n"] for v in self._val) / n
+            self.log(f"val/{k}", value, prog_bar=True, sync_dist=True)
+        self._val.clear()
+
+    def configure_optimizers(self):
+        sc: StageConfig = self.config.stage(self.stage)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": sc.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=sc.lr)
+        if sc.schedule == "constant":
+            return opt
+        if sc.schedule == "cosine_restarts":
+            sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                opt, T_0=sc.restart_steps, T_mult=sc.restart_mult, eta_min=sc.min_lr)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warm = int(total * sc.warmup_fraction)
+            floor = sc.min_lr / sc.lr
+
+            def lam(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                frac = min(1.0, (step - warm) / max(1, total - warm))
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _EpochSetter(L.Callback):
+    """Fresh synthetic tracks every epoch (the track seeds depend on the epoch)."""
+
+    def __init__(self, dataset: KSRTrackDataset):
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.dataset.set_epoch(trainer.current_epoch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running stages
+
+
+def _precision(setting: str, accelerator: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32"
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    stage_key(stage)
+    return Path(run_dir) / f"stage-{stage}"
+
+
+def resolve_model_config(config: KSRTrainConfig) -> tuple[KSRNetConfig, Any]:
+    """The architecture to train and the recognizer to put in it: ``model`` with its recognizer
+    config replaced by that of ``recognizer_weights`` (when set). Returns ``(config, Parseq | None)``."""
+    if config.recognizer_weights is None:
+        return config.model, None
+    import dataclasses
+
+    from ksrnet.weights import load_model
+
+    recognizer, meta = load_model(config.recognizer_weights)
+    rc = ParseqConfig.from_dict(meta["config"])
+    try:
+        model_config = dataclasses.replace(config.model, recognizer=rc)
+    except ValueError as exc:
+        raise ConfigError(f"recognizer_weights {config.recognizer_weights} do not fit model: {exc}") from exc
+    return model_config, recognizer
+
+
+def _init_source(config: KSRTrainConfig, run_dir: Path, stage: str) -> Path | None:
+    """Weights a fresh stage starts from: the latest earlier stage's of this run, else init_weights."""
+    for earlier in reversed(STAGES[:STAGES.index(stage)]):
+        p = stage_dir(run_dir, earlier) / WEIGHTS_NAME
+        if p.is_file():
+            return p
+    return resolve_ksrnet(config.init_weights) if config.init_weights else None
+
+
+def _load_init(module: KSRStageModule, source: Path, skip_recognizer: bool) -> None:
+    state, meta = load_ksrnet_state(source)
+    saved = KSRNetConfig.from_dict(meta["config"]).to_dict()
+    mine = module.model_config.to_dict()
+    if skip_recognizer:
+        saved.pop("recognizer"), mine.pop("recognizer")
+        state = {k: v for k, v in state.items() if not k.startswith("recognizer.")}
+    if saved != mine:
+        raise ValueError(f"{source} was built with another KSR-Net config than this run's model")
+    missing, unexpected = module.model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (skip_recognizer and k.startswith("recognizer."))]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match the model: missing {missing}, unexpected {unexpected}")
+
+
+def build_stage_data(config: KSRTrainConfig, model_config: KSRNetConfig, stage: str):
+    d = config.data
+    common = dict(lr_size=model_config.lr_size, upscale=model_config.upscale, ref_policy=model_config.ref_index,
+                  num_frames=d.num_frames, supersample=d.target_supersample)
+    # Each stage draws its own stream of tracks.
+    train = KSRTrackDataset(d.tracks_per_epoch, seed=d.seed + 7919 * STAGES.index(stage), preset=d.preset,
+                            codec=d.codec, **common)
+    val = (KSRTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True, **common)
+           if d.val_tracks else None)
+    return train, val
+
+
+def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, resume: bool = True,
+                 progress: bool = True, callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Run one stage into ``run_dir/stage-<stage>``; returns the path of its exported weights.
+
+    Resumes from the stage's ``last.ckpt`` when ``resume`` and it exists; otherwise starts from the
+    latest earlier stage's weights in ``run_dir`` (or ``config.init_weights``). Writes the stage's
+    ``ksrnet.safetensors`` + ``ksrnet.json`` and copies them to ``run_dir``. ``callbacks`` are added
+    to the Trainer's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    sc = config.stage(stage)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if config_path.exists() and resume:
+        saved = KSRTrainConfig.load(config_path)
+        if saved.model != config.model or saved.recognizer_weights != config.recognizer_weights:
+            raise ValueError(f"{run_dir} holds a run with another model or recognizer; use a new run dir")
+    config.save(config_path)
+    sdir = stage_dir(run_dir, stage)
+    sdir.mkdir(parents=True, exist_ok=True)
+
+    if stage == "3" and config.recognizer_weights is None:
+        raise ConfigError("stage 3 needs recognizer_weights (its perceptual / semantic losses read the SR image)")
+    model_config, recognizer = resolve_model_config(config)
+    L.seed_everything(config.data.seed + STAGES.index(stage), workers=True, verbose=False)
+    module = KSRStageModule(config, stage, model_config)
+    ckpt_dir = sdir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    resuming = resume and last.exists()
+    if not resuming:
+        source = _init_source(config, run_dir, stage)
+        if source is not None:
+            _load_init(module, source, skip_recognizer=recognizer is not None)
+    if recognizer is not None:
+        module.model.recognizer.load_state_dict(recognizer.state_dict())
+
+    train_data, val_data = build_stage_data(config, model_config, stage)
+    t = config.trainer
+    loader_args = dict(batch_size=t.batch_tracks, num_workers=config.data.num_workers, persistent_workers=False)
+    train_loader = DataLoader(train_data, **loader_args)
+    val_loader = DataLoader(val_data, **loader_args) if val_data is not None else None
+
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                               every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False)
+    cbs: list[L.Callback] = [periodic, _EpochSetter(train_data), *callbacks]
+    if val_loader is not None:
+        monitor, mode = {"1": ("val/epe", "min"), "1b": ("val/epe", "min"),
+                         "2": ("val/psnr", "max"), "3": ("val/rr", "max")}[stage]
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=1, monitor=monitor, mode=mode,
+                                   filename="best-{epoch}-{step}"))
+    world = t.devices * t.num_nodes
+    trainer = L.Trainer(
+        max_epochs=sc.max_epochs,
+        max_steps=sc.max_steps,
+        max_time={"minutes": sc.max_minutes} if sc.max_minutes else None,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        precision=_precision(t.precision, t.accelerator),
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip or None,
+        callbacks=cbs,
+        logger=CSVLogger(sdir, name="logs"),
+        default_root_dir=sdir,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_loader is not None else 0,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None)
+    if trainer.interrupted:
+        raise RuntimeError(f"stage {stage} was interrupted; run it again to resume from {last}")
+    trainer.save_checkpoint(last)  # a finished stage's last.ckpt holds its final step
+    out = sdir / WEIGHTS_NAME
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        extra = {"stage": stage, "global_step": int(trainer.global_step), "metrics": metrics,
+                 "recognizer_weights": config.recognizer_weights}
+        save_ksrnet(module.model, model_config, out, extra)
+        for src in (out, out.with_suffix(".json")):
+            _atomic_write(run_dir / src.name, lambda p, src=src: shutil.copyfile(src, p))
+    return out
+
+
+def run_stages(config: KSRTrainConfig | str | Path, run_dir: str | Path,
+               stages: Sequence[str] = STAGES, *, resume: bool = True, progress: bool = True,
+               **trainer_overrides: Any) -> Path:
+    """Run ``stages`` in order (each starts from the previous one's weights in ``run_dir``) and
+    return the final weights (``run_dir/ksrnet.safetensors``). ``config``: a KSRTrainConfig or a
+    YAML path; ``trainer_overrides`` replace fields of its ``trainer`` section (``devices=2,
+    num_nodes=1``, ...) for the CLI's flags. A finished stage rerun with ``resume`` only reloads its
+    last checkpoint and re-exports the same weights."""
+    cfg = config if isinstance(config, KSRTrainConfig) else KSRTrainConfig.load(config)
+    if trainer_overrides:
+        cfg = cfg.replace("trainer", **trainer_overrides)
+    stages = tuple(stages)
+    for s in stages:
+        stage_key(s)
+    if list(stages) != sorted(stages, key=STAGES.index):
+        raise ConfigError(f"stages must be in the order {STAGES}, got {stages}")
+    out = None
+    for s in stages:
+        out = train_ksrnet(cfg, run_dir, s, resume=resume, progress=progress)
+    if out is None:
+        raise ConfigError("no stage to run")
+    return Path(run_dir) / WEIGHTS_NAME

@@ -1,0 +1,367 @@
+"""KSR-Net training stages: config, the track dataset and its geometry, each stage's freezing and
+losses, running the four stages through Lightning, resuming.
+
+Everything is micro (a 32-wide PARSeq of one block, a slimmed tiny KSR-Net, 2-4 synthetic tracks of
+3 frames, 1-4 steps a stage) so the file runs in well under a minute on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from ksrnet.ksr_config import STAGES, KSRTrainConfig
+from ksrnet.ksr_training import (KSRStageModule, KSRTrackDataset, _frame_tensor, load_ksrnet, resolve_model_config,
+                                 run_stages, track_sample, train_ksrnet)
+from ksrnet.models.flow import resize_flow, warp
+from ksrnet.models.ksrnet import resize_track
+from ksrnet.models.parseq import Parseq, ParseqConfig
+from ksrnet.synth.camera import CameraParams, flow_between, render_frames
+from ksrnet.synth.dataset import generate_track
+from ksrnet.train_config import ConfigError
+from ksrnet.weights import save_model
+
+ROOT = Path(__file__).parent.parent
+LR = (16, 48)
+
+
+@pytest.fixture(scope="module")
+def recognizer_path(tmp_path_factory) -> Path:
+    cfg = ParseqConfig.tiny(embed_dim=32, enc_depth=1, enc_heads=2, dec_heads=2)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("rec") / "micro.safetensors"
+    save_model(Parseq(cfg), cfg, path)
+    return path
+
+
+def micro(recognizer_path: Path, **sections) -> KSRTrainConfig:
+    base = {
+        "model": {"preset": "tiny", "variant": "final", "flow": {"base_channels": 4},
+                  "fusion": {"depth": 2}, "restore": {"features": 16, "num_res_blocks": 1}},
+        "recognizer_weights": str(recognizer_path),
+        "data": {"tracks_per_epoch": 2, "val_tracks": 0, "num_workers": 0, "num_frames": 3},
+        "trainer": {"batch_tracks": 1, "checkpoint_every_n_steps": 1, "log_every_n_steps": 1, "precision": "32",
+                    "accelerator": "cpu"},
+        **{f"stage{s}": {"max_epochs": 1} for s in STAGES},
+    }
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return KSRTrainConfig.from_dict(base)
+
+
+def batch_of(samples: list[dict]) -> dict:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def clean_frames(track) -> torch.Tensor:
+    """The track's frames rendered by the camera alone (no blur, noise, colour or codec), resized."""
+    clean = render_frames(track.scene, track.trajectory, supersample=4)
+    return resize_track([_frame_tensor(f) for f in clean], LR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def test_shipped_config_loads_and_round_trips(tmp_path):
+    cfg = KSRTrainConfig.load(ROOT / "configs" / "ksrnet-tiny.yaml")
+    assert cfg.model.variant == "final" and cfg.model.lr_size == LR
+    s3 = cfg.stage("3")
+    assert (s3.lr, s3.min_lr, s3.schedule) == (2e-4, 1e-7, "cosine_restarts")
+    cfg.save(tmp_path / "c.yaml")
+    assert KSRTrainConfig.load(tmp_path / "c.yaml") == cfg
+    # Partial stage sections keep that stage's defaults.
+    assert KSRTrainConfig.from_dict({"stage3": {"max_epochs": 2}}).stage("3").schedule == "cosine_restarts"
+
+
+@pytest.mark.parametrize("bad", [
+    {"stage4": {}}, {"stage2": {"lrr": 0.1}}, {"model": {"colour": 1}}, {"model": {"flow": {"levels_": 2}}},
+    {"data": {"preset": "nope"}}, {"losses": {"edge_weight": -1.0}}, {"stage3": {"schedule": "step"}},
+    {"stage1": {"lr": "1e-3"}},
+])
+def test_bad_configs_are_rejected(bad):
+    with pytest.raises(ConfigError):
+        KSRTrainConfig.from_dict(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and ground truth geometry
+
+
+def test_dataset_shapes_and_epochs():
+    ds = KSRTrackDataset(2, lr_size=LR, seed=5, preset="mix")
+    items = list(ds)
+    assert len(items) == 2
+    s = items[0]
+    assert s["frames"].shape == (5, 3, *LR) and s["frames"].dtype == torch.float32
+    assert s["frames"].min() >= -1 and s["frames"].max() <= 1
+    assert s["flows"].shape == (5, 2, *LR) and s["flow_valid"].shape == (5, 1, *LR)
+    assert int(s["reference"]) == 2 and s["flows"][2].abs().max() == 0 and s["flow_valid"][2].min() == 1
+    assert s["sr_target"].shape == (3, 64, 192) and s["sr_mask"].shape == (1, 64, 192)
+    assert 0.1 < float(s["sr_mask"].mean()) < 0.9  # the plate, not the whole crop
+    assert s["text"].shape == (7,) and s["text"].dtype == torch.long and int(s["layout"]) in (0, 1)
+    assert s["frame_mask"].all()
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["frames"].shape == (2, 5, 3, *LR) and batch["text"].shape == (2, 7)
+    ds.set_epoch(1)
+    assert not torch.equal(next(iter(ds))["frames"], s["frames"])  # a new epoch draws new tracks
+    fixed = KSRTrackDataset(1, lr_size=LR, seed=5, fixed=True)
+    fixed.set_epoch(3)
+    assert torch.equal(next(iter(fixed))["frames"], s["frames"])
+
+
+@pytest.mark.parametrize("index", [0, 2, 3])
+def test_gt_flow_aligns_frames_at_lr_size(index):
+    track = generate_track(3, index, preset="easy", codec="none")
+    s = track_sample(track, LR, 4)
+    ref = int(s["reference"])
+    for frames in (clean_frames(track), s["frames"]):  # camera only, then the degraded frames
+        aligned, unaligned = [], []
+        for t in range(len(track.lr)):
+            if t == ref:
+                continue
+            v = s["flow_valid"][t, 0]
+            warped = warp(frames[t][None], s["flows"][t][None])[0]
+            aligned.append(float(((warped - frames[ref]).abs().mean(0) * v).sum() / v.sum()))
+            unaligned.append(float(((frames[t] - frames[ref]).abs().mean(0) * v).sum() / v.sum()))
+        assert np.mean(aligned) < 0.5 * np.mean(unaligned), (aligned, unaligned)
+    # The exact flow is the native one resized with its values rescaled (equal native sizes).
+    for t in range(len(track.lr)):
+        native = torch.from_numpy(flow_between(track.trajectory, ref, t)).permute(2, 0, 1)[None]
+        assert (resize_flow(native, LR)[0] - s["flows"][t]).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("index", [0, 1, 3])
+def test_sr_target_lies_on_the_reference_grid(index):
+    """The SR target must be the reference frame's plate, x4: compared with the camera-only render
+    of the reference frame (the frames' degradations are not geometry), no shift fits better."""
+    track = generate_track(3, index, preset="easy", codec="none")
+    s = track_sample(track, LR, 4)
+    ref = int(s["reference"])
+    target, mask = s["sr_target"], s["sr_mask"]
+
+    def error(a, b, m):
+        return float(((a - b).abs().mean(0) * m[0]).sum() / m.sum())
+
+    def shifted(img, dx, dy):
+        flow = torch.tensor([dx, dy], dtype=torch.float32).view(1, 2, 1, 1).expand(1, 2, *img.shape[-2:])
+        return warp(img[None], flow)[0]
+
+    # SR grid: the fine (x4) camera render of the reference frame resized like the LR frame.
+    fine = render_frames(track.scene, track.trajectory, supersample=4, downsample=False)[ref]
+    sr_ref = resize_track([_frame_tensor(fine)], (64, 192))[0]
+    inner = -F.max_pool2d(-mask[None], 5, 1, 2)[0]
+    e0 = error(target, sr_ref, inner)
+    assert e0 < 0.06, e0
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):  # a quarter of an LR pixel
+        assert error(shifted(target, dx, dy), sr_ref, inner) > e0 + 0.003
+
+    # LR grid: the target downscaled x4 against the reference LR frame (camera render). Crops of
+    # another size are aliased differently by the resize than the target is by the box filter (no
+    # optics blur in a camera-only render), so this check uses crops already at lr_size.
+    native = generate_track(3, index, preset="easy", codec="none",
+                            camera=CameraParams(crop_width=(48.0, 48.0), crop_height=(16.0, 16.0)))
+    s = track_sample(native, LR, 4)
+    down = F.avg_pool2d(s["sr_target"][None], 4)[0]
+    lr_mask = -F.max_pool2d(-(F.avg_pool2d(s["sr_mask"][None], 4) > 0.999).float(), 3, 1, 1)[0]
+    lr_ref = clean_frames(native)[ref]
+    e_lr = error(down, lr_ref, lr_mask)
+    assert e_lr < 0.03, e_lr
+    for dx, dy in ((0.25, 0), (-0.25, 0), (0, 0.25), (0, -0.25)):
+        assert error(shifted(down, dx, dy), lr_ref, lr_mask) > e_lr + 0.005
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages: freezing, gradients, losses, schedules
+
+
+@pytest.fixture(scope="module")
+def small_batch():
+    return batch_of([track_sample(generate_track(11, i, preset="easy", num_frames=3), LR, 4) for i in range(2)])
+
+
+@pytest.mark.parametrize("stage,variant", [("1", "final"), ("1b", "final"), ("2", "final"), ("2", "v1"),
+                                           ("3", "final"), ("3", "v2"), ("3", "v1")])
+def test_stage_trains_exactly_its_parts(stage, variant, recognizer_path, small_batch):
+    cfg = micro(recognizer_path, model={"variant": variant})
+    model_config, recognizer = resolve_model_config(cfg)
+    module = KSRStageModule(cfg, stage, model_config)
+    module.model.recognizer.load_state_dict(recognizer.state_dict())
+    module.train()
+    assert not module.model.recognizer.training and module.model.head.training == (stage in ("2", "3"))
+    terms = module.stage_losses(small_batch)
+    expected = {"1": {"epe"}, "1b": {"photometric", "smoothness"}, "2": {"charbonnier", "edge"},
+                "3": {"charbonnier", "edge", "semantic"} if variant == "final" else {"charbonnier", "perceptual"}}
+    assert expected[stage] <= set(terms)
+    assert torch.isfinite(terms["loss"]) and terms["loss"] > 0
+    terms["loss"].backward()
+    trained = set(module.trainable)
+    for name, part in module.model.parts().items():
+        for pname, p in part.named_parameters():
+            if name in trained:
+                assert p.requires_grad and p.grad is not None and torch.isfinite(p.grad).all(), (name, pname)
+            else:
+                assert not p.requires_grad and p.grad is None, (name, pname)
+    assert ("ham" in trained) == (stage == "3" and variant != "v1")
+    assert "recognizer" not in trained
+
+
+@pytest.mark.parametrize("stage", ["1b", "3"])
+def test_stage_losses_under_bf16_autocast(stage, recognizer_path, small_batch):
+    module = KSRStageModule(micro(recognizer_path, recognizer_weights=None), stage)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = module.stage_losses(small_batch)
+    assert terms["loss"].dtype == torch.float32 and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.requires_grad)
+
+
+def test_stage1_endpoint_error_decreases(recognizer_path, small_batch):
+    torch.manual_seed(0)
+    module = KSRStageModule(micro(recognizer_path, recognizer_weights=None), "1")
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    epes = []
+    for _ in range(30):
+        loss = module.stage_losses(small_batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        epes.append(loss.item())
+    assert np.mean(epes[-3:]) < 0.7 * epes[0], epes
+
+
+def test_stage2_restoration_loss_decreases(recognizer_path, small_batch):
+    torch.manual_seed(0)
+    module = KSRStageModule(micro(recognizer_path, recognizer_weights=None), "2").train()
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = module.stage_losses(small_batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.97 * losses[0], losses
+
+
+def test_stage3_uses_cosine_warm_restarts(recognizer_path):
+    cfg = micro(recognizer_path, recognizer_weights=None, stage3={"restart_steps": 10, "restart_mult": 1})
+    module = KSRStageModule(cfg, "3")
+    out = module.configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts)
+    lrs = []
+    for _ in range(21):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(2e-4) and lrs[10] == pytest.approx(2e-4) and lrs[20] == pytest.approx(2e-4)
+    assert lrs[9] < 1e-5 and min(lrs) >= 1e-7
+    # Only trainable parameters are optimised (no recognizer).
+    optimised = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not optimised & {id(p) for p in module.model.recognizer.parameters()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running stages through Lightning
+
+
+def _weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / f"stage-{stage}" / "ksrnet.safetensors"))
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {k: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_all_stages_run_chain_and_freeze(tmp_path, recognizer_path):
+    run = tmp_path / "run"
+    cfg = micro(recognizer_path, data={"val_tracks": 1})
+    out = run_stages(cfg, run, progress=False)
+    assert out == run / "ksrnet.safetensors" and out.is_file()
+    saved = KSRTrainConfig.load(run / "config.yaml")
+    assert saved == cfg
+    w = {s: _weights(run, s) for s in STAGES}
+    for s in STAGES:
+        meta = json.loads((run / f"stage-{s}" / "ksrnet.json").read_text())
+        assert meta["kind"] == "ksrnet" and meta["stage"] == s and meta["global_step"] == 2
+        ckpt = torch.load(run / f"stage-{s}" / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 2
+        assert list((run / f"stage-{s}" / "logs").rglob("metrics.csv"))
+        assert list((run / f"stage-{s}" / "checkpoints").glob("best-*.ckpt"))  # validated and monitored
+        expected = {"val/epe"} if s in ("1", "1b") else {"val/psnr", "val/rr"}
+        assert set(meta["metrics"]) == expected and all(np.isfinite(v) for v in meta["metrics"].values())
+    # The recognizer is the one from recognizer_weights, untouched in every stage.
+    rec = load_file(str(recognizer_path))
+    for s in STAGES:
+        assert _same({k.removeprefix("recognizer."): v for k, v in _part(w[s], "recognizer").items()}, rec)
+    # 1 and 1b train the flow only; each stage starts where the previous one ended.
+    assert not _same(_part(w["1"], "flow"), _part(w["1b"], "flow"))
+    assert _same(_part(w["1"], "head"), _part(w["1b"], "head"))
+    # Stage 2: flow, HAM and recognizer frozen; extractor, STFT and head trained.
+    for frozen in ("flow", "ham", "recognizer"):
+        assert _same(_part(w["1b"], frozen), _part(w["2"], frozen)), frozen
+    for trained in ("extractor", "fusion", "head"):
+        assert not _same(_part(w["1b"], trained), _part(w["2"], trained)), trained
+    # Stage 3: end to end (flow and HAM move too).
+    for trained in ("flow", "ham", "head"):
+        assert not _same(_part(w["2"], trained), _part(w["3"], trained)), trained
+    assert _same(load_file(str(out)), w["3"])
+    model, meta = load_ksrnet(run)
+    assert meta["config"] == model.config.to_dict() and model.config.recognizer.embed_dim == 32
+    with torch.no_grad():
+        y = model(torch.zeros(1, 3, 3, *LR))
+    assert y.sr.shape == (1, 3, 64, 192) and y.char_logits.shape[:2] == (1, 7)
+
+
+class Crash(L.Callback):
+    started_at: list[int] = []
+    batches: list[int] = []
+    fail_at: int | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        type(self).started_at.append(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        type(self).batches.append(trainer.global_step)
+        if type(self).fail_at is not None and trainer.global_step >= type(self).fail_at:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_stage_resumes(tmp_path, recognizer_path):
+    # 4 steps; the run dies after its 3rd, before that step's checkpoint (ModelCheckpoint runs after
+    # the other callbacks), so last.ckpt holds step 2 and no weights are exported.
+    cfg = micro(recognizer_path, data={"tracks_per_epoch": 4})
+    run = tmp_path / "run"
+    Crash.started_at, Crash.batches, Crash.fail_at = [], [], 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_ksrnet(cfg, run, "2", progress=False, callbacks=[Crash()])
+    last = run / "stage-2" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    assert not (run / "stage-2" / "ksrnet.safetensors").exists()
+    Crash.started_at, Crash.batches, Crash.fail_at = [], [], None
+    out = train_ksrnet(cfg, run, "2", progress=False, callbacks=[Crash()])
+    assert Crash.started_at == [2] and Crash.batches == [3, 4]  # the missing steps, not 4 anew
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["global_step"] == 4
+    # A different model in the same run dir is refused.
+    other = micro(recognizer_path, data={"tracks_per_epoch": 4}, model={"variant": "v1"})
+    with pytest.raises(ValueError, match="another model"):
+        train_ksrnet(other, run, "2", progress=False)
+
+
+def test_stage3_requires_a_recognizer(tmp_path, recognizer_path):
+    with pytest.raises(ConfigError, match="recognizer_weights"):
+        train_ksrnet(micro(recognizer_path, recognizer_weights=None), tmp_path / "run", "3", progress=False)
