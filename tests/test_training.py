@@ -33,7 +33,8 @@ from ksrnet.weights import ModelLoadError, load_model
 runner = CliRunner()
 
 MICRO = {
-    "model": {"preset": "tiny", "embed_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_heads": 2},
+    "model": {"preset": "tiny", "embed_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_heads": 2,
+              "stem": "patch"},
     "data": {"synth_tracks_per_epoch": 8, "val_tracks": 4, "num_workers": 0},
     "trainer": {"max_epochs": 1, "batch_tracks": 4, "checkpoint_every_n_steps": 1},
 }
