@@ -21,9 +21,15 @@ def shard_position() -> tuple[int, int]:
 
 
 def my_indices(n: int) -> range:
-    """The item indices 0..n-1 this process should produce (round-robin over all processes)."""
+    """The item indices 0..n-1 this process should produce (round-robin over all processes).
+
+    Under DDP the last n % world_size items are left out, so every rank gets the same number of
+    items: a rank with one batch more than the others would wait forever in its extra all-reduce.
+    """
     index, count = shard_position()
-    return range(index, n, count)
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return range(index, n - n % world, count)
 
 
 class FolderTrackDataset(IterableDataset):
