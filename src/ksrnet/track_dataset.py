@@ -10,26 +10,18 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 
-def shard_position() -> tuple[int, int]:
-    """(index, count) of this data-loading process among all workers of all DDP ranks."""
+def my_indices(n: int) -> range:
+    """The item indices 0..n-1 this process should produce: split over DDP ranks, then over workers.
+
+    Under DDP the last n % world_size items are left out, so every rank gets the same number of
+    items: a rank with one batch more than the others would wait forever in its extra all-reduce.
+    """
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info else (0, 1)
-    return rank * workers + worker, world * workers
-
-
-def my_indices(n: int) -> range:
-    """The item indices 0..n-1 this process should produce (round-robin over all processes).
-
-    Under DDP the last n % world_size items are left out, so every rank gets the same number of
-    items: a rank with one batch more than the others would wait forever in its extra all-reduce.
-    """
-    index, count = shard_position()
-    dist = torch.distributed
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return range(index, n - n % world, count)
+    return range(rank, n - n % world, world)[worker::workers]
 
 
 class FolderTrackDataset(IterableDataset):
