@@ -36,7 +36,7 @@ class RecognizerSamples(IterableDataset):
         # a W-GPU run end at 1/W of its schedule, never annealed.
         dist = torch.distributed
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        return math.ceil(len(self.tracks) / world)
+        return len(self.tracks) // world  # my_indices leaves the remainder out under DDP
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.tracks, "set_epoch"):
