@@ -365,3 +365,22 @@ def test_interrupted_stage_resumes(tmp_path, recognizer_path):
 def test_stage3_requires_a_recognizer(tmp_path, recognizer_path):
     with pytest.raises(ConfigError, match="recognizer_weights"):
         train_ksrnet(micro(recognizer_path, recognizer_weights=None), tmp_path / "run", "3", progress=False)
+
+
+def test_cli_train_ksrnet_runs_stages_and_rejects_bad_ones(tmp_path, recognizer_path):
+    from typer.testing import CliRunner
+
+    from ksrnet.cli import app
+
+    config = tmp_path / "ksrnet-micro.yaml"
+    micro(recognizer_path).save(config)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-ksrnet", str(config), "--run-dir", str(tmp_path / "run"),
+                                 "--stages", "1,2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "stage-1" / "ksrnet.safetensors").is_file()
+    assert (tmp_path / "run" / "stage-2" / "ksrnet.safetensors").is_file()
+    assert not (tmp_path / "run" / "stage-3").exists()
+    assert (tmp_path / "run" / "ksrnet.safetensors").is_file()
+    result = runner.invoke(app, ["train-ksrnet", str(config), "--stages", "1,4"])
+    assert result.exit_code == 2 and "--stages takes" in " ".join(result.output.split())
