@@ -204,3 +204,18 @@ def test_ssim_known_values():
     assert ((ssim_y(blurred, a) > s) & (ssim_y(blurred, a) < 1)).all()
     with pytest.raises(ValueError):
         ssim_y(a[..., :10, :10], b[..., :10, :10])
+
+
+def test_masked_edge_loss_ignores_everything_outside_the_mask():
+    from ksrnet.losses import gradient_profile_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 12, 16, generator=g)
+    pred = target.clone()
+    pred[..., :, 10:] = torch.rand(2, 3, 12, 6, generator=g)  # differs only in the right part
+    mask = torch.zeros(2, 1, 12, 16)
+    mask[..., :, :8] = 1
+    assert gradient_profile_loss(pred, target, mask) == 0
+    assert gradient_profile_loss(pred, target) > 0
+    mask[..., :, :12] = 1
+    assert gradient_profile_loss(pred, target, mask) > 0

@@ -60,7 +60,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig, StageConfig, stage_key
-from ksrnet.losses import PerceptualLoss, charbonnier, semantic_loss, sobel_gradients
+from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, semantic_loss
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
                                 smoothness_loss, valid_mask)
 from ksrnet.models.ksrnet import KSRNet, KSRNetConfig, batch_reference_index, lr_resize_matrix, resize_track
@@ -264,20 +264,6 @@ class KSRTrackDataset(IterableDataset):
 # Losses the stages need beyond ksrnet.losses
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    w = mask.to(values.dtype).expand_as(values)
-    return (values * w).sum() / w.sum().clamp_min(1.0)
-
-
-def masked_edge_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """``losses.gradient_profile_loss`` restricted to ``mask`` ``(B, 1, H, W)``: the Sobel
-    differences are averaged where the whole 3x3 support lies inside the mask."""
-    pgx, pgy = sobel_gradients(pred)
-    tgx, tgy = sobel_gradients(target)
-    inner = -F.max_pool2d(-mask.to(pred.dtype), 3, stride=1)  # 'valid' erosion: matches Sobel's output
-    return 0.5 * (_masked_mean((pgx - tgx).abs(), inner) + _masked_mean((pgy - tgy).abs(), inner))
-
-
 def _others(t: int, ref: int) -> list[int]:
     return [i for i in range(t) if i != ref]
 
@@ -408,7 +394,7 @@ class KSRStageModule(L.LightningModule):
         terms: dict[str, Tensor] = {"charbonnier": charbonnier(sr, target, lc.charbonnier_eps, mask)}
         loss = terms["charbonnier"]
         if "edge" in self.loss_names:
-            terms["edge"] = masked_edge_loss(sr, filled, mask)
+            terms["edge"] = gradient_profile_loss(sr, filled, mask)
             loss = loss + lc.edge_weight * terms["edge"]
         if "perceptual" in self.loss_names:
             terms["perceptual"] = self._perceptual(sr, filled)

@@ -88,14 +88,18 @@ def sobel_gradients(images: Tensor) -> tuple[Tensor, Tensor]:
     return grads[:, 0::2], grads[:, 1::2]
 
 
-def gradient_profile_loss(pred: Tensor, target: Tensor) -> Tensor:
+def gradient_profile_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Edge loss: mean L1 distance between the Sobel gradient components of ``pred`` and
-    ``target`` (``(B, C, H, W)``)."""
+    ``target`` (``(B, C, H, W)``). With ``mask`` ``(B, 1, H, W)``, only where the whole 3x3 support
+    of the filter lies inside the mask."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     pgx, pgy = sobel_gradients(pred)
     tgx, tgy = sobel_gradients(target)
-    return 0.5 * ((pgx - tgx).abs().mean() + (pgy - tgy).abs().mean())
+    inner = None
+    if mask is not None:
+        inner = -F.max_pool2d(-mask.to(pred.dtype), 3, stride=1)  # 'valid' erosion, Sobel's output grid
+    return 0.5 * (_masked_mean((pgx - tgx).abs(), inner) + _masked_mean((pgy - tgy).abs(), inner))
 
 
 # --------------------------------------------------------------------------------------------------
