@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig
-from ksrnet.ksr_training import (KSRStageModule, KSRTrackDataset, _frame_tensor, load_ksrnet, resolve_model_config,
-                                 run_stages, track_sample, train_ksrnet)
+from ksrnet.ksr_training import (KSRStageModule, KSRTrackDataset, _frame_tensor, resolve_model_config, run_stages,
+                                 track_sample, train_ksrnet)
+from ksrnet.weights import load_ksrnet
 from ksrnet.models.flow import resize_flow, warp
 from ksrnet.models.ksrnet import resize_track
 from ksrnet.models.parseq import Parseq, ParseqConfig

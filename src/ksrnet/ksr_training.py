@@ -43,11 +43,8 @@ x``upscale`` grid), its plate mask, the text and the layout.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,11 +52,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig, StageConfig, stage_key
+from ksrnet.weights import KSRNET_WEIGHTS_NAME, atomic_write, load_ksrnet_state, resolve_ksrnet, save_ksrnet
 from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, semantic_loss
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
                                 smoothness_loss, valid_mask)
@@ -78,62 +75,6 @@ STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
     "2": ("extractor", "fusion", "head"),
     "3": ("flow", "extractor", "ham", "fusion", "head"),
 }
-WEIGHTS_NAME = "ksrnet.safetensors"
-
-
-# --------------------------------------------------------------------------------------------------
-# Weights: safetensors + the JSON config that built them (the ``ksrnet.weights`` pattern)
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_ksrnet(model: KSRNet, config: KSRNetConfig, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``path`` (safetensors) and ``path.with_suffix('.json')`` (``{"config": KSRNetConfig
-    .to_dict(), "kind": "ksrnet", **extra}``), each atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {"config": config.to_dict(), "kind": "ksrnet", **(extra or {})}
-    _atomic_write(path, lambda p: save_file(state, p))
-    _atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
-    return path
-
-
-def resolve_ksrnet(path: str | Path) -> Path:
-    """A KSR-Net ``.safetensors`` file, or a run dir / stage dir holding ``ksrnet.safetensors``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS_NAME
-    if not p.is_file():
-        raise FileNotFoundError(f"no KSR-Net weights at {path} (looked for {p})")
-    return p
-
-
-def load_ksrnet_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """State dict and metadata of saved KSR-Net weights."""
-    p = resolve_ksrnet(path)
-    meta = json.loads(p.with_suffix(".json").read_text())
-    if meta.get("kind") != "ksrnet":
-        raise ValueError(f"{p} holds {meta.get('kind')!r} weights, not KSR-Net")
-    return load_file(str(p)), meta
-
-
-def load_ksrnet(path: str | Path, device: str | torch.device = "cpu") -> tuple[KSRNet, dict]:
-    """The model (eval mode) and its metadata."""
-    state, meta = load_ksrnet_state(path)
-    model = KSRNet(KSRNetConfig.from_dict(meta["config"]))
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,7 +460,7 @@ def resolve_model_config(config: KSRTrainConfig) -> tuple[KSRNetConfig, Any]:
 def _init_source(config: KSRTrainConfig, run_dir: Path, stage: str) -> Path | None:
     """Weights a fresh stage starts from: the latest earlier stage's of this run, else init_weights."""
     for earlier in reversed(STAGES[:STAGES.index(stage)]):
-        p = stage_dir(run_dir, earlier) / WEIGHTS_NAME
+        p = stage_dir(run_dir, earlier) / KSRNET_WEIGHTS_NAME
         if p.is_file():
             return p
     return resolve_ksrnet(config.init_weights) if config.init_weights else None
@@ -629,14 +570,14 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     if trainer.interrupted:
         raise RuntimeError(f"stage {stage} was interrupted; run it again to resume from {last}")
     trainer.save_checkpoint(last)  # a finished stage's last.ckpt holds its final step
-    out = sdir / WEIGHTS_NAME
+    out = sdir / KSRNET_WEIGHTS_NAME
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         extra = {"stage": stage, "global_step": int(trainer.global_step), "metrics": metrics,
                  "recognizer_weights": config.recognizer_weights}
         save_ksrnet(module.model, model_config, out, extra)
         for src in (out, out.with_suffix(".json")):
-            _atomic_write(run_dir / src.name, lambda p, src=src: shutil.copyfile(src, p))
+            atomic_write(run_dir / src.name, lambda p, src=src: shutil.copyfile(src, p))
     return out
 
 
@@ -661,4 +602,4 @@ def run_stages(config: KSRTrainConfig | str | Path, run_dir: str | Path,
         out = train_ksrnet(cfg, run_dir, s, resume=resume, progress=progress)
     if out is None:
         raise ConfigError("no stage to run")
-    return Path(run_dir) / WEIGHTS_NAME
+    return Path(run_dir) / KSRNET_WEIGHTS_NAME

@@ -24,23 +24,34 @@ def config_path_for(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def save_model(model: Parseq, config: ParseqConfig, path: str | Path, extra: dict | None = None) -> None:
-    """Write path (safetensors) and path.json (config + metadata), each atomically."""
+def atomic_write(target: Path, write) -> None:
+    """Write target through a temporary file in its folder: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; shipped weights must be readable by all
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(model: torch.nn.Module, config: dict, kind: str, path: str | Path,
+                 extra: dict | None = None) -> Path:
+    """Write path (safetensors) and path.json ({"config", "kind", **extra}), each atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"config": config.to_dict(), "kind": "parseq", **(extra or {})}
-    for target, write in ((path, lambda p: save_file(state, p)),
-                          (config_path_for(path), lambda p: Path(p).write_text(json.dumps(meta, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; shipped weights must be readable by all
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"config": config, "kind": kind, **(extra or {})}
+    atomic_write(path, lambda p: save_file(state, p))
+    atomic_write(config_path_for(path), lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    return path
+
+
+def save_model(model: Parseq, config: ParseqConfig, path: str | Path, extra: dict | None = None) -> Path:
+    """Recognizer weights: path (safetensors) and path.json (config + metadata)."""
+    return save_weights(model, config.to_dict(), "parseq", path, extra)
 
 
 def resolve(name_or_path: str | Path | None) -> Path:
@@ -73,4 +84,44 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
         model.load_state_dict(load_file(str(path)))
     except Exception as exc:  # safetensors raises several types for a corrupt file
         raise ModelLoadError(f"{path} does not match its config: {exc}") from exc
+    return model.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------------------------------
+# KSR-Net (restoration + recognizer) weights, same format with kind "ksrnet"
+
+KSRNET_WEIGHTS_NAME = "ksrnet.safetensors"
+
+
+def save_ksrnet(model, config, path: str | Path, extra: dict | None = None) -> Path:
+    """KSR-Net weights: path (safetensors) and path.json (KSRNetConfig.to_dict() + metadata)."""
+    return save_weights(model, config.to_dict(), "ksrnet", path, extra)
+
+
+def resolve_ksrnet(path: str | Path) -> Path:
+    """A KSR-Net ``.safetensors`` file, or a run dir / stage dir holding ``ksrnet.safetensors``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / KSRNET_WEIGHTS_NAME
+    if not p.is_file():
+        raise FileNotFoundError(f"no KSR-Net weights at {path} (looked for {p})")
+    return p
+
+
+def load_ksrnet_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """State dict and metadata of saved KSR-Net weights."""
+    p = resolve_ksrnet(path)
+    meta = json.loads(config_path_for(p).read_text())
+    if meta.get("kind") != "ksrnet":
+        raise ValueError(f"{p} holds {meta.get('kind')!r} weights, not KSR-Net")
+    return load_file(str(p)), meta
+
+
+def load_ksrnet(path: str | Path, device: str | torch.device = "cpu"):
+    """The KSR-Net model (eval mode) and its metadata."""
+    from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
+
+    state, meta = load_ksrnet_state(path)
+    model = KSRNet(KSRNetConfig.from_dict(meta["config"]))
+    model.load_state_dict(state)
     return model.to(device).eval(), meta
