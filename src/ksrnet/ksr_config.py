@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ksrnet.models.ksrnet import KSRNetConfig, PRESET_NAMES, _SUBCONFIGS
-from ksrnet.train_config import PRESETS, ConfigError, build_section, mapping_section
+from ksrnet.train_config import PRESETS, ConfigError, build_section, load_yaml_mapping, mapping_section
 
 STAGES: tuple[str, ...] = ("1", "1b", "2", "3")
 SCHEDULES = ("cosine", "cosine_restarts", "constant")
@@ -240,16 +240,7 @@ class KSRTrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "KSRTrainConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(raw or {})
+        return cls.from_dict(load_yaml_mapping(path))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -66,6 +66,7 @@ from ksrnet.models.restore import sr_homography_from_lr, warp_to_reference_grid
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.synth.camera import CameraParams, canonical_homography
 from ksrnet.train_config import ConfigError
+from ksrnet.training import _EpochSetter, _precision
 from ksrnet.track_dataset import my_indices
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
@@ -412,26 +413,8 @@ class KSRStageModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class _EpochSetter(L.Callback):
-    """Fresh synthetic tracks every epoch (the track seeds depend on the epoch)."""
-
-    def __init__(self, dataset: KSRTrackDataset):
-        self.dataset = dataset
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.dataset.set_epoch(trainer.current_epoch)
-
-
 # --------------------------------------------------------------------------------------------------
 # Running stages
-
-
-def _precision(setting: str, accelerator: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32"
 
 
 def stage_dir(run_dir: str | Path, stage: str) -> Path:

@@ -56,6 +56,20 @@ def _check_types(cls, data: dict, where: str) -> None:
             raise ConfigError(f"{where}.{f.name}: expected {' or '.join(names)}, got {value!r}{hint}")
 
 
+def load_yaml_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file ({} for an empty file); ConfigError otherwise."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw or {}
+
+
 def build_section(cls, data: dict | None, where: str):
     data = mapping_section(data, where)
     names = {f.name for f in fields(cls)}
@@ -174,16 +188,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(raw or {})
+        return cls.from_dict(load_yaml_mapping(path))
 
     def to_dict(self) -> dict[str, Any]:
         return {

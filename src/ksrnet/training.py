@@ -184,13 +184,14 @@ class _ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
 
 
 class _EpochSetter(L.Callback):
-    """Give every epoch fresh synthetic tracks (the track seeds depend on the epoch)."""
+    """Give every epoch fresh synthetic tracks (the track seeds depend on the epoch); works for any
+    dataset with set_epoch (recognizer samples, KSR-Net tracks)."""
 
-    def __init__(self, samples: RecognizerSamples):
-        self.samples = samples
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.samples.set_epoch(trainer.current_epoch)
+        self.dataset.set_epoch(trainer.current_epoch)
 
 
 def _precision(setting: str, accelerator: str) -> str:
