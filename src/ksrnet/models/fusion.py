@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ksrnet.models.init import init_linear_and_norm
+
 # Additive attention mask for forbidden keys (and pooling score of missing frames). Finite so that
 # a row with every key masked gives a finite average instead of NaN; 1e4 below any real score makes
 # the weight of a masked key underflow to exactly 0 in float32, bfloat16 and float16 softmax.
@@ -315,13 +317,7 @@ class STFT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm(self)
         for block in self.blocks:
             nn.init.trunc_normal_(block.attn.bias_table, std=0.02)
         # Uniform pooling at initialisation: the fused map starts as the mean of the valid frames.

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ksrnet import plates
+from ksrnet.models.init import init_linear_and_norm
 
 # Log-prob given to a character a layout forbids. Finite, so sums over frames/views/models and
 # differences of such sums never produce NaN (-inf - -inf); 1e4 stays exact enough in float32.
@@ -429,13 +430,7 @@ class Parseq(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm(self)
         nn.init.trunc_normal_(self.token_embed.weight, std=0.02)
         # 2D sin-cos start (still learned): the slot queries need to tell patches apart by position
         # from the first step, which a near-zero random table does not give them.
