@@ -415,6 +415,17 @@ def test_slot_position_prior_points_each_slot_at_its_own_seventh():
     assert torch.equal(bias.view(7, rows, cols)[:, 0], bias.view(7, rows, cols)[:, 1])  # same in every row
 
 
+class NarLogits(torch.nn.Module):
+    """The model's NAR char logits as a single-output module, for torch.jit.trace."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, t):
+        return self.inner(t, mode="nar").char_logits
+
+
 def test_slot_prior_model_decodes_and_traces():
     config = micro_config(slot_prior_sigma=0.07)
     model = Parseq(config).eval()
@@ -423,16 +434,8 @@ def test_slot_prior_model_decodes_and_traces():
     nar = model(x, mode="nar").char_logits
     ar = model(x, mode="ar").char_logits
     assert nar.shape == ar.shape == (2, 7, 36) and torch.isfinite(nar).all() and torch.isfinite(ar).all()
-    class Nar(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, t):
-            return self.inner(t, mode="nar").char_logits
-
     with torch.no_grad():
-        traced = torch.jit.trace(Nar(model), x)
+        traced = torch.jit.trace(NarLogits(model), x)
         torch.testing.assert_close(traced(x), nar)
     # Turning the prior's learned strength to zero is exactly the model without the prior.
     plain = Parseq(micro_config()).eval()
@@ -440,3 +443,27 @@ def test_slot_prior_model_decodes_and_traces():
     with torch.no_grad():
         model.slot_prior_scale.zero_()
     torch.testing.assert_close(model(x, mode="nar").char_logits, plain(x, mode="nar").char_logits)
+
+
+def test_cnn_stem_keeps_the_token_grid_and_traces():
+    config = micro_config(stem="cnn", stem_channels=8, pos_embed_init="zero", slot_prior_sigma=0.07)
+    model = Parseq(config)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.patch_embed.modules())
+    assert torch.count_nonzero(model.pos_embed) == 0
+    x = images(3, config)
+    model.train()
+    model(x, mode="nar")  # one training-mode pass moves the BatchNorm statistics off their start
+    model.eval()
+    memory = model.encode(x)
+    assert memory.shape == (3, config.num_patches, config.embed_dim)
+    with torch.no_grad():
+        traced = torch.jit.trace(NarLogits(model), x)
+        torch.testing.assert_close(traced(x), model(x, mode="nar").char_logits)
+    # Eval mode uses running statistics: a frame's reading does not depend on its batch mates.
+    torch.testing.assert_close(model(x[:1], mode="nar").char_logits, model(x, mode="nar").char_logits[:1])
+
+
+@pytest.mark.parametrize("bad", [dict(stem="vgg"), dict(pos_embed_init="random")])
+def test_bad_stem_or_position_init_is_rejected(bad):
+    with pytest.raises(ValueError, match="stem|pos_embed_init"):
+        micro_config(**bad)

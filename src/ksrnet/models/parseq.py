@@ -76,8 +76,16 @@ class ParseqConfig:
     # "patch": ViT's single linear patch projection; "conv": a small strided conv stem with the same
     # output grid. On an H100, tiny with the patch stem stayed on the character prior for 3100 steps
     # (48 tracks a step) where the conv stem had started to learn (benchmarks/RESULTS.md).
+    # "cnn": conv-BatchNorm-ReLU pairs (one strided, one not) to the same grid. On a 2-core CPU it
+    # is the only encoder here that left the character prior within ~150 steps of 48 frames
+    # (benchmarks/RESULTS.md, "Why the recognizer did not learn").
     stem: str = "conv"
     stem_channels: int = 32
+    # "sincos": a learned position table that starts as a 2D sine-cosine code; "zero": starts at
+    # zero, positions then come from the stem's padding and the slot prior until it is learned.
+    # The unit-variance sin-cos start drowned the stem's features and kept the encoder on the
+    # character prior in CPU runs with the slot prior on.
+    pos_embed_init: str = "sincos"
     # Width (fraction of the image width) of a Gaussian bias on the decoder's cross-attention that
     # starts slot i looking at the i-th seventh of the plate; its strength is learned. 0 = off.
     # Plates are fixed-pitch and fill most of the crop, so this breaks the decoder's symmetry at
@@ -111,12 +119,14 @@ class ParseqConfig:
             raise ValueError(f"ParseqConfig.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"ParseqConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"ParseqConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem not in ("patch", "conv", "cnn"):
+            raise ValueError(f"ParseqConfig.stem must be 'patch', 'conv' or 'cnn', got {self.stem!r}")
+        if self.pos_embed_init not in ("sincos", "zero"):
+            raise ValueError(f"ParseqConfig.pos_embed_init must be 'sincos' or 'zero', got {self.pos_embed_init!r}")
         if not isinstance(self.stem_channels, int) or self.stem_channels < 1:
             raise ValueError(f"ParseqConfig.stem_channels must be a positive int, got {self.stem_channels!r}")
-        if self.stem == "conv" and (self.patch_h & (self.patch_h - 1) or self.patch_w & (self.patch_w - 1)):
-            raise ValueError("the conv stem needs power-of-two patch sizes")
+        if self.stem != "patch" and (self.patch_h & (self.patch_h - 1) or self.patch_w & (self.patch_w - 1)):
+            raise ValueError(f"the {self.stem} stem needs power-of-two patch sizes")
         if isinstance(self.slot_prior_sigma, bool) or not isinstance(self.slot_prior_sigma, (int, float)) \
                 or self.slot_prior_sigma < 0:
             raise ValueError(f"ParseqConfig.slot_prior_sigma must be >= 0, got {self.slot_prior_sigma!r}")
@@ -365,6 +375,30 @@ def conv_stem(in_chans: int, channels: int, dim: int, patch_h: int, patch_w: int
     return nn.Sequential(*layers)
 
 
+def _conv_bn_relu(cin: int, cout: int, stride: tuple[int, int]) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+def cnn_stem(in_chans: int, channels: int, dim: int, patch_h: int, patch_w: int) -> nn.Sequential:
+    """A small VGG-like CNN to the (patch_h, patch_w) grid: one unstrided block at full resolution,
+    then per halving a strided block (channels doubled up to dim) followed by an unstrided one,
+    except after the last halving."""
+    layers: list[nn.Module] = [_conv_bn_relu(in_chans, channels, (1, 1))]
+    sh, sw, ch = patch_h, patch_w, channels
+    while sh > 1 or sw > 1:
+        stride = (2 if sh > 1 else 1, 2 if sw > 1 else 1)
+        out = min(2 * ch, dim)
+        sh, sw = sh // stride[0], sw // stride[1]
+        layers.append(_conv_bn_relu(ch, out, stride))
+        if sh > 1 or sw > 1:
+            layers.append(_conv_bn_relu(out, out, (1, 1)))
+        ch = out
+    if ch != dim:
+        layers.append(nn.Conv2d(ch, dim, 1))
+    return nn.Sequential(*layers)
+
+
 class ParseqOutput(NamedTuple):
     char_logits: Tensor  # (B, num_slots, num_classes), raw (no syntax mask applied)
     layout_logits: Tensor  # (B, num_layouts)
@@ -390,6 +424,8 @@ class Parseq(nn.Module):
         # Encoder
         if c.stem == "conv":
             self.patch_embed = conv_stem(c.in_chans, c.stem_channels, d, c.patch_h, c.patch_w)
+        elif c.stem == "cnn":
+            self.patch_embed = cnn_stem(c.in_chans, c.stem_channels, d, c.patch_h, c.patch_w)
         else:
             self.patch_embed = nn.Conv2d(c.in_chans, d, kernel_size=(c.patch_h, c.patch_w),
                                          stride=(c.patch_h, c.patch_w))
@@ -435,7 +471,10 @@ class Parseq(nn.Module):
         # 2D sin-cos start (still learned): the slot queries need to tell patches apart by position
         # from the first step, which a near-zero random table does not give them.
         with torch.no_grad():
-            self.pos_embed.copy_(sincos_2d(*self.config.grid, self.config.embed_dim)[None])
+            if self.config.pos_embed_init == "sincos":
+                self.pos_embed.copy_(sincos_2d(*self.config.grid, self.config.embed_dim)[None])
+            else:
+                self.pos_embed.zero_()
         nn.init.trunc_normal_(self.pos_queries, std=0.02)
         # ViT's patch-embed init: a linear layer over the flattened patch (conv stems keep torch's).
         if isinstance(self.patch_embed, nn.Conv2d):
