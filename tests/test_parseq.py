@@ -85,7 +85,7 @@ def test_wrong_image_size_and_mode_are_rejected():
         (dict(num_perms=0), "num_perms"),
         (dict(dropout=1.0), "dropout"),
         (dict(refine_iters=-1), "refine_iters"),
-        (dict(enc_depth=0), "enc_depth"),
+        (dict(enc_depth=-1), "enc_depth"),
         (dict(embed_dim=32.0), "embed_dim"),
         (dict(mlp_ratio=0), "mlp_ratio"),
         (dict(num_classes=1), "num_classes"),
@@ -467,3 +467,13 @@ def test_cnn_stem_keeps_the_token_grid_and_traces():
 def test_bad_stem_or_position_init_is_rejected(bad):
     with pytest.raises(ValueError, match="stem|pos_embed_init"):
         micro_config(**bad)
+
+
+def test_encoder_without_vit_blocks_reads_and_exposes_stem_features():
+    config = micro_config(stem="cnn", stem_channels=8, enc_depth=0, pos_embed_init="zero")
+    model = Parseq(config).eval()
+    x = images(2, config)
+    memory, feats = model.encode(x, return_intermediates=True)
+    assert len(model.blocks) == 0 and memory.shape == (2, config.num_patches, config.embed_dim)
+    assert len(feats) == 1 and feats[0].shape == memory.shape  # a perceptual loss still has features
+    assert model(x, mode="ar").char_logits.shape == (2, 7, 36)

@@ -96,13 +96,14 @@ class ParseqConfig:
     num_layouts: int = len(plates.LAYOUTS)
 
     def __post_init__(self) -> None:
-        positive = ("img_h", "img_w", "in_chans", "patch_h", "patch_w", "embed_dim", "enc_depth",
+        positive = ("img_h", "img_w", "in_chans", "patch_h", "patch_w", "embed_dim",
                     "enc_heads", "dec_depth", "dec_heads", "num_perms", "num_slots", "num_layouts")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ParseqConfig.{name} must be a positive int, got {value!r}")
-        for name in ("refine_iters",):
+        # enc_depth 0: the stem's tokens go straight to the decoder (a CNN encoder, no ViT blocks).
+        for name in ("refine_iters", "enc_depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"ParseqConfig.{name} must be an int >= 0, got {value!r}")
@@ -493,7 +494,7 @@ class Parseq(nn.Module):
             raise ValueError(f"expected images (B, {c.in_chans}, {c.img_h}, {c.img_w}), got {tuple(images.shape)}")
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = self.pos_drop(x + self.pos_embed)
-        feats = []
+        feats = [] if len(self.blocks) else [x]  # without blocks the stem's tokens are the features
         for block in self.blocks:
             x = block(x)
             feats.append(x)
