@@ -288,6 +288,35 @@ def test_predict_with_the_run_dir(trained_run, synth_tracks, tmp_path):
     assert again.read_text() == out.read_text()
 
 
+def test_calibrate_saves_temperatures_that_predict_uses_and_abstention(trained_run, synth_tracks, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert_ok(invoke("calibrate", "--model", run, "--synth", 10, "--fusions", "product,single", "--dry-run"))
+    assert "temperature" not in json.loads((run / "model.json").read_text())
+    result = invoke("calibrate", "--model", run, "--synth", 10, "--fusions", "product,single")
+    assert_ok(result)
+    meta = json.loads((run / "model.json").read_text())
+    assert set(meta["temperature"]) == {"product", "single"} and all(t > 0 for t in meta["temperature"].values())
+    assert [f["tracks"] for f in meta["calibration"]["fits"]] == [10, 10]
+    _, loaded = load_model(run)
+    assert loaded["temperature"] == meta["temperature"]
+    # Abstention: at --min-confidence 1.0 every reading is written empty (illegible), confidence kept;
+    # --details still holds the guess.
+    out, details = tmp_path / "p.txt", tmp_path / "d.jsonl"
+    assert_ok(invoke("predict", synth_tracks, "--model", run, "--out", out, "--min-confidence", 1.0,
+                     "--details", details))
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all(re.match(r"^track_\d{5},;\d\.\d+$", line) for line in lines), lines
+    rows = [json.loads(line) for line in details.read_text().splitlines()]
+    assert all(r["illegible"] and len(r["text"]) == 7 for r in rows)
+    assert_ok(invoke("predict", synth_tracks, "--model", run, "--out", out, "--min-confidence", 0.0))
+    assert all(PREDICTION_LINE.match(line) for line in out.read_text().splitlines())
+    # A broken temperature in the JSON is a clear error, not a crash.
+    meta["temperature"] = {"vote": 2.0}
+    (run / "model.json").write_text(json.dumps(meta))
+    assert_refused(invoke("predict", synth_tracks, "--model", run, "--out", out), "temperatures")
+
+
 def test_eval_with_the_run_dir(trained_run, synth_tracks):
     result = invoke("eval", synth_tracks, "--model", trained_run, "--fusions", "single,product", "--frames", "1,5")
     assert_ok(result)

@@ -323,9 +323,10 @@ def _make_reader(model: Optional[str], device: str, mode: str):
 
     try:
         net, meta = load_model(model, device=device)
-    except ModelLoadError as exc:
+        reader = Reader(net, device=device, mode=mode, temperatures=meta.get("temperature"))
+    except (ModelLoadError, ValueError, AttributeError) as exc:  # AttributeError: temperature not a mapping
         fail(str(exc))
-    return Reader(net, device=device, mode=mode), meta
+    return reader, meta
 
 
 def _discover(tracks: Path):
@@ -352,17 +353,22 @@ def predict(
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
     details: Optional[Path] = typer.Option(None, "--details", help="Also write per-character probabilities "
                                            "and top-3 alternatives per track as JSON lines."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
+                                                   help="Abstain below this (calibrated) confidence: the reading "
+                                                   "is written empty, i.e. illegible, with its confidence kept."),
 ) -> None:
     """Read every track and write predictions.txt (track_id,TEXT;confidence).
 
     Unreadable tracks are reported and written with an empty reading and confidence 0, never dropped.
+    With --min-confidence, readings the model is not sure enough of are written empty (illegible)
+    instead of as a guess; --details still holds the guess and its alternatives.
     """
     from ksrnet.submission import Prediction, write_predictions
 
     _check_choices([fusion], mode)
     paths = _discover(tracks)
     reader, _ = _make_reader(model, device, mode)
-    preds, extra, failures = [], [], []
+    preds, extra, failures, abstained = [], [], [], 0
     for batch in _read_track_batches(paths, batch_size, "reading plates"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
         for path, t in batch:
@@ -371,14 +377,18 @@ def predict(
                 preds.append(Prediction(path.name, "", 0.0))
         if good:
             for r in reader.read(good, [fusion], frame_count=frames)[fusion]:
-                preds.append(Prediction(r.track_id, r.text, r.confidence))
-                extra.append(r)
+                illegible = min_confidence is not None and r.confidence < min_confidence
+                abstained += illegible
+                preds.append(Prediction(r.track_id, "" if illegible else r.text, r.confidence))
+                extra.append(r.__dict__ | {"illegible": illegible})
     write_predictions(preds, out, zip_path=out.with_name("submission.zip") if make_zip else None)
     for f in failures:
         err_console.print(f"[yellow]unreadable, written empty:[/yellow] {f}")
     if details:
-        details.write_text("".join(json.dumps(r.__dict__) + "\n" for r in extra))
+        details.write_text("".join(json.dumps(r) + "\n" for r in extra))
     console.print(f"wrote {len(preds)} predictions to {out}" + (" (+ submission.zip)" if make_zip else ""))
+    if min_confidence is not None:
+        console.print(f"{abstained} of {len(extra)} readings below confidence {min_confidence} written as illegible")
 
 
 def _truth_of_unreadable(path: Path):
@@ -389,6 +399,15 @@ def _truth_of_unreadable(path: Path):
         return annotated_truth(path)
     except TrackError:
         return None
+
+
+def _ece_of(truths, readings: dict) -> float:
+    """Expected calibration error of whole-reading confidence; a missing reading is confidence 0, wrong."""
+    from ksrnet.calibration import expected_calibration_error
+
+    conf = [readings[t.track_id].confidence if t.track_id in readings else 0.0 for t in truths]
+    right = [t.track_id in readings and readings[t.track_id].text == t.text for t in truths]
+    return expected_calibration_error(conf, right)
 
 
 @app.command("eval")
@@ -436,19 +455,98 @@ def eval_cmd(
     if not truths:
         fail(f"no annotated, readable tracks under {tracks}")
     results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
+    eces = {f"{rule}@F={c}": _ece_of(truths, rs) for (rule, c), rs in readings.items()}
     if as_json:
-        print(json.dumps({k: v.as_dict() for k, v in results.items()} | {"unreadable": failures}, indent=2))
+        print(json.dumps({k: v.as_dict() | {"ece": eces[k]} for k, v in results.items()}
+                         | {"unreadable": failures}, indent=2))
         return
     table = Table(title=f"{tracks}: {len(truths)} tracks")
-    for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "wrong@>=0.9"):
+    for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "ECE (pts)", "wrong@>=0.9"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
     for (rule, c) in readings:
         s = results[f"{rule}@F={c}"].overall
         table.add_row(rule, str(c), _fmt(s.recognition_rate), _fmt(s.cer), _fmt(s.confidence_gap),
-                      str(s.confident_wrong))
+                      _fmt(eces[f"{rule}@F={c}"]), str(s.confident_wrong))
     console.print(table)
     for f in failures:
         err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {f}")
+
+
+CALIBRATION_SEED = 7_000_001  # synthetic validation tracks: no training run or benchmark uses this seed
+
+
+@app.command()
+def calibrate(
+    tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder to fit on (default: fresh "
+                                            "synthetic tracks, see --synth)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; its "
+                                        "JSON receives the temperatures."),
+    fusions: str = typer.Option("product,logit_mean,single", "--fusions", help="Comma-separated fusion rules."),
+    synth: int = typer.Option(1000, "--synth", min=10, help="Synthetic validation tracks when no folder is given."),
+    preset: str = typer.Option("mix", "--preset", help="Degradation preset of the synthetic tracks."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Fit for the last N frames of each track."),
+    write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    mode: str = typer.Option("nar", "--decode"),
+) -> None:
+    """Fit one temperature per fusion rule so the track confidence is calibrated, and save it.
+
+    The confidence of a reading should be the probability that the whole plate is right; this fits
+    the temperature that divides the per-frame logits before fusion, on a validation split (never the
+    test set), and prints ECE and confidence gap before and after. predict and eval then use it.
+    """
+    import torch
+
+    from ksrnet.calibration import fit_temperature
+    from ksrnet.plates import layout_masks
+    from ksrnet.weights import ModelLoadError, update_metadata
+
+    fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
+    _check_choices(fusion_list, mode)
+    reader, _ = _make_reader(model, device, mode)
+    logits, texts = [], []
+    if tracks is not None:
+        source = str(tracks)
+        for batch in _read_track_batches(_discover(tracks), batch_size, "reading validation tracks"):
+            good = [t for _, t in batch if not isinstance(t, Exception) and t.text is not None]
+            logits += reader.track_logits(good, frames)
+            texts += [t.text for t in good]
+    else:
+        from ksrnet.synth.dataset import generate_track
+        from ksrnet.synth.degrade import PRESETS
+
+        if preset not in (*PRESETS, "mix"):
+            fail(f"--preset must be one of {', '.join((*PRESETS, 'mix'))}, got {preset!r}")
+        source = f"{synth} synthetic tracks, preset {preset}, seed {CALIBRATION_SEED}"
+        with progress_bar() as progress:
+            task = progress.add_task("synthesising and reading", total=synth)
+            for start in range(0, synth, batch_size):
+                batch = [generate_track(CALIBRATION_SEED, i, preset=preset)
+                         for i in range(start, min(synth, start + batch_size))]
+                logits += reader.track_logits(batch, frames)
+                texts += [t.text for t in batch]
+                progress.advance(task, len(batch))
+    if len(texts) < 10:
+        fail(f"need at least 10 labelled, readable tracks to fit on, got {len(texts)}")
+    masks = torch.from_numpy(layout_masks())
+    fits = [fit_temperature(logits, texts, rule, masks) for rule in fusion_list]
+    table = Table(title=f"calibration on {source}" + (f", last {frames} frames" if frames else ""))
+    for col in ("fusion", "T", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
+        table.add_column(col, justify="left" if col == "fusion" else "right")
+    for f in fits:
+        table.add_row(f.fusion, f"{f.temperature:.2f}", _fmt(f.recognition_rate), _fmt(f.ece_before),
+                      _fmt(f.ece_after), _fmt(f.gap_before), _fmt(f.gap_after))
+    console.print(table)
+    if write:
+        try:
+            meta_path = update_metadata(model, {
+                "temperature": {f.fusion: f.temperature for f in fits},
+                "calibration": {"source": source, "frames": frames, "fits": [f.as_dict() for f in fits]},
+            })
+        except ModelLoadError as exc:
+            fail(str(exc))
+        console.print(f"temperatures saved in {meta_path}")
 
 
 @app.command()

@@ -37,9 +37,16 @@ def select_frames(frames: Sequence, count: int | None) -> list:
 
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
-                 refine_iters: int | None = None, batch_frames: int = 256):
+                 refine_iters: int | None = None, batch_frames: int = 256,
+                 temperatures: dict[str, float] | None = None):
+        """temperatures: per fusion rule, the calibration temperature dividing the per-frame logits
+        before fusion (ksrnet.calibration; rules without one use 1)."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
+        self.temperatures = dict(temperatures or {})
+        bad = {k: v for k, v in self.temperatures.items() if k not in FUSIONS or not float(v) > 0}
+        if bad:
+            raise ValueError(f"temperatures must map fusion rules to positive numbers, got {bad}")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.mode = mode
@@ -67,17 +74,12 @@ class Reader:
         for f in fusions:
             if f not in FUSIONS:
                 raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
-        chosen = [select_frames(t.lr, frame_count) for t in tracks]
-        flat = [frame for frames in chosen for frame in frames]
         results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
-        if not flat:
-            return results
-        char_logits, layout_logits = self.frame_outputs(flat)
-        start = 0
-        for track, frames in zip(tracks, chosen):
-            n = len(frames)
+        for track, (char_logits, layout_logits) in zip(tracks, self.track_logits(tracks, frame_count)):
+            n = char_logits.shape[0]
             for rule in fusions:
-                r = fuse(rule, char_logits[start:start + n], layout_logits[start:start + n], self.masks, topk)
+                t = float(self.temperatures.get(rule, 1.0))
+                r = fuse(rule, char_logits / t, layout_logits / t, self.masks, topk)
                 results[rule].append(TrackReading(
                     track_id=track.track_id,
                     text="".join(CHARSET[i] for i in r.indices),
@@ -88,5 +90,18 @@ class Reader:
                                   for ids, ps in zip(r.topk_indices, r.topk_probs)],
                     frames_used=n,
                 ))
-            start += n
         return results
+
+    def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per track, the raw (char_logits (F, 7, C), layout_logits (F, L)) of its chosen frames,
+        computed in one batched pass."""
+        chosen = [select_frames(t.lr, frame_count) for t in tracks]
+        flat = [frame for frames in chosen for frame in frames]
+        if not flat:
+            return []
+        char_logits, layout_logits = self.frame_outputs(flat)
+        out, start = [], 0
+        for frames in chosen:
+            out.append((char_logits[start:start + len(frames)], layout_logits[start:start + len(frames)]))
+            start += len(frames)
+        return out

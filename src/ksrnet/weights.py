@@ -70,6 +70,18 @@ def resolve(name_or_path: str | Path | None) -> Path:
     return p
 
 
+def update_metadata(name_or_path: str | Path | None, fields: dict) -> Path:
+    """Merge fields into the JSON beside a model's weights (atomically); returns the JSON's path."""
+    meta_path = config_path_for(resolve(name_or_path))
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {meta_path}: {exc}") from exc
+    meta.update(fields)
+    atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    return meta_path
+
+
 def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[Parseq, dict]:
     """The model in eval mode and its metadata (config, training figures)."""
     path = resolve(name_or_path)

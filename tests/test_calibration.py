@@ -1,0 +1,102 @@
+"""Calibration: ECE and risk/coverage on hand-made numbers, temperature fitting on a set that is
+mis-calibrated by construction, and the Reader applying a temperature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ksrnet.calibration import (confidence_gap, expected_calibration_error, fit_temperature, fused_confidences,
+                                risk_coverage)
+from ksrnet.infer import Reader
+from ksrnet.models.parseq import Parseq, ParseqConfig
+from ksrnet.plates import CHARSET, LAYOUTS, Layout, layout_masks
+
+MASKS = torch.from_numpy(layout_masks())
+
+
+def test_ece_of_hand_made_sets():
+    assert expected_calibration_error([1.0, 1.0], [False, False]) == pytest.approx(1.0)
+    assert expected_calibration_error([0.0, 0.0], [False, False]) == pytest.approx(0.0)
+    # One bin at 0.5 confidence with half right: calibrated.
+    assert expected_calibration_error([0.5] * 4, [True, False, True, False]) == pytest.approx(0.0)
+    # Two bins: 0.9 confident, 1 of 2 right (gap 0.4); 0.1 confident, 0 of 2 right (gap 0.1).
+    assert expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 0, 0, 0]) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        expected_calibration_error([], [])
+
+
+def test_gap_and_risk_coverage():
+    conf, right = [0.9, 0.8, 0.3, 0.1], [True, True, False, True]
+    assert confidence_gap(conf, right) == pytest.approx((0.9 + 0.8 + 0.1) / 3 - 0.3)
+    assert confidence_gap([0.5], [True]) is None
+    rows = {r["threshold"]: r for r in risk_coverage(conf, right, thresholds=(0.0, 0.5, 0.95))}
+    assert rows[0.0]["coverage"] == 1.0 and rows[0.0]["risk"] == pytest.approx(0.25)
+    assert rows[0.5]["coverage"] == 0.5 and rows[0.5]["risk"] == 0.0 and rows[0.5]["read"] == 2
+    assert rows[0.95]["coverage"] == 0.0 and rows[0.95]["risk"] is None
+
+
+def calibrated_tracks(n: int, seed: int = 0):
+    """Single-frame Brazilian tracks whose true text is drawn from the softmax of their own logits,
+    so the logits are calibrated at T = 1 by construction."""
+    g = torch.Generator().manual_seed(seed)
+    brazilian = LAYOUTS.index(Layout.BRAZILIAN)
+    allowed = MASKS[brazilian]  # (7, C)
+    logits, texts = [], []
+    for _ in range(n):
+        z = torch.randn(7, len(CHARSET), generator=g)
+        boost = float(torch.rand(1, generator=g)) * 9  # from illegible (0) to clear (9) tracks
+        for slot in range(7):
+            choices = allowed[slot].nonzero()[:, 0]
+            z[slot, choices[torch.randint(len(choices), (1,), generator=g)]] += boost
+        z = z.masked_fill(~allowed, -40.0)
+        text = "".join(CHARSET[int(torch.multinomial(torch.softmax(row, -1), 1, generator=g))] for row in z)
+        layout = torch.full((len(LAYOUTS),), -40.0)
+        layout[brazilian] = 40.0
+        logits.append((z[None], layout[None]))
+        texts.append(text)
+    return logits, texts
+
+
+def test_temperature_fit_recovers_the_overconfidence_and_lowers_ece():
+    logits, texts = calibrated_tracks(100)
+    overconfident = [(c * 3.0, l * 3.0) for c, l in logits]
+    fit = fit_temperature(overconfident, texts, "product", MASKS)
+    assert 2.0 < fit.temperature < 4.5
+    assert fit.ece_after < fit.ece_before / 2
+    assert fit.nll_after < fit.nll_before
+    # The same fit on the calibrated logits keeps T near 1.
+    assert 0.6 < fit_temperature(logits, texts, "product", MASKS).temperature < 1.6
+
+
+def test_temperature_changes_confidence_not_the_single_frame_reading():
+    logits, texts = calibrated_tracks(20, seed=1)
+    conf1, right1 = fused_confidences(logits, texts, "product", MASKS, 1.0)
+    conf2, right2 = fused_confidences(logits, texts, "product", MASKS, 2.0)
+    assert np.array_equal(right1, right2)
+    assert (conf2 <= conf1 + 1e-9).all() and (conf2 < conf1).any()
+
+
+class _Track:
+    def __init__(self, track_id, frames):
+        self.track_id, self.lr = track_id, frames
+
+
+def test_reader_applies_its_temperature_and_rejects_bad_ones():
+    config = ParseqConfig(img_h=16, img_w=32, embed_dim=32, enc_depth=1, enc_heads=2, dec_depth=1, dec_heads=2,
+                          mlp_ratio=2.0, dropout=0.0)
+    torch.manual_seed(0)
+    model = Parseq(config)
+    rng = np.random.default_rng(0)
+    tracks = [_Track(f"t{i}", [rng.integers(0, 255, (17, 48, 3), dtype=np.uint8) for _ in range(3)]) for i in range(2)]
+    plain = Reader(model).read(tracks, ["product", "single"])
+    hot = Reader(model, temperatures={"product": 4.0}).read(tracks, ["product", "single"])
+    for a, b in zip(plain["single"], hot["single"]):  # no temperature for "single": unchanged
+        assert a.confidence == b.confidence
+    assert any(a.confidence != b.confidence for a, b in zip(plain["product"], hot["product"]))
+    logits = Reader(model).track_logits(tracks)
+    assert [c.shape[0] for c, _ in logits] == [3, 3]
+    for bad in ({"product": 0.0}, {"vote": 1.0}):
+        with pytest.raises(ValueError, match="temperatures"):
+            Reader(model, temperatures=bad)
