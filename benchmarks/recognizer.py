@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from ksrnet.calibration import expected_calibration_error, risk_coverage
 from ksrnet.infer import Reader
 from ksrnet.metrics import GroundTruth, Reading, score
 from ksrnet.models.baselines import FUSIONS
@@ -56,7 +57,11 @@ def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
             for rule, rs in reader.read(tracks[s:s + batch], fusions, frame_count=c).items():
                 readings[rule].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
         for rule in fusions:
-            results[(rule, c)] = score(truths, readings[rule])
+            rs = readings[rule]
+            conf = [rs[t.track_id].confidence for t in truths]
+            right = [rs[t.track_id].text == t.text for t in truths]
+            results[(rule, c)] = (score(truths, rs), expected_calibration_error(conf, right),
+                                  risk_coverage(conf, right))
     return results
 
 
@@ -72,12 +77,22 @@ def speed(reader: Reader, tracks, batch: int, repeats: int = 3) -> float:
 
 
 def table(results: dict, title: str) -> str:
-    lines = [f"**{title}**", "", "| fusion | F | RR % | CER % | conf gap (pts) | wrong with conf >= 0.9 |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for (rule, c), r in results.items():
+    lines = [f"**{title}**", "",
+             "| fusion | F | RR % | CER % | conf gap (pts) | ECE (pts) | wrong with conf >= 0.9 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (rule, c), (r, ece, _) in results.items():
         o = r.overall
         gap = f"{100 * o.confidence_gap:.1f}" if o.confidence_gap is not None else "-"
-        lines.append(f"| {rule} | {c} | {100 * o.recognition_rate:.2f} | {100 * o.cer:.2f} | {gap} | {o.confident_wrong} |")
+        lines.append(f"| {rule} | {c} | {100 * o.recognition_rate:.2f} | {100 * o.cer:.2f} | {gap} | {100 * ece:.1f} "
+                     f"| {o.confident_wrong} |")
+    return "\n".join(lines)
+
+
+def risk_table(rows: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "", "| min confidence | coverage % | error among read % |", "| --- | --- | --- |"]
+    for r in rows:
+        risk = f"{100 * r['risk']:.1f}" if r["risk"] is not None else "-"
+        lines.append(f"| {r['threshold']:.2f} | {100 * r['coverage']:.1f} | {risk} |")
     return "\n".join(lines)
 
 
@@ -91,20 +106,25 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)
-    reader = Reader(model)
+    temperatures = meta.get("temperature") or {}
+    reader = Reader(model, temperatures=temperatures)
+    print(f"calibration temperatures: {temperatures or 'none (raw confidences)'}")
     start = time.perf_counter()
     tracks = synthetic_tracks(args.tracks, args.preset)
     print(f"generated {len(tracks)} '{args.preset}' tracks (seed {TEST_SEED}) in {time.perf_counter() - start:.0f} s")
     synth = evaluate(reader, tracks, list(FUSIONS), [1, 3, 5])
     print(table(synth, f"synthetic {args.preset}, {len(tracks)} tracks"))
-    p1 = synth[("product", 1)].overall.recognition_rate
-    p5 = synth[("product", 5)].overall.recognition_rate
-    print(f"\nF=5 product error / F=1 error = {(1 - p5) / max(1e-9, 1 - p1):.3f}")
-    out = {"synthetic": {f"{k[0]}@{k[1]}": v.as_dict() for k, v in synth.items()}}
+    p1 = synth[("product", 1)][0].overall.recognition_rate
+    p5 = synth[("product", 5)][0].overall.recognition_rate
+    print(f"\nF=5 product error / F=1 error = {(1 - p5) / max(1e-9, 1 - p1):.3f}\n")
+    print(risk_table(synth[("product", 5)][2], "abstention (--min-confidence), product F=5"))
+    out = {"temperatures": temperatures,
+           "synthetic": {f"{k[0]}@{k[1]}": v[0].as_dict() | {"ece": v[1], "risk_coverage": v[2]}
+                         for k, v in synth.items()}}
     reals = real_tracks(REAL_LR) if REAL_LR.is_dir() else []
     if reals:
         real = evaluate(reader, reals, ["single"], [1])
-        r = real[("single", 1)]
+        r = real[("single", 1)][0]
         print(f"\nreal LRLPR-26 LR frames ({len(reals)}, single frame): RR {100 * r.overall.recognition_rate:.1f}% "
               f"CER {100 * r.overall.cer:.1f}%")
         for t in reals:
