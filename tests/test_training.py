@@ -317,6 +317,18 @@ def test_calibrate_saves_temperatures_that_predict_uses_and_abstention(trained_r
     assert_refused(invoke("predict", synth_tracks, "--model", run, "--out", out), "temperatures")
 
 
+def test_bench_reports_every_batch_size_and_component(trained_run):
+    result = invoke("bench", "--model", trained_run, "--batches", "1,3", "--repeats", 1, "--threads", 1, "--json")
+    assert_ok(result)
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["batch_tracks"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["tracks_per_s"] > 0 and r["ms_per_track"] == pytest.approx(1000 / r["tracks_per_s"])
+        assert all(r[k] > 0 for k in ("preprocess_ms", "encoder_ms", "decoder_ms", "fusion_ms"))
+    assert_ok(invoke("bench", "--model", trained_run, "--batches", "2", "--repeats", 1))
+    assert_refused(invoke("bench", "--model", trained_run, "--batches", "0"), "--batches")
+
+
 def test_eval_with_the_run_dir(trained_run, synth_tracks):
     result = invoke("eval", synth_tracks, "--model", trained_run, "--fusions", "single,product", "--frames", "1,5")
     assert_ok(result)

@@ -472,6 +472,55 @@ def eval_cmd(
         err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {f}")
 
 
+@app.command("bench")
+def bench_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir."),
+    batches: str = typer.Option("1,64", "--batches", help="Comma-separated batch sizes (tracks per batch)."),
+    fusion: str = typer.Option("product", "--fusion"),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use the last N frames (default all 5)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Timed passes per figure (the best is kept)."),
+    device: str = typer.Option("cpu", "--device"),
+    mode: str = typer.Option("nar", "--decode"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Inference speed: tracks/s and latency per track at each batch size, and the time of each
+    component (preprocess, encoder, decoder, fusion) per batch, on fixed synthetic hard tracks."""
+    import torch
+
+    from ksrnet.bench import bench
+    from ksrnet.synth.dataset import generate_track
+
+    try:
+        sizes = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        fail(f"--batches must be comma-separated integers, got {batches!r}")
+    if not sizes or min(sizes) < 1:
+        fail("--batches needs sizes >= 1")
+    _check_choices([fusion], mode)
+    reader, _ = _make_reader(model, device, mode)
+    tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
+    previous = torch.get_num_threads()
+    used = threads or previous
+    torch.set_num_threads(used)
+    try:
+        rows = bench(reader, tracks, sizes, fusion, frames, repeats)
+    finally:
+        torch.set_num_threads(previous)  # the caller's setting, e.g. when run inside a test session
+    if as_json:
+        print(json.dumps({"threads": used, "device": device, "fusion": fusion,
+                          "rows": [r.as_dict() for r in rows]}, indent=2))
+        return
+    table = Table(title=f"{fusion} fusion, {used} threads on {device}; per-batch ms by component")
+    for col in ("batch", "tracks/s", "ms/track", "ms/batch", "preprocess", "encoder", "decoder", "fusion"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r.batch_tracks), f"{r.tracks_per_s:.1f}", f"{r.ms_per_track:.2f}", f"{r.ms_per_batch:.1f}",
+                      f"{r.preprocess_ms:.1f}", f"{r.encoder_ms:.1f}", f"{r.decoder_ms:.1f}", f"{r.fusion_ms:.1f}")
+    console.print(table)
+
+
+BENCH_SEED = 9_000_001  # synthetic tracks for speed only
 CALIBRATION_SEED = 7_000_001  # synthetic validation tracks: no training run or benchmark uses this seed
 
 
