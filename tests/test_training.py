@@ -317,6 +317,17 @@ def test_calibrate_saves_temperatures_that_predict_uses_and_abstention(trained_r
     assert_refused(invoke("predict", synth_tracks, "--model", run, "--out", out), "temperatures")
 
 
+def test_predict_and_eval_with_tta(trained_run, synth_tracks, tmp_path):
+    out = tmp_path / "p.txt"
+    assert_ok(invoke("predict", synth_tracks, "--model", trained_run, "--out", out, "--tta"))
+    assert len(out.read_text().splitlines()) == 3
+    assert all(PREDICTION_LINE.match(line) for line in out.read_text().splitlines())
+    assert_ok(invoke("eval", synth_tracks, "--model", trained_run, "--frames", "5", "--fusions", "product",
+                     "--tta-views", "identity,gamma0.8"))
+    assert_refused(invoke("predict", synth_tracks, "--model", trained_run, "--out", out, "--tta-views", "rot90"),
+                   "rot90")
+
+
 def test_bench_reports_every_batch_size_and_component(trained_run):
     result = invoke("bench", "--model", trained_run, "--batches", "1,3", "--repeats", 1, "--threads", 1, "--json")
     assert_ok(result)

@@ -317,13 +317,28 @@ def _check_choices(fusions: list[str], mode: str) -> None:
         fail(f"--decode must be nar or ar, got {mode!r}")
 
 
-def _make_reader(model: Optional[str], device: str, mode: str):
+def _tta_views(tta: bool, views: Optional[str]):
+    from ksrnet.tta import VIEWS, check_views
+
+    if views is None:
+        return VIEWS if tta else None
+    try:
+        return check_views(v.strip() for v in views.split(",") if v.strip())
+    except ValueError as exc:
+        fail(str(exc))
+
+
+TTA_HELP = "Test-time augmentation: vote over identity, hflip, scale0.9/1.1 and gamma0.8/1.2 views of every frame."
+TTA_VIEWS_HELP = "Comma-separated TTA views to use instead of all (implies --tta)."
+
+
+def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     from ksrnet.infer import Reader
     from ksrnet.weights import ModelLoadError, load_model
 
     try:
         net, meta = load_model(model, device=device)
-        reader = Reader(net, device=device, mode=mode, temperatures=meta.get("temperature"))
+        reader = Reader(net, device=device, mode=mode, temperatures=meta.get("temperature"), tta_views=tta_views)
     except (ModelLoadError, ValueError, AttributeError) as exc:  # AttributeError: temperature not a mapping
         fail(str(exc))
     return reader, meta
@@ -353,6 +368,8 @@ def predict(
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
     details: Optional[Path] = typer.Option(None, "--details", help="Also write per-character probabilities "
                                            "and top-3 alternatives per track as JSON lines."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
+    tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
                                                    help="Abstain below this (calibrated) confidence: the reading "
                                                    "is written empty, i.e. illegible, with its confidence kept."),
@@ -366,8 +383,9 @@ def predict(
     from ksrnet.submission import Prediction, write_predictions
 
     _check_choices([fusion], mode)
+    views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader, _ = _make_reader(model, device, mode)
+    reader, _ = _make_reader(model, device, mode, views)
     preds, extra, failures, abstained = [], [], [], 0
     for batch in _read_track_batches(paths, batch_size, "reading plates"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
@@ -420,9 +438,11 @@ def eval_cmd(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
+    tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
-    """RR, CER and confidence gap per fusion rule and frame count, per layout, on an annotated folder."""
+    """RR, CER, confidence gap and ECE per fusion rule and frame count on an annotated folder."""
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
@@ -433,8 +453,9 @@ def eval_cmd(
     if not counts or min(counts) < 1:
         fail("--frames needs frame counts >= 1")
     _check_choices(fusion_list, mode)
+    views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader, _ = _make_reader(model, device, mode)
+    reader, _ = _make_reader(model, device, mode, views)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     for batch in _read_track_batches(paths, batch_size, "evaluating"):
         good = []

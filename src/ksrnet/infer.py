@@ -11,6 +11,7 @@ from ksrnet.models.baselines import FUSIONS, fuse
 from ksrnet.models.parseq import Parseq
 from ksrnet.plates import CHARSET, LAYOUTS, layout_masks
 from ksrnet.preprocess import frames_to_tensor
+from ksrnet.tta import check_views, make_view, vote
 
 
 @dataclass
@@ -38,11 +39,13 @@ def select_frames(frames: Sequence, count: int | None) -> list:
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
                  refine_iters: int | None = None, batch_frames: int = 256,
-                 temperatures: dict[str, float] | None = None):
+                 temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
         """temperatures: per fusion rule, the calibration temperature dividing the per-frame logits
-        before fusion (ksrnet.calibration; rules without one use 1)."""
+        before fusion (ksrnet.calibration; rules without one use 1). tta_views: read every frame
+        under these views (ksrnet.tta.VIEWS) and vote; None = the frame as it is."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
+        self.tta_views = check_views(tta_views) if tta_views else None
         self.temperatures = dict(temperatures or {})
         bad = {k: v for k, v in self.temperatures.items() if k not in FUSIONS or not float(v) > 0}
         if bad:
@@ -57,7 +60,14 @@ class Reader:
 
     @torch.inference_mode()
     def frame_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw (char_logits (N, 7, C), layout_logits (N, L)) on the CPU for a list of frames."""
+        """Raw (char_logits (N, 7, C), layout_logits (N, L)) on the CPU for a list of frames; with
+        TTA, the views' voted log-probabilities in their place."""
+        if self.tta_views is None:
+            return self._model_outputs(frames)
+        per_view = [self._model_outputs([make_view(f, v) for f in frames]) for v in self.tta_views]
+        return vote(torch.stack([c for c, _ in per_view]), torch.stack([l for _, l in per_view]), self.tta_views)
+
+    def _model_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
         images = frames_to_tensor(frames, self.height, self.width)
         chars, layouts = [], []
         for start in range(0, images.shape[0], self.batch_frames):
