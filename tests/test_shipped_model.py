@@ -1,0 +1,52 @@
+"""The model shipped in the package: it loads by default, stays small, and never vouches for a plate
+the frames do not show (no confidence >= 0.9 on tracks degraded past legibility)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ksrnet.infer import Reader
+from ksrnet.models.parseq import ParseqConfig
+from ksrnet.synth.dataset import generate_track
+from ksrnet.weights import DEFAULT_MODEL, PACKAGE_WEIGHTS, load_model
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model, meta = load_model()
+    return Reader(model, temperatures=meta.get("temperature")), meta
+
+
+def test_default_model_is_shipped_small_and_consistent(shipped):
+    reader, meta = shipped
+    weights = PACKAGE_WEIGHTS / f"{DEFAULT_MODEL}.safetensors"
+    assert weights.stat().st_size < 30 * 2**20
+    assert meta["kind"] == "parseq" and ParseqConfig.from_dict(meta["config"]) == reader.model.config
+
+
+class _Track:
+    def __init__(self, track_id, frames):
+        self.track_id, self.lr = track_id, frames
+
+
+def illegible_tracks() -> list[_Track]:
+    rng = np.random.default_rng(5)
+    tracks = [
+        _Track("grey", [np.full((17, 48, 3), 128, np.uint8)] * 5),
+        _Track("black", [np.zeros((19, 44, 3), np.uint8)] * 5),
+        _Track("noise", [rng.integers(0, 256, (17, 48, 3), dtype=np.uint8) for _ in range(5)]),
+    ]
+    # Real synthetic plates blurred far past legibility (sigma of 6 LR pixels: about one character).
+    for i in range(4):
+        t = generate_track(77, i, preset="easy")
+        tracks.append(_Track(f"blurred{i}", [cv2.GaussianBlur(f, (0, 0), 6.0) for f in t.lr]))
+    return tracks
+
+
+@pytest.mark.parametrize("fusion", ["product", "logit_mean", "single", "char_majority", "string_majority"])
+def test_no_confident_reading_of_illegible_tracks(shipped, fusion):
+    reader, _ = shipped
+    for r in reader.read(illegible_tracks(), [fusion])[fusion]:
+        assert r.confidence < 0.9, (r.track_id, r.text, r.confidence)
