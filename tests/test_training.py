@@ -328,6 +328,18 @@ def test_predict_and_eval_with_tta(trained_run, synth_tracks, tmp_path):
                    "rot90")
 
 
+def test_predict_and_eval_with_an_ensemble(trained_run, synth_tracks, tmp_path):
+    out = tmp_path / "p.txt"
+    for rule in ("vote", "logit"):
+        assert_ok(invoke("predict", synth_tracks, "--model", trained_run, "--model", trained_run, "--ensemble", rule,
+                         "--out", out))
+        assert all(PREDICTION_LINE.match(line) for line in out.read_text().splitlines())
+    assert_ok(invoke("eval", synth_tracks, "--model", trained_run, "--model", trained_run, "--frames", "5",
+                     "--fusions", "product"))
+    assert_refused(invoke("predict", synth_tracks, "--model", trained_run, "--model", trained_run,
+                          "--ensemble", "median", "--out", out), "--ensemble")
+
+
 def test_bench_reports_every_batch_size_and_component(trained_run):
     result = invoke("bench", "--model", trained_run, "--batches", "1,3", "--repeats", 1, "--threads", 1, "--json")
     assert_ok(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -332,6 +332,21 @@ TTA_HELP = "Test-time augmentation: vote over identity, hflip, scale0.9/1.1 and 
 TTA_VIEWS_HELP = "Comma-separated TTA views to use instead of all (implies --tta)."
 
 
+ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
+                 "of their readings).")
+
+
+def _make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str):
+    """One Reader, or an EnsembleReader over several --model."""
+    from ksrnet.infer import ENSEMBLE_RULES, EnsembleReader
+
+    if ensemble not in ENSEMBLE_RULES:
+        fail(f"--ensemble must be one of {', '.join(ENSEMBLE_RULES)}, got {ensemble!r}")
+    models = list(models or [None])
+    readers = [_make_reader(m, device, mode, tta_views)[0] for m in models]
+    return readers[0] if len(readers) == 1 else EnsembleReader(readers, ensemble)
+
+
 def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     from ksrnet.infer import Reader
     from ksrnet.weights import ModelLoadError, load_model
@@ -358,8 +373,9 @@ def predict(
     tracks: Path = typer.Argument(..., help="LRLPR-26 folder (nested or flat test/track_N)."),
     out: Path = typer.Option(Path("predictions.txt"), "--out", "-o", help="Predictions file to write."),
     make_zip: bool = typer.Option(False, "--zip", help="Also write submission.zip beside it."),
-    model: Optional[str] = typer.Option(None, "--model", help="Shipped model name, .safetensors file or run dir "
-                                        "(default: the shipped parseq-tiny)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Shipped model name, .safetensors file or run "
+                                              "dir (default: the shipped parseq-tiny); repeat for an ensemble."),
+    ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
     fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
                                "string_majority."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use only the last N frames of each track."),
@@ -385,7 +401,7 @@ def predict(
     _check_choices([fusion], mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader, _ = _make_reader(model, device, mode, views)
+    reader = _make_readers(model, device, mode, views, ensemble)
     preds, extra, failures, abstained = [], [], [], 0
     for batch in _read_track_batches(paths, batch_size, "reading plates"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
@@ -431,7 +447,9 @@ def _ece_of(truths, readings: dict) -> float:
 @app.command("eval")
 def eval_cmd(
     tracks: Path = typer.Argument(..., help="Annotated LRLPR-26 folder (or `ksrnet synth` output)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; "
+                                              "repeat for an ensemble."),
+    ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
     fusions: str = typer.Option("single,product,logit_mean,char_majority,string_majority", "--fusions",
                                 help="Comma-separated fusion rules to compare."),
     frame_counts: str = typer.Option("1,3,5", "--frames", help="Comma-separated frame counts F (last F frames)."),
@@ -455,7 +473,7 @@ def eval_cmd(
     _check_choices(fusion_list, mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader, _ = _make_reader(model, device, mode, views)
+    reader = _make_readers(model, device, mode, views, ensemble)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     for batch in _read_track_batches(paths, batch_size, "evaluating"):
         good = []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import torch
@@ -36,6 +37,15 @@ def select_frames(frames: Sequence, count: int | None) -> list:
     return frames if count is None or count >= len(frames) else frames[len(frames) - count:]
 
 
+def _checked_temperatures(temperatures: dict[str, float] | None) -> dict[str, float]:
+    temperatures = dict(temperatures or {})
+    bad = {k: v for k, v in temperatures.items()
+           if k not in FUSIONS or isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+    if bad:
+        raise ValueError(f"temperatures must map fusion rules to positive numbers, got {bad}")
+    return temperatures
+
+
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
                  refine_iters: int | None = None, batch_frames: int = 256,
@@ -46,10 +56,7 @@ class Reader:
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
         self.tta_views = check_views(tta_views) if tta_views else None
-        self.temperatures = dict(temperatures or {})
-        bad = {k: v for k, v in self.temperatures.items() if k not in FUSIONS or not float(v) > 0}
-        if bad:
-            raise ValueError(f"temperatures must map fusion rules to positive numbers, got {bad}")
+        self.temperatures = _checked_temperatures(temperatures)
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.mode = mode
@@ -115,3 +122,52 @@ class Reader:
             out.append((char_logits[start:start + len(frames)], layout_logits[start:start + len(frames)]))
             start += len(frames)
         return out
+
+
+ENSEMBLE_RULES = ("logit", "vote")
+
+
+class EnsembleReader(Reader):
+    """Several recognizers read the same tracks (the seed's three-member ensemble).
+
+    rule "logit": every member's per-frame log-probabilities are averaged, then fused like one
+    model's. rule "vote": each member fuses on its own; the reading most members give wins (ties go
+    to the most confident), with confidence = the agreeing members' confidences summed over all
+    members, so a split vote cannot come out confident.
+    """
+
+    def __init__(self, readers: Sequence[Reader], rule: str = "logit", temperatures: dict[str, float] | None = None):
+        if len(readers) < 2:
+            raise ValueError("an ensemble needs at least two models")
+        if rule not in ENSEMBLE_RULES:
+            raise ValueError(f"ensemble rule must be one of {', '.join(ENSEMBLE_RULES)}, got {rule!r}")
+        self.readers, self.rule = list(readers), rule
+        self.temperatures = _checked_temperatures(temperatures)
+        self.masks = self.readers[0].masks
+
+    def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        per_member = [r.track_logits(tracks, frame_count) for r in self.readers]
+        out = []
+        for parts in zip(*per_member):
+            chars = torch.stack([torch.log_softmax(c.float(), -1) for c, _ in parts]).mean(0)
+            layouts = torch.stack([torch.log_softmax(l.float(), -1) for _, l in parts]).mean(0)
+            out.append((chars, layouts))
+        return out
+
+    def read(self, tracks: list, fusions: Iterable[str] = ("product",), frame_count: int | None = None,
+             topk: int = 3) -> dict[str, list[TrackReading]]:
+        if self.rule == "logit":
+            return super().read(tracks, fusions, frame_count, topk)
+        fusions = list(fusions)
+        members = [r.read(tracks, fusions, frame_count, topk) for r in self.readers]
+        results: dict[str, list[TrackReading]] = {}
+        for rule in fusions:
+            rows = []
+            for i in range(len(tracks)):
+                readings = [m[rule][i] for m in members]
+                votes = Counter(r.text for r in readings)
+                best = max(readings, key=lambda r: (votes[r.text], r.confidence))
+                agreeing = sum(r.confidence for r in readings if r.text == best.text)
+                rows.append(replace(best, confidence=agreeing / len(readings)))
+            results[rule] = rows
+        return results
