@@ -340,6 +340,22 @@ def test_predict_and_eval_with_an_ensemble(trained_run, synth_tracks, tmp_path):
                           "--ensemble", "median", "--out", out), "--ensemble")
 
 
+def test_export_onnx_then_predict_with_onnxruntime(trained_run, synth_tracks, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "model.onnx"
+    result = invoke("export", "--onnx", onnx, "--model", trained_run, "--check-tracks", 2)
+    assert_ok(result)
+    assert "readings that differ: 0" in result.output and "frames/s" in result.output
+    a, b = tmp_path / "torch.txt", tmp_path / "onnx.txt"
+    assert_ok(invoke("predict", synth_tracks, "--model", trained_run, "--out", a))
+    assert_ok(invoke("predict", synth_tracks, "--model", onnx, "--backend", "onnx", "--out", b))
+    texts = lambda path: [line.split(";")[0] for line in path.read_text().splitlines()]  # noqa: E731
+    assert texts(a) == texts(b)
+    assert_refused(invoke("predict", synth_tracks, "--model", trained_run, "--backend", "onnx", "--out", b), ".onnx")
+    assert_refused(invoke("predict", synth_tracks, "--model", onnx, "--backend", "onnx", "--decode", "ar",
+                          "--out", b), "NAR")
+
+
 def test_bench_reports_every_batch_size_and_component(trained_run):
     result = invoke("bench", "--model", trained_run, "--batches", "1,3", "--repeats", 1, "--threads", 1, "--json")
     assert_ok(result)

@@ -336,15 +336,38 @@ ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-proba
                  "of their readings).")
 
 
-def _make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str):
+def _make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
+                  backend: str = "torch"):
     """One Reader, or an EnsembleReader over several --model."""
     from ksrnet.infer import ENSEMBLE_RULES, EnsembleReader
 
     if ensemble not in ENSEMBLE_RULES:
         fail(f"--ensemble must be one of {', '.join(ENSEMBLE_RULES)}, got {ensemble!r}")
+    if backend not in ("torch", "onnx"):
+        fail(f"--backend must be torch or onnx, got {backend!r}")
     models = list(models or [None])
-    readers = [_make_reader(m, device, mode, tta_views)[0] for m in models]
+    make = _make_onnx_reader if backend == "onnx" else _make_reader
+    readers = [make(m, device, mode, tta_views)[0] for m in models]
     return readers[0] if len(readers) == 1 else EnsembleReader(readers, ensemble)
+
+
+def _make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None):
+    from ksrnet.infer import Reader
+
+    if model is None or not str(model).endswith(".onnx"):
+        fail("--backend onnx needs --model FILE.onnx (written by `ksrnet export --onnx`)")
+    if mode != "nar":
+        fail("the ONNX backend decodes NAR only (--decode nar)")
+    try:
+        from ksrnet.export_onnx import OnnxParseq
+
+        net = OnnxParseq(model)
+        reader = Reader(net, device=device, temperatures=net.meta.get("temperature"), tta_views=tta_views)
+    except ImportError:
+        fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
+    except Exception as exc:  # onnxruntime raises its own types for a missing or corrupt file
+        fail(f"cannot use {model} with onnxruntime: {exc}")
+    return reader, net.meta
 
 
 def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
@@ -384,6 +407,7 @@ def predict(
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
     details: Optional[Path] = typer.Option(None, "--details", help="Also write per-character probabilities "
                                            "and top-3 alternatives per track as JSON lines."),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnx with --model FILE.onnx."),
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
@@ -401,7 +425,7 @@ def predict(
     _check_choices([fusion], mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader = _make_readers(model, device, mode, views, ensemble)
+    reader = _make_readers(model, device, mode, views, ensemble, backend)
     preds, extra, failures, abstained = [], [], [], 0
     for batch in _read_track_batches(paths, batch_size, "reading plates"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
@@ -456,6 +480,7 @@ def eval_cmd(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnx with --model FILE.onnx."),
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
@@ -473,7 +498,7 @@ def eval_cmd(
     _check_choices(fusion_list, mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader = _make_readers(model, device, mode, views, ensemble)
+    reader = _make_readers(model, device, mode, views, ensemble, backend)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     for batch in _read_track_batches(paths, batch_size, "evaluating"):
         good = []
@@ -557,6 +582,55 @@ def bench_cmd(
         table.add_row(str(r.batch_tracks), f"{r.tracks_per_s:.1f}", f"{r.ms_per_track:.2f}", f"{r.ms_per_batch:.1f}",
                       f"{r.preprocess_ms:.1f}", f"{r.encoder_ms:.1f}", f"{r.decoder_ms:.1f}", f"{r.fusion_ms:.1f}")
     console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (its metadata goes to FILE.json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir."),
+    refine_iters: Optional[int] = typer.Option(None, "--refine-iters", min=0,
+                                               help="Refinement steps baked into the graph (default: the model's)."),
+    check_tracks: int = typer.Option(32, "--check-tracks", min=1, help="Synthetic tracks for the parity check."),
+) -> None:
+    """Export the recognizer to ONNX (NAR + fixed refinement, dynamic batch), then check it against
+    PyTorch on synthetic frames: prints the largest logit difference and fails if any reading differs.
+    Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`."""
+    import time
+
+    import torch
+
+    from ksrnet.preprocess import frames_to_tensor
+    from ksrnet.synth.dataset import generate_track
+    from ksrnet.weights import ModelLoadError, load_model
+
+    try:
+        from ksrnet.export_onnx import OnnxParseq, check_parity, export_onnx
+    except ImportError:
+        fail("export needs onnx and onnxruntime: pip install 'ksrnet[onnx]'")
+    try:
+        net, meta = load_model(model)
+    except ModelLoadError as exc:
+        fail(str(exc))
+    export_onnx(net, onnx, meta, refine_iters)
+    runtime = OnnxParseq(onnx)
+    frames = [f for i in range(check_tracks) for f in generate_track(BENCH_SEED, i, preset="mix").lr]
+    images = frames_to_tensor(frames, net.config.img_h, net.config.img_w)
+    parity = check_parity(net, runtime, images)
+    console.print(f"wrote {onnx} (+ {onnx.name}.json); parity on {parity.frames} frames: max |diff| char logits "
+                  f"{parity.max_abs_char_logits:.2e}, layout logits {parity.max_abs_layout_logits:.2e}; "
+                  f"readings that differ: {parity.readings_differ}")
+    timings = {}
+    for name, run in (("pytorch", lambda: net(images, mode="nar", refine_iters=runtime.refine_iters)),
+                      ("onnxruntime", lambda: runtime(images))):
+        with torch.inference_mode():
+            run()
+            start = time.perf_counter()
+            run()
+            timings[name] = images.shape[0] / (time.perf_counter() - start)
+    console.print(f"speed, batch of {images.shape[0]} frames, {torch.get_num_threads()} threads: " +
+                  ", ".join(f"{k} {v:.0f} frames/s" for k, v in timings.items()))
+    if parity.readings_differ:
+        fail(f"{parity.readings_differ} of {parity.frames} readings differ between PyTorch and ONNX", code=1)
 
 
 BENCH_SEED = 9_000_001  # synthetic tracks for speed only

@@ -1,0 +1,127 @@
+"""Export the recognizer to ONNX and read with onnxruntime.
+
+The exported graph is the traceable reading path: encoder, NAR decoding of the 7 fixed slots and a
+fixed number of cloze refinement steps, returning the raw char and layout logits for a dynamic
+batch of frames. Syntax masks and fusion stay in Python (ksrnet.infer), so both backends share them.
+The model's JSON (config, calibration temperatures) is written beside the .onnx file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ksrnet.models.parseq import Parseq, ParseqConfig, ParseqOutput, decode_constrained, layout_log_probs
+from ksrnet.plates import CHARSET, layout_masks
+
+OPSET = 17
+
+
+class _NarReadout(torch.nn.Module):
+    def __init__(self, model: Parseq, refine_iters: int):
+        super().__init__()
+        self.model, self.refine_iters = model, refine_iters
+
+    def forward(self, images):
+        out = self.model(images, mode="nar", refine_iters=self.refine_iters)
+        return out.char_logits, out.layout_logits
+
+
+def onnx_meta_path(onnx_path: Path) -> Path:
+    return Path(str(onnx_path) + ".json")
+
+
+def export_onnx(model: Parseq, path: str | Path, meta: dict | None = None, refine_iters: int | None = None) -> Path:
+    """Write path (.onnx) and path.json (the model's metadata plus the exported refine_iters)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iters = model.config.refine_iters if refine_iters is None else refine_iters
+    # The wrapper must be in eval mode itself: the exporter follows the top module's flag, and
+    # BatchNorm exported in training mode uses batch statistics.
+    wrapper = _NarReadout(model, iters).eval()
+    c = model.config
+    dummy = torch.zeros(2, c.in_chans, c.img_h, c.img_w)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(wrapper, (dummy,), tmp, input_names=["images"],
+                              output_names=["char_logits", "layout_logits"], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={"images": {0: "batch"}, "char_logits": {0: "batch"},
+                                            "layout_logits": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    info = dict(meta or {}) | {"config": c.to_dict(), "kind": "parseq-onnx", "refine_iters": iters}
+    onnx_meta_path(path).write_text(json.dumps(info, indent=2))
+    return path
+
+
+class OnnxParseq:
+    """An onnxruntime session that a Reader can use in place of a Parseq (NAR, fixed refinement)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        try:
+            self.meta = json.loads(onnx_meta_path(path).read_text())
+            self.config = ParseqConfig.from_dict(self.meta["config"])
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"cannot read {onnx_meta_path(path)} (written by `ksrnet export`): {exc}") from exc
+        self.refine_iters = self.meta.get("refine_iters", self.config.refine_iters)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def to(self, device):
+        if torch.device(device).type != "cpu":
+            raise ValueError("the ONNX backend runs on the CPU here (onnxruntime CPU provider)")
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, images: torch.Tensor, *, mode: str = "nar", refine_iters: int | None = None) -> ParseqOutput:
+        if mode != "nar" or refine_iters not in (None, self.refine_iters):
+            raise ValueError(f"the ONNX model was exported for NAR decoding with {self.refine_iters} refinement "
+                             "step(s) only")
+        chars, layouts = self.session.run(None, {"images": images.detach().cpu().numpy().astype(np.float32)})
+        return ParseqOutput(torch.from_numpy(chars), torch.from_numpy(layouts))
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_char_logits: float
+    max_abs_layout_logits: float
+    frames: int
+    readings_differ: int
+
+
+def _readings(char_logits: torch.Tensor, layout_logits: torch.Tensor) -> list[str]:
+    masks = torch.from_numpy(layout_masks())
+    indices = decode_constrained(*layout_log_probs(char_logits.float(), layout_logits.float(), masks))[0]
+    return ["".join(CHARSET[i] for i in row) for row in indices.tolist()]
+
+
+@torch.inference_mode()
+def check_parity(model: Parseq, onnx_model: OnnxParseq, images: torch.Tensor) -> Parity:
+    """Largest logit differences and how many per-frame readings differ between the two backends."""
+    ref = model(images, mode="nar", refine_iters=onnx_model.refine_iters)
+    got = onnx_model(images)
+    return Parity(
+        max_abs_char_logits=float((ref.char_logits - got.char_logits).abs().max()),
+        max_abs_layout_logits=float((ref.layout_logits - got.layout_logits).abs().max()),
+        frames=images.shape[0],
+        readings_differ=sum(a != b for a, b in zip(_readings(*ref), _readings(*got))),
+    )
