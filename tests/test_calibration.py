@@ -10,7 +10,6 @@ import torch
 from ksrnet.calibration import (confidence_gap, expected_calibration_error, fit_temperature, fused_confidences,
                                 risk_coverage)
 from ksrnet.infer import Reader
-from ksrnet.models.parseq import Parseq, ParseqConfig
 from ksrnet.plates import CHARSET, LAYOUTS, Layout, layout_masks
 
 MASKS = torch.from_numpy(layout_masks())
@@ -78,18 +77,8 @@ def test_temperature_changes_confidence_not_the_single_frame_reading():
     assert (conf2 <= conf1 + 1e-9).all() and (conf2 < conf1).any()
 
 
-class _Track:
-    def __init__(self, track_id, frames):
-        self.track_id, self.lr = track_id, frames
-
-
-def test_reader_applies_its_temperature_and_rejects_bad_ones():
-    config = ParseqConfig(img_h=16, img_w=32, embed_dim=32, enc_depth=1, enc_heads=2, dec_depth=1, dec_heads=2,
-                          mlp_ratio=2.0, dropout=0.0)
-    torch.manual_seed(0)
-    model = Parseq(config)
-    rng = np.random.default_rng(0)
-    tracks = [_Track(f"t{i}", [rng.integers(0, 255, (17, 48, 3), dtype=np.uint8) for _ in range(3)]) for i in range(2)]
+def test_reader_applies_its_temperature_and_rejects_bad_ones(micro_parseq, noise_tracks):
+    model, tracks = micro_parseq(), noise_tracks()
     plain = Reader(model).read(tracks, ["product", "single"])
     hot = Reader(model, temperatures={"product": 4.0}).read(tracks, ["product", "single"])
     for a, b in zip(plain["single"], hot["single"]):  # no temperature for "single": unchanged

@@ -3,12 +3,10 @@ one member, and bad ensembles are refused."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from ksrnet.infer import EnsembleReader, Reader, TrackReading
-from ksrnet.models.parseq import Parseq, ParseqConfig
+from ksrnet.tracks import Track
 
 
 class FixedReader(Reader):
@@ -23,36 +21,25 @@ class FixedReader(Reader):
                 for f in fusions}
 
 
-class _Track:
-    def __init__(self, track_id, frames=()):
-        self.track_id, self.lr = track_id, list(frames)
-
-
 def test_vote_majority_with_known_answers():
     members = [FixedReader([("ABC1234", 0.9), ("AAA1111", 0.4)]),
                FixedReader([("ABC1234", 0.6), ("BBB2222", 0.7)]),
                FixedReader([("XYZ9876", 0.95), ("CCC3333", 0.2)])]
-    out = EnsembleReader(members, "vote").read([_Track("t1"), _Track("t2")], ["product"])["product"]
+    out = EnsembleReader(members, "vote").read([Track("t1", []), Track("t2", [])], ["product"])["product"]
     assert out[0].text == "ABC1234" and out[0].confidence == pytest.approx((0.9 + 0.6) / 3)
     # No majority: the most confident member's reading, with only its own share of the confidence.
     assert out[1].text == "BBB2222" and out[1].confidence == pytest.approx(0.7 / 3)
     assert [r.track_id for r in out] == ["t1", "t2"]
 
 
-def test_logit_average_of_identical_members_is_that_member():
-    config = ParseqConfig(img_h=16, img_w=32, embed_dim=32, enc_depth=1, enc_heads=2, dec_depth=1, dec_heads=2,
-                          mlp_ratio=2.0, dropout=0.0)
-    torch.manual_seed(0)
-    model = Parseq(config)
-    rng = np.random.default_rng(0)
-    tracks = [_Track(f"t{i}", [rng.integers(0, 256, (17, 48, 3), dtype=np.uint8) for _ in range(3)]) for i in range(2)]
+def test_logit_average_of_identical_members_is_that_member(micro_parseq, noise_tracks):
+    model, tracks = micro_parseq(), noise_tracks()
     single = Reader(model).read(tracks, ["product", "char_majority"])
     both = EnsembleReader([Reader(model), Reader(model)], "logit").read(tracks, ["product", "char_majority"])
     for rule in single:
         for a, b in zip(single[rule], both[rule]):
             assert a.text == b.text and a.confidence == pytest.approx(b.confidence, rel=1e-4)
-    torch.manual_seed(1)
-    other = Parseq(config)
+    other = micro_parseq(seed=1)
     mixed = EnsembleReader([Reader(model), Reader(other)], "logit").read(tracks, ["product"])["product"]
     assert all(len(r.text) == 7 and 0 <= r.confidence <= 1 for r in mixed)
 

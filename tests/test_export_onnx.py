@@ -37,9 +37,7 @@ def test_export_matches_pytorch_for_any_batch(tmp_path, stem):
         assert parity.max_abs_char_logits < 1e-4 and parity.max_abs_layout_logits < 1e-4
 
 
-def test_onnx_model_reads_like_the_torch_model_and_is_nar_only(tmp_path):
-    import numpy as np
-
+def test_onnx_model_reads_like_the_torch_model_and_is_nar_only(tmp_path, noise_tracks):
     model = micro(refine_iters=2)
     runtime = OnnxParseq(export_onnx(model, tmp_path / "m.onnx"))
     assert runtime.refine_iters == 2
@@ -48,12 +46,7 @@ def test_onnx_model_reads_like_the_torch_model_and_is_nar_only(tmp_path):
     with pytest.raises(ValueError, match="NAR"):
         runtime(torch.zeros(1, 3, 16, 32), refine_iters=0)
 
-    class T:
-        def __init__(self, i):
-            rng = np.random.default_rng(i)
-            self.track_id, self.lr = f"t{i}", [rng.integers(0, 256, (17, 48, 3), dtype=np.uint8) for _ in range(3)]
-
-    tracks = [T(0), T(1)]
+    tracks = noise_tracks()
     a = Reader(model).read(tracks, ["product"])["product"]
     b = Reader(runtime).read(tracks, ["product"])["product"]
     assert [r.text for r in a] == [r.text for r in b]

@@ -10,6 +10,7 @@ import pytest
 from ksrnet.infer import Reader
 from ksrnet.models.parseq import ParseqConfig
 from ksrnet.synth.dataset import generate_track
+from ksrnet.tracks import Track
 from ksrnet.weights import DEFAULT_MODEL, PACKAGE_WEIGHTS, load_model
 
 
@@ -26,22 +27,17 @@ def test_default_model_is_shipped_small_and_consistent(shipped):
     assert meta["kind"] == "parseq" and ParseqConfig.from_dict(meta["config"]) == reader.model.config
 
 
-class _Track:
-    def __init__(self, track_id, frames):
-        self.track_id, self.lr = track_id, frames
-
-
-def illegible_tracks() -> list[_Track]:
+def illegible_tracks() -> list[Track]:
     rng = np.random.default_rng(5)
     tracks = [
-        _Track("grey", [np.full((17, 48, 3), 128, np.uint8)] * 5),
-        _Track("black", [np.zeros((19, 44, 3), np.uint8)] * 5),
-        _Track("noise", [rng.integers(0, 256, (17, 48, 3), dtype=np.uint8) for _ in range(5)]),
+        Track("grey", [np.full((17, 48, 3), 128, np.uint8)] * 5),
+        Track("black", [np.zeros((19, 44, 3), np.uint8)] * 5),
+        Track("noise", [rng.integers(0, 256, (17, 48, 3), dtype=np.uint8) for _ in range(5)]),
     ]
     # Real synthetic plates blurred far past legibility (sigma of 6 LR pixels: about one character).
     for i in range(4):
         t = generate_track(77, i, preset="easy")
-        tracks.append(_Track(f"blurred{i}", [cv2.GaussianBlur(f, (0, 0), 6.0) for f in t.lr]))
+        tracks.append(Track(f"blurred{i}", [cv2.GaussianBlur(f, (0, 0), 6.0) for f in t.lr]))
     return tracks
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ksrnet.infer import Reader
-from ksrnet.models.parseq import Parseq, ParseqConfig
 from ksrnet.tta import VIEWS, check_views, make_view, vote
 
 
@@ -63,17 +62,8 @@ def test_bad_view_lists_are_rejected(views):
         check_views(views)
 
 
-def test_reader_with_tta_reads_and_identity_only_equals_no_tta():
-    config = ParseqConfig(img_h=16, img_w=32, embed_dim=32, enc_depth=1, enc_heads=2, dec_depth=1, dec_heads=2,
-                          mlp_ratio=2.0, dropout=0.0)
-    torch.manual_seed(0)
-    model = Parseq(config)
-
-    class T:
-        def __init__(self, i):
-            self.track_id, self.lr = f"t{i}", [frame(i), frame(i + 10)]
-
-    tracks = [T(0), T(1)]
+def test_reader_with_tta_reads_and_identity_only_equals_no_tta(micro_parseq, noise_tracks):
+    model, tracks = micro_parseq(), noise_tracks(frames=2)
     plain = Reader(model).read(tracks, ["product"])["product"]
     same = Reader(model, tta_views=["identity"]).read(tracks, ["product"])["product"]
     for a, b in zip(plain, same):
