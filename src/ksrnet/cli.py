@@ -377,7 +377,7 @@ def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     try:
         net, meta = load_model(model, device=device)
         reader = Reader(net, device=device, mode=mode, temperatures=meta.get("temperature"), tta_views=tta_views)
-    except (ModelLoadError, ValueError, AttributeError) as exc:  # AttributeError: temperature not a mapping
+    except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
         fail(str(exc))
     return reader, meta
 
