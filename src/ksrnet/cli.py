@@ -318,18 +318,19 @@ def _check_choices(fusions: list[str], mode: str) -> None:
 
 
 def _tta_views(tta: bool, views: Optional[str]):
-    from ksrnet.tta import VIEWS, check_views
+    from ksrnet.tta import DEFAULT_VIEWS, check_views
 
     if views is None:
-        return VIEWS if tta else None
+        return DEFAULT_VIEWS if tta else None
     try:
         return check_views(v.strip() for v in views.split(",") if v.strip())
     except ValueError as exc:
         fail(str(exc))
 
 
-TTA_HELP = "Test-time augmentation: vote over identity, hflip, scale0.9/1.1 and gamma0.8/1.2 views of every frame."
-TTA_VIEWS_HELP = "Comma-separated TTA views to use instead of all (implies --tta)."
+TTA_HELP = ("Test-time augmentation: vote over identity, zoom 0.9/1.1 and gamma 0.8/1.2 views of every frame "
+            "(the flip hurt this model; add it with --tta-views).")
+TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2 (implies --tta)."
 
 
 ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
