@@ -83,8 +83,8 @@ class ParseqConfig:
     stem_channels: int = 32
     # "sincos": a learned position table that starts as a 2D sine-cosine code; "zero": starts at
     # zero, positions then come from the stem's padding and the slot prior until it is learned.
-    # The unit-variance sin-cos start drowned the stem's features and kept the encoder on the
-    # character prior in CPU runs with the slot prior on.
+    # With the unit-variance sin-cos start, CPU probes (slot prior on) stayed on the character
+    # prior; with a zero start the same encoder left it.
     pos_embed_init: str = "sincos"
     # Width (fraction of the image width) of a Gaussian bias on the decoder's cross-attention that
     # starts slot i looking at the i-th seventh of the plate; its strength is learned. 0 = off.
