@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from ksrnet.calibration import expected_calibration_error, risk_coverage
+from ksrnet.calibration import confidence_and_correct, expected_calibration_error, risk_coverage
 from ksrnet.infer import Reader
 from ksrnet.metrics import GroundTruth, Reading, score
 from ksrnet.models.baselines import FUSIONS
@@ -57,10 +57,8 @@ def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
             for rule, rs in reader.read(tracks[s:s + batch], fusions, frame_count=c).items():
                 readings[rule].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
         for rule in fusions:
-            rs = readings[rule]
-            conf = [rs[t.track_id].confidence for t in truths]
-            right = [rs[t.track_id].text == t.text for t in truths]
-            results[(rule, c)] = (score(truths, rs), expected_calibration_error(conf, right),
+            conf, right = confidence_and_correct(truths, readings[rule])
+            results[(rule, c)] = (score(truths, readings[rule]), expected_calibration_error(conf, right),
                                   risk_coverage(conf, right))
     return results
 

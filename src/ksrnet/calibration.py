@@ -39,6 +39,14 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> flo
     return float(total / conf.size)
 
 
+def confidence_and_correct(truths, readings: dict) -> tuple[list[float], list[bool]]:
+    """Per ground-truth track (objects with .track_id, .text): the reading's confidence and whether
+    the whole plate is right; a missing reading is confidence 0, wrong (as metrics.score counts it)."""
+    conf = [readings[t.track_id].confidence if t.track_id in readings else 0.0 for t in truths]
+    right = [t.track_id in readings and readings[t.track_id].text == t.text for t in truths]
+    return conf, right
+
+
 def confidence_gap(confidence, correct) -> float | None:
     """Mean confidence of right readings minus that of wrong ones (None if either group is empty)."""
     conf = np.asarray(confidence, dtype=np.float64)

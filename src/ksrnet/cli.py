@@ -462,11 +462,9 @@ def _truth_of_unreadable(path: Path):
 
 def _ece_of(truths, readings: dict) -> float:
     """Expected calibration error of whole-reading confidence; a missing reading is confidence 0, wrong."""
-    from ksrnet.calibration import expected_calibration_error
+    from ksrnet.calibration import confidence_and_correct, expected_calibration_error
 
-    conf = [readings[t.track_id].confidence if t.track_id in readings else 0.0 for t in truths]
-    right = [t.track_id in readings and readings[t.track_id].text == t.text for t in truths]
-    return expected_calibration_error(conf, right)
+    return expected_calibration_error(*confidence_and_correct(truths, readings))
 
 
 @app.command("eval")

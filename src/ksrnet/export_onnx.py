@@ -9,8 +9,6 @@ The model's JSON (config, calibration temperatures) is written beside the .onnx 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from ksrnet.models.parseq import Parseq, ParseqConfig, ParseqOutput, decode_constrained, layout_log_probs
 from ksrnet.plates import CHARSET, layout_masks
+from ksrnet.weights import atomic_write
 
 OPSET = 17
 
@@ -48,21 +47,18 @@ def export_onnx(model: Parseq, path: str | Path, meta: dict | None = None, refin
     wrapper = _NarReadout(model, iters).eval()
     c = model.config
     dummy = torch.zeros(2, c.in_chans, c.img_h, c.img_w)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+
+    def write(target: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(wrapper, (dummy,), tmp, input_names=["images"],
+            torch.onnx.export(wrapper, (dummy,), target, input_names=["images"],
                               output_names=["char_logits", "layout_logits"], opset_version=OPSET, dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, "char_logits": {0: "batch"},
                                             "layout_logits": {0: "batch"}})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write)
     info = dict(meta or {}) | {"config": c.to_dict(), "kind": "parseq-onnx", "refine_iters": iters}
-    onnx_meta_path(path).write_text(json.dumps(info, indent=2))
+    atomic_write(onnx_meta_path(path), lambda p: Path(p).write_text(json.dumps(info, indent=2)))
     return path
 
 
