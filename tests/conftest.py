@@ -35,3 +35,29 @@ def noise_tracks():
                 for i in range(n)]
 
     return make
+
+
+@pytest.fixture
+def micro_ksrnet():
+    """make(variant="final", seed=0) -> an untrained micro KSR-Net in eval mode (8 feature channels,
+    16x48 LR frames, a micro recognizer)."""
+    from ksrnet.models.align import AlignConfig
+    from ksrnet.models.flow import FlowConfig
+    from ksrnet.models.fusion import FusionConfig
+    from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
+    from ksrnet.models.restore import RestoreConfig
+
+    def make(variant: str = "final", seed: int = 0) -> KSRNet:
+        torch.manual_seed(seed)
+        config = KSRNetConfig(
+            variant=variant,
+            flow=FlowConfig(base_channels=2, levels=2),
+            align=AlignConfig(channels=8, extractor_blocks=1, num_points=2, groups=2, embed_channels=4,
+                              hidden_channels=8, predictor_layers=1),
+            fusion=FusionConfig(dim=8, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=1.0),
+            restore=RestoreConfig(in_channels=8, features=8, num_res_blocks=1, upscale=4),
+            recognizer=ParseqConfig(**MICRO_PARSEQ),
+        )
+        return KSRNet(config).eval()
+
+    return make

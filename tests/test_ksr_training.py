@@ -12,18 +12,21 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig
-from ksrnet.ksr_training import (KSRStageModule, KSRTrackDataset, _frame_tensor, resolve_model_config, run_stages,
-                                 track_sample, train_ksrnet)
+from ksrnet.ksr_targets import track_sample
+from ksrnet.ksr_training import KSRStageModule, KSRTrackDataset, resolve_model_config, run_stages, train_ksrnet
 from ksrnet.weights import load_ksrnet
 from ksrnet.models.flow import resize_flow, warp
 from ksrnet.models.ksrnet import resize_track
 from ksrnet.models.parseq import Parseq, ParseqConfig
+from ksrnet.preprocess import frame_to_unit_tensor
 from ksrnet.synth.camera import CameraParams, flow_between, render_frames
 from ksrnet.synth.dataset import generate_track
 from ksrnet.train_config import ConfigError
@@ -64,7 +67,7 @@ def batch_of(samples: list[dict]) -> dict:
 def clean_frames(track) -> torch.Tensor:
     """The track's frames rendered by the camera alone (no blur, noise, colour or codec), resized."""
     clean = render_frames(track.scene, track.trajectory, supersample=4)
-    return resize_track([_frame_tensor(f) for f in clean], LR)
+    return resize_track([frame_to_unit_tensor(f) for f in clean], LR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +88,7 @@ def test_shipped_config_loads_and_round_trips(tmp_path):
 @pytest.mark.parametrize("bad", [
     {"stage4": {}}, {"stage2": {"lrr": 0.1}}, {"model": {"colour": 1}}, {"model": {"flow": {"levels_": 2}}},
     {"data": {"preset": "nope"}}, {"losses": {"edge_weight": -1.0}}, {"stage3": {"schedule": "step"}},
-    {"stage1": {"lr": "1e-3"}},
+    {"stage1": {"lr": "1e-3"}}, {"stage2": {"schedule": "time_cosine"}},
 ])
 def test_bad_configs_are_rejected(bad):
     with pytest.raises(ConfigError):
@@ -157,7 +160,7 @@ def test_sr_target_lies_on_the_reference_grid(index):
 
     # SR grid: the fine (x4) camera render of the reference frame resized like the LR frame.
     fine = render_frames(track.scene, track.trajectory, supersample=4, downsample=False)[ref]
-    sr_ref = resize_track([_frame_tensor(fine)], (64, 192))[0]
+    sr_ref = resize_track([frame_to_unit_tensor(fine)], (64, 192))[0]
     inner = -F.max_pool2d(-mask[None], 5, 1, 2)[0]
     e0 = error(target, sr_ref, inner)
     assert e0 < 0.06, e0
@@ -267,6 +270,28 @@ def test_stage3_uses_cosine_warm_restarts(recognizer_path):
     # Only trainable parameters are optimised (no recognizer).
     optimised = {id(p) for g in opt.param_groups for p in g["params"]}
     assert not optimised & {id(p) for p in module.model.recognizer.parameters()}
+
+
+def test_time_cosine_stage_follows_the_wall_clock(recognizer_path, monkeypatch):
+    import ksrnet.training as training
+
+    cfg = micro(recognizer_path, recognizer_weights=None,
+                stage2={"schedule": "time_cosine", "max_minutes": 10, "lr": 1e-3, "min_lr": 1e-5})
+    module = KSRStageModule(cfg, "2")
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.Optimizer)  # no step-based scheduler to fight the clock
+    monkeypatch.setattr(module, "_trainer", type("T", (), {"optimizers": [opt]})(), raising=False)
+    clock = iter([100.0, 100.0, 100.0 + 330.0, 100.0 + 600.0])  # the first call also sets the start
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(clock))
+    seen = []
+    for _ in range(2):
+        module.on_train_batch_start(None, 0)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(1e-5)  # the floor min_lr / lr at t = 0 (warm-up starts there)
+    assert seen[1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (0.55 - 0.05) / 0.95)))
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["ksrnet_elapsed_s"] == pytest.approx(600.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -607,3 +607,14 @@ def test_eval_counts_an_unreadable_labelled_track_as_wrong(trained_run, synth_tr
     overall = data["product@F=5"]["overall"]
     assert overall["tracks"] == 3 and overall["missing"] == 1
     assert any(broken.name in u for u in data["unreadable"])
+
+
+def test_time_cosine_scale_warms_up_then_decays_to_the_floor():
+    from ksrnet.training import time_cosine_scale
+
+    assert time_cosine_scale(0.0, 10, 0.1, 1e-3) == 1e-3  # floor, not 0, at the very first step
+    assert time_cosine_scale(30.0, 10, 0.1, 1e-3) == pytest.approx(0.5)  # half way through warm-up
+    assert time_cosine_scale(60.0, 10, 0.1, 1e-3) == pytest.approx(1.0)
+    assert time_cosine_scale(330.0, 10, 0.1, 1e-3) == pytest.approx(0.5)  # cosine midpoint
+    assert time_cosine_scale(600.0, 10, 0.1, 0.01) == 0.01
+    assert time_cosine_scale(9999.0, 10, 0.0, 0.0) == pytest.approx(0.0)  # past the budget: stays at the end

@@ -371,10 +371,37 @@ def _make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=No
     return reader, net.meta
 
 
+MFLPR2_PREFIX = "mflpr2:"
+
+
+def _restoration_model(model: Optional[str]) -> tuple[Optional[str], bool]:
+    """(weights path, baseline?) when --model names a restoration reader: KSR-Net weights, or
+    "mflpr2:PATH" for the MF-LPR²-style baseline built on those weights' flow and recognizer;
+    (None, False) for a recognizer."""
+    from ksrnet.restoration_reader import is_ksrnet_weights
+
+    if model is not None and str(model).startswith(MFLPR2_PREFIX):
+        path = str(model)[len(MFLPR2_PREFIX):]
+        if not is_ksrnet_weights(path):
+            fail(f"{model}: {path} holds no KSR-Net weights (ksrnet.safetensors from `ksrnet train-ksrnet`)")
+        return path, True
+    return (str(model), False) if is_ksrnet_weights(model) else (None, False)
+
+
 def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     from ksrnet.infer import Reader
     from ksrnet.weights import ModelLoadError, load_model
 
+    restoration, baseline = _restoration_model(model)
+    if restoration is not None:
+        from ksrnet.restoration_reader import load_restoration_reader
+
+        if tta_views:
+            fail("TTA reads frames one by one under each view; KSR-Net and MF-LPR² read one restored image")
+        try:
+            return load_restoration_reader(restoration, device=device, mode=mode, baseline=baseline)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            fail(f"cannot load the restoration model {restoration}: {exc}")
     try:
         net, meta = load_model(model, device=device)
         reader = Reader(net, device=device, mode=mode, temperatures=meta.get("temperature"), tta_views=tta_views)
@@ -700,9 +727,15 @@ def calibrate(
                       _fmt(f.ece_after), _fmt(f.gap_before), _fmt(f.gap_after))
     console.print(table)
     if write:
+        restoration, baseline = _restoration_model(model)
+        target, key = model, "temperature"
+        if restoration is not None:
+            from ksrnet.weights import resolve_ksrnet
+
+            target, key = resolve_ksrnet(restoration), "temperature_mflpr2" if baseline else "temperature"
         try:
-            meta_path = update_metadata(model, {
-                "temperature": {f.fusion: f.temperature for f in fits},
+            meta_path = update_metadata(target, {
+                key: {f.fusion: f.temperature for f in fits},
                 "calibration": {"source": source, "frames": frames, "fits": [f.as_dict() for f in fits]},
             })
         except ModelLoadError as exc:

@@ -24,7 +24,7 @@ from ksrnet.models.ksrnet import KSRNetConfig, PRESET_NAMES, _SUBCONFIGS
 from ksrnet.train_config import PRESETS, ConfigError, build_section, load_yaml_mapping, mapping_section
 
 STAGES: tuple[str, ...] = ("1", "1b", "2", "3")
-SCHEDULES = ("cosine", "cosine_restarts", "constant")
+SCHEDULES = ("cosine", "cosine_restarts", "constant", "time_cosine")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
 
@@ -124,7 +124,9 @@ class StageConfig:
     ``cosine``: linear warm-up over ``warmup_fraction`` of the planned steps, then a cosine from
     ``lr`` to ``min_lr``. ``cosine_restarts``: ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``
     from ``lr`` to ``min_lr``, first period ``restart_steps``, each next one ``restart_mult`` times
-    longer (the seed's stage 3: 2e-4 -> 1e-7). ``constant``: ``lr`` throughout.
+    longer (the seed's stage 3: 2e-4 -> 1e-7). ``constant``: ``lr`` throughout. ``time_cosine``: like
+    ``cosine`` but over the wall-clock budget ``max_minutes`` (needed when minutes, not epochs, end
+    the stage: the planned step count is then unknown).
     """
 
     max_epochs: int = 10
@@ -145,6 +147,8 @@ class StageConfig:
             raise ValueError("max_epochs must be >= 1 and max_steps >= 1 (or -1)")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError("max_minutes must be positive")
+        if self.schedule == "time_cosine" and self.max_minutes is None:
+            raise ValueError("schedule time_cosine needs max_minutes")
         if not 0 < self.lr < 1 or not 0 <= self.min_lr <= self.lr or self.weight_decay < 0:
             raise ValueError("need 0 < lr < 1, 0 <= min_lr <= lr and weight_decay >= 0")
         if not 0 <= self.warmup_fraction < 1 or self.restart_steps < 1 or self.restart_mult < 1:

@@ -49,9 +49,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -60,13 +58,13 @@ from ksrnet.weights import KSRNET_WEIGHTS_NAME, atomic_write, load_ksrnet_state,
 from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, semantic_loss
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
                                 smoothness_loss, valid_mask)
-from ksrnet.models.ksrnet import KSRNet, KSRNetConfig, batch_reference_index, lr_resize_matrix, resize_track
+from ksrnet.ksr_targets import track_sample
+from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
 from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_probs
-from ksrnet.models.restore import sr_homography_from_lr, warp_to_reference_grid
-from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
-from ksrnet.synth.camera import CameraParams, canonical_homography
+from ksrnet.plates import layout_masks
+from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError
-from ksrnet.training import _EpochSetter, _precision
+from ksrnet.training import WallClockLR, _EpochSetter, _precision
 from ksrnet.track_dataset import my_indices
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
@@ -80,87 +78,6 @@ STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
 
 # --------------------------------------------------------------------------------------------------
 # Data
-
-
-def _frame_tensor(frame: np.ndarray) -> Tensor:
-    """uint8 (h, w, 3) RGB -> float (3, h, w) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def resized_flow(traj, ref: int, t: int, lr_size: tuple[int, int]) -> np.ndarray:
-    """Ground-truth flow ``(2, H, W)`` float32 on the *resized* reference frame's grid (``lr_size``)
-    pointing into the resized frame t (the ``flow_between(traj, ref, t)`` convention, exact: the
-    homography ``R_t^-1 H_t H_ref^-1 R_ref`` with ``R`` = ``lr_resize_matrix``, not an interpolated
-    flow field). For frames of one native size this equals ``flow_between`` resized with its
-    values rescaled per axis (``flow.resize_flow``)."""
-    h, w = lr_size
-    if t == ref:
-        return np.zeros((2, h, w), np.float32)
-    (wr, hr), (wt, ht) = traj.sizes[ref], traj.sizes[t]
-    r_ref = lr_resize_matrix((hr, wr), lr_size).numpy()
-    r_t = lr_resize_matrix((ht, wt), lr_size).numpy()
-    m = np.linalg.inv(r_t) @ traj.homographies[t] @ np.linalg.inv(traj.homographies[ref]) @ r_ref
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    den = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
-    u = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2]) / den
-    v = (m[1, 0] * xs + m[1, 1] * ys + m[1, 2]) / den
-    return np.stack([u - xs, v - ys]).astype(np.float32)
-
-
-def sr_target(canonical_hr: np.ndarray, traj, ref: int, lr_size: tuple[int, int], upscale: int,
-              supersample: int = 2) -> tuple[Tensor, Tensor]:
-    """The canonical HR plate on the SR grid of the resized reference frame.
-
-    ``H = canonical_homography(ref) @ lr_resize_matrix(native -> lr_size)`` maps resized-LR pixels to
-    canonical pixels; ``sr_homography_from_lr`` moves it to the ``upscale`` x grid (and once more to
-    a ``supersample`` x finer grid, box-averaged back). Returns ``(target (3, sH, sW) in [-1, 1],
-    mask (1, sH, sW) float)``, the mask 1 where every sub-sample fell inside the plate."""
-    hc, wc = canonical_hr.shape[:2]
-    w_ref, h_ref = traj.sizes[ref]
-    h_lr = torch.from_numpy(canonical_homography(traj, ref, (wc, hc))) @ lr_resize_matrix((h_ref, w_ref), lr_size)
-    h_sr = sr_homography_from_lr(h_lr, upscale)
-    k = supersample
-    h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
-    out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
-    hr = _frame_tensor(canonical_hr)[None].double()
-    target, inside = warp_to_reference_grid(hr, h_fine, out)
-    if k > 1:
-        target, inside = F.avg_pool2d(target, k), F.avg_pool2d(inside, k)
-    mask = (inside > 1.0 - 1e-6).to(torch.float32)
-    return target[0].float().clamp(-1.0, 1.0), mask[0]
-
-
-_TOKENIZER = Tokenizer()
-
-
-def track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str = "middle",
-                 supersample: int = 2) -> dict[str, Tensor]:
-    """One ``SynthTrack`` (with its ``trajectory``) as training tensors:
-
-    ``frames`` (T, 3, H, W) in [-1, 1] at ``lr_size``; ``frame_mask`` (T,) bool; ``reference`` ()
-    long (the model's reference for ``ref_policy`` and T frames); ``flows`` (T, 2, H, W), ref -> t
-    (0 at the reference); ``flow_valid`` (T, 1, H, W) float (target inside frame t);
-    ``sr_target`` (3, sH, sW); ``sr_mask`` (1, sH, sW); ``text`` (num_slots,) long; ``layout`` ()
-    long (index in ``plates.LAYOUTS``)."""
-    if track.trajectory is None:
-        raise ValueError("the track has no trajectory (SyntheticTrackDataset drops it): use generate_track")
-    t_count = len(track.lr)
-    ref = batch_reference_index(ref_policy, t_count)
-    frames = resize_track([_frame_tensor(f) for f in track.lr], lr_size)
-    flows = torch.from_numpy(np.stack([resized_flow(track.trajectory, ref, t, lr_size) for t in range(t_count)]))
-    valid = valid_mask(flows, size=lr_size).float()
-    target, mask = sr_target(track.canonical_hr, track.trajectory, ref, lr_size, upscale, supersample)
-    return {
-        "frames": frames.float(),
-        "frame_mask": torch.ones(t_count, dtype=torch.bool),
-        "reference": torch.tensor(ref, dtype=torch.long),
-        "flows": flows,
-        "flow_valid": valid,
-        "sr_target": target,
-        "sr_mask": mask,
-        "text": torch.tensor(_TOKENIZER.encode(track.text), dtype=torch.long),
-        "layout": torch.tensor(LAYOUTS.index(track.layout), dtype=torch.long),
-    }
 
 
 class KSRTrackDataset(IterableDataset):
@@ -241,7 +158,7 @@ def stage_losses_names(stage: str, variant: str) -> tuple[str, ...]:
     return VARIANT_LOSSES[variant]
 
 
-class KSRStageModule(L.LightningModule):
+class KSRStageModule(WallClockLR, L.LightningModule):
     """One training stage of KSR-Net: what is trainable and which losses, per ``stage``.
 
     ``stage_losses(batch)`` returns ``{"loss": total, <name>: term, ...}`` (plain torch; used by
@@ -385,6 +302,10 @@ class KSRStageModule(L.LightningModule):
             self.log(f"val/{k}", value, prog_bar=True, sync_dist=True)
         self._val.clear()
 
+    def wall_clock_plan(self):
+        sc: StageConfig = self.config.stage(self.stage)
+        return (sc.lr, sc.max_minutes, sc.warmup_fraction, sc.min_lr / sc.lr) if sc.schedule == "time_cosine" else None
+
     def configure_optimizers(self):
         sc: StageConfig = self.config.stage(self.stage)
         decay, no_decay = [], []
@@ -393,8 +314,8 @@ class KSRStageModule(L.LightningModule):
                 (no_decay if p.ndim < 2 else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": sc.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=sc.lr)
-        if sc.schedule == "constant":
-            return opt
+        if sc.schedule in ("constant", "time_cosine"):
+            return opt  # time_cosine: WallClockLR sets the rate before every step
         if sc.schedule == "cosine_restarts":
             sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
                 opt, T_0=sc.restart_steps, T_mult=sc.restart_mult, eta_min=sc.min_lr)

@@ -7,7 +7,6 @@ and trainer need. Unknown keys are errors so a typo in a YAML file never silentl
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any

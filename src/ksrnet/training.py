@@ -61,7 +61,48 @@ def collate_tracks(batch):
     return frames, targets, layouts, torch.tensor(counts)
 
 
-class RecognizerModule(L.LightningModule):
+def time_cosine_scale(elapsed_s: float, max_minutes: float, warmup_fraction: float, floor: float) -> float:
+    """Learning-rate multiplier of the wall-clock schedule: linear warm-up over ``warmup_fraction``
+    of the time budget, then a cosine that reaches ``floor`` when the budget is spent."""
+    frac = min(1.0, elapsed_s / (60.0 * max_minutes))
+    warm = warmup_fraction
+    scale = frac / warm if frac < warm else 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+    return max(scale, floor)
+
+
+class WallClockLR:
+    """LightningModule mixin for runs bounded by minutes rather than steps: the step count is unknown
+    in advance, so a step-based cosine would never decay (or never finish warming up). Subclasses
+    say what to follow in ``wall_clock_plan``; the elapsed time travels in checkpoints so a killed
+    run resumes where its schedule stood."""
+
+    _t0: float | None = None
+    _elapsed_at_resume: float = 0.0
+
+    def wall_clock_plan(self) -> tuple[float, float, float, float] | None:
+        """(peak lr, budget in minutes, warm-up fraction, floor as a fraction of the peak), or None
+        when the learning rate follows a step-based scheduler instead."""
+        raise NotImplementedError
+
+    def on_train_batch_start(self, batch, batch_idx):
+        plan = self.wall_clock_plan()
+        if plan is None:
+            return
+        lr, minutes, warm, floor = plan
+        if self._t0 is None:
+            self._t0 = time.monotonic() - self._elapsed_at_resume
+        scale = time_cosine_scale(time.monotonic() - self._t0, minutes, warm, floor)
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = lr * scale
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["ksrnet_elapsed_s"] = time.monotonic() - self._t0 if self._t0 is not None else 0.0
+
+    def on_load_checkpoint(self, checkpoint):
+        self._elapsed_at_resume = float(checkpoint.get("ksrnet_elapsed_s", 0.0))
+
+
+class RecognizerModule(WallClockLR, L.LightningModule):
     def __init__(self, config: TrainConfig):
         super().__init__()
         self.config = config
@@ -73,8 +114,6 @@ class RecognizerModule(L.LightningModule):
         self.ctc_head = nn.Linear(config.model.embed_dim, config.model.num_classes + 1) \
             if config.optim.ctc_loss_weight > 0 else None
         self._val = []
-        self._t0: float | None = None
-        self._elapsed_at_resume = 0.0
 
     def training_step(self, batch, batch_idx):
         frames, targets, layouts, _ = batch
@@ -129,23 +168,9 @@ class RecognizerModule(L.LightningModule):
         self.log("val/rr_track_product", float(arr[:, 1].mean()), prog_bar=True, sync_dist=True)
         self._val.clear()
 
-    def on_train_batch_start(self, batch, batch_idx):
-        if self.config.optim.schedule != "time_cosine":
-            return
-        if self._t0 is None:
-            self._t0 = time.monotonic() - self._elapsed_at_resume
-        frac = min(1.0, (time.monotonic() - self._t0) / (60 * self.config.trainer.max_minutes))
-        warm = self.config.optim.warmup_fraction
-        scale = frac / warm if frac < warm else 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
-        for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = self.config.optim.lr * max(scale, 1e-3)
-
-    def on_save_checkpoint(self, checkpoint):
-        # The time-based schedule must continue where it stopped when a killed run resumes.
-        checkpoint["ksrnet_elapsed_s"] = time.monotonic() - self._t0 if self._t0 is not None else 0.0
-
-    def on_load_checkpoint(self, checkpoint):
-        self._elapsed_at_resume = float(checkpoint.get("ksrnet_elapsed_s", 0.0))
+    def wall_clock_plan(self):
+        o = self.config.optim
+        return (o.lr, self.config.trainer.max_minutes, o.warmup_fraction, 1e-3) if o.schedule == "time_cosine" else None
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -1,0 +1,97 @@
+"""Training targets of a synthetic track for the restoration models, from its known geometry.
+
+The synthetic camera knows every frame's homography, so the exact flow between frames and the
+canonical HR plate on the reference frame's SR grid can be computed rather than estimated. Used by
+KSR-Net training (``ksr_training``) and by the evaluation of restored images (``ablation``); plain
+numpy / torch, no training imports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ksrnet.models.flow import valid_mask
+from ksrnet.models.ksrnet import batch_reference_index, lr_resize_matrix
+from ksrnet.models.restore import sr_homography_from_lr, warp_to_reference_grid
+from ksrnet.plates import LAYOUTS, Tokenizer
+from ksrnet.preprocess import frame_to_unit_tensor, track_to_tensor
+from ksrnet.synth.camera import canonical_homography
+
+
+def resized_flow(traj, ref: int, t: int, lr_size: tuple[int, int]) -> np.ndarray:
+    """Ground-truth flow ``(2, H, W)`` float32 on the *resized* reference frame's grid (``lr_size``)
+    pointing into the resized frame t (the ``flow_between(traj, ref, t)`` convention, exact: the
+    homography ``R_t^-1 H_t H_ref^-1 R_ref`` with ``R`` = ``lr_resize_matrix``, not an interpolated
+    flow field). For frames of one native size this equals ``flow_between`` resized with its
+    values rescaled per axis (``flow.resize_flow``)."""
+    h, w = lr_size
+    if t == ref:
+        return np.zeros((2, h, w), np.float32)
+    (wr, hr), (wt, ht) = traj.sizes[ref], traj.sizes[t]
+    r_ref = lr_resize_matrix((hr, wr), lr_size).numpy()
+    r_t = lr_resize_matrix((ht, wt), lr_size).numpy()
+    m = np.linalg.inv(r_t) @ traj.homographies[t] @ np.linalg.inv(traj.homographies[ref]) @ r_ref
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    den = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
+    u = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2]) / den
+    v = (m[1, 0] * xs + m[1, 1] * ys + m[1, 2]) / den
+    return np.stack([u - xs, v - ys]).astype(np.float32)
+
+
+def sr_target(canonical_hr: np.ndarray, traj, ref: int, lr_size: tuple[int, int], upscale: int,
+              supersample: int = 2) -> tuple[Tensor, Tensor]:
+    """The canonical HR plate on the SR grid of the resized reference frame.
+
+    ``H = canonical_homography(ref) @ lr_resize_matrix(native -> lr_size)`` maps resized-LR pixels to
+    canonical pixels; ``sr_homography_from_lr`` moves it to the ``upscale`` x grid (and once more to
+    a ``supersample`` x finer grid, box-averaged back). Returns ``(target (3, sH, sW) in [-1, 1],
+    mask (1, sH, sW) float)``, the mask 1 where every sub-sample fell inside the plate."""
+    hc, wc = canonical_hr.shape[:2]
+    w_ref, h_ref = traj.sizes[ref]
+    h_lr = torch.from_numpy(canonical_homography(traj, ref, (wc, hc))) @ lr_resize_matrix((h_ref, w_ref), lr_size)
+    h_sr = sr_homography_from_lr(h_lr, upscale)
+    k = supersample
+    h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
+    out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
+    hr = frame_to_unit_tensor(canonical_hr)[None].double()
+    target, inside = warp_to_reference_grid(hr, h_fine, out)
+    if k > 1:
+        target, inside = F.avg_pool2d(target, k), F.avg_pool2d(inside, k)
+    mask = (inside > 1.0 - 1e-6).to(torch.float32)
+    return target[0].float().clamp(-1.0, 1.0), mask[0]
+
+
+_TOKENIZER = Tokenizer()
+
+
+def track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str = "middle",
+                 supersample: int = 2) -> dict[str, Tensor]:
+    """One ``SynthTrack`` (with its ``trajectory``) as training tensors:
+
+    ``frames`` (T, 3, H, W) in [-1, 1] at ``lr_size``; ``frame_mask`` (T,) bool; ``reference`` ()
+    long (the model's reference for ``ref_policy`` and T frames); ``flows`` (T, 2, H, W), ref -> t
+    (0 at the reference); ``flow_valid`` (T, 1, H, W) float (target inside frame t);
+    ``sr_target`` (3, sH, sW); ``sr_mask`` (1, sH, sW); ``text`` (num_slots,) long; ``layout`` ()
+    long (index in ``plates.LAYOUTS``)."""
+    if track.trajectory is None:
+        raise ValueError("the track has no trajectory (SyntheticTrackDataset drops it): use generate_track")
+    t_count = len(track.lr)
+    ref = batch_reference_index(ref_policy, t_count)
+    frames = track_to_tensor(track.lr, lr_size)
+    flows = torch.from_numpy(np.stack([resized_flow(track.trajectory, ref, t, lr_size) for t in range(t_count)]))
+    valid = valid_mask(flows, size=lr_size).float()
+    target, mask = sr_target(track.canonical_hr, track.trajectory, ref, lr_size, upscale, supersample)
+    return {
+        "frames": frames.float(),
+        "frame_mask": torch.ones(t_count, dtype=torch.bool),
+        "reference": torch.tensor(ref, dtype=torch.long),
+        "flows": flows,
+        "flow_valid": valid,
+        "sr_target": target,
+        "sr_mask": mask,
+        "text": torch.tensor(_TOKENIZER.encode(track.text), dtype=torch.long),
+        "layout": torch.tensor(LAYOUTS.index(track.layout), dtype=torch.long),
+    }
