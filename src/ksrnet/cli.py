@@ -496,10 +496,21 @@ def _ece_of(truths, readings: dict) -> float:
 
 @app.command("eval")
 def eval_cmd(
-    tracks: Path = typer.Argument(..., help="Annotated LRLPR-26 folder (or `ksrnet synth` output)."),
+    tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder (or `ksrnet synth` output); "
+                                            "optional with --ablation."),
     model: Optional[List[str]] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; "
                                               "repeat for an ensemble."),
     ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
+    ablation: bool = typer.Option(False, "--ablation", help="One table of every reading method (late fusions, "
+                                  "TTA, ensemble, bicubic reference, MF-LPR²-style, each --ksrnet) on fixed "
+                                  "synthetic tracks per --presets and on TRACKS if given; see --markdown."),
+    ksrnet_models: Optional[List[str]] = typer.Option(None, "--ksrnet", help="With --ablation: KSR-Net weights "
+                                                      "(file or run dir), repeatable; the first also lends its "
+                                                      "flow estimator and recognizer to the MF-LPR²-style row."),
+    synth_tracks: int = typer.Option(500, "--synth-tracks", min=0, help="With --ablation: synthetic tracks per preset."),
+    presets: str = typer.Option("hard", "--presets", help="With --ablation: comma-separated synthetic presets."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="With --ablation: also write the table here "
+                                            "(and the JSON beside it, .json)."),
     fusions: str = typer.Option("single,product,logit_mean,char_majority,string_majority", "--fusions",
                                 help="Comma-separated fusion rules to compare."),
     frame_counts: str = typer.Option("1,3,5", "--frames", help="Comma-separated frame counts F (last F frames)."),
@@ -511,8 +522,20 @@ def eval_cmd(
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
-    """RR, CER, confidence gap and ECE per fusion rule and frame count on an annotated folder."""
+    """RR, CER, confidence gap and ECE per fusion rule and frame count on an annotated folder.
+
+    With --ablation: every reading method on the same tracks instead, in one table (see --ablation).
+    """
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
+
+    if ablation:
+        _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
+                  _tta_views(tta, tta_views), ensemble, as_json)
+        return
+    if tracks is None:
+        fail("eval needs TRACKS (an annotated folder) unless --ablation is given")
+    if ksrnet_models or markdown is not None:
+        fail("--ksrnet and --markdown belong to --ablation")
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     try:
@@ -560,6 +583,100 @@ def eval_cmd(
     console.print(table)
     for f in failures:
         err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {f}")
+
+
+def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models: Optional[List[str]],
+              synth_tracks: int, presets: str, markdown: Optional[Path], batch_size: int, device: str, mode: str,
+              views, ensemble_rule: str, as_json: bool) -> None:
+    from ksrnet.ablation import (ABLATION_SEED, CROP_BORDER, AblationResult, Methods, ReferenceUpsample,
+                                 UpsampleConfig, ablation_rows, sr_targets, synthetic_test_set)
+    from ksrnet.infer import EnsembleReader
+    from ksrnet.restoration_reader import RestorationReader, is_ksrnet_weights, load_restoration_reader
+    from ksrnet.synth.degrade import PRESETS
+
+    preset_list = [p.strip() for p in presets.split(",") if p.strip()]
+    bad = [p for p in preset_list if p not in (*PRESETS, "mix")]
+    if bad:
+        fail(f"--presets: unknown {', '.join(bad)}; choose from {', '.join((*PRESETS, 'mix'))}")
+    if tracks is None and (synth_tracks == 0 or not preset_list):
+        fail("--ablation needs tracks: --synth-tracks > 0 with --presets, or a TRACKS folder")
+    models = list(models or [None])
+    if any(_restoration_model(m)[0] for m in models):
+        fail("with --ablation, --model names recognizers; give KSR-Net weights with --ksrnet")
+    recognizer, _ = _make_reader(models[0], device, mode)
+    methods = Methods(recognizer, str(models[0] or "parseq-tiny"))
+    notes = []
+    if views:
+        methods.tta = _make_reader(models[0], device, mode, views)[0]
+    else:
+        notes.append("no TTA row: add --tta (or --tta-views)")
+    if len(models) > 1:
+        methods.ensemble = EnsembleReader([_make_reader(m, device, mode)[0] for m in models], ensemble_rule)
+    else:
+        notes.append("no ensemble row: give --model two or more times")
+    ksr_readers = {}
+    for path in ksrnet_models or []:
+        if not is_ksrnet_weights(path):
+            fail(f"--ksrnet {path}: no KSR-Net weights there (ksrnet.safetensors from `ksrnet train-ksrnet`)")
+        reader, _ = load_restoration_reader(path, device=device, mode=mode, batch_tracks=batch_size)
+        name = f"KSR-Net {reader.model.config.variant}"
+        ksr_readers[name if name not in ksr_readers else f"{name} ({path})"] = reader
+    if ksr_readers:
+        first = next(iter(ksr_readers.values()))
+        c = first.model.config
+        up = UpsampleConfig(c.lr_size, c.upscale, c.ref_index)
+        restorations = {"bicubic reference frame (no fusion)": RestorationReader(
+            ReferenceUpsample(first.model.recognizer, up), device=device, mode=mode, batch_tracks=batch_size)}
+        base, _ = load_restoration_reader(ksrnet_models[0], device=device, mode=mode, baseline=True,
+                                          batch_tracks=batch_size)
+        restorations["MF-LPR²-style fusion"] = base
+        methods.restorations = {**restorations, **ksr_readers}
+        notes.append("restoration rows read with the recognizer inside the first KSR-Net's weights; the others "
+                     f"with {methods.recognizer_name}")
+    else:
+        up = UpsampleConfig()
+        methods.restorations = {"bicubic reference frame (no fusion)": RestorationReader(
+            ReferenceUpsample(recognizer.model, up), device=device, mode=mode, batch_tracks=batch_size)}
+        notes.append("no MF-LPR²-style or KSR-Net rows: give KSR-Net weights with --ksrnet")
+    notes.append(f"PSNR/SSIM: Y channel (BT.601), inside the plate, {CROP_BORDER} px cropped on every side of the "
+                 f"{up.lr_size[0] * up.upscale}x{up.lr_size[1] * up.upscale} SR image; synthetic tracks only")
+    notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`) where it has one, else none")
+    notes.append(f"speed: tracks/s reading tracks already in memory, batches of {batch_size}, "
+                 f"{torch_threads()} threads on {device}")
+    rows = []
+    steps = len(preset_list) * (synth_tracks + 1 + len(methods.restorations) + bool(methods.tta)
+                                + bool(methods.ensemble)) + (1 if tracks is not None else 0)
+    with progress_bar() as progress:
+        task = progress.add_task("ablation", total=steps)
+        advance = lambda: progress.advance(task)  # noqa: E731
+        for preset in preset_list if synth_tracks else []:
+            test_set = synthetic_test_set(synth_tracks, preset, progress=advance)
+            targets = sr_targets(test_set, up.lr_size, up.upscale, up.ref_index)
+            rows += ablation_rows(methods, test_set, f"synthetic {preset}, seed {ABLATION_SEED}", targets, advance)
+        if tracks is not None:
+            folder = [t for batch in _read_track_batches(_discover(tracks), batch_size, "loading tracks")
+                      for _, t in batch if not isinstance(t, Exception) and t.text is not None]
+            if not folder:
+                fail(f"no annotated, readable tracks under {tracks}")
+            rows += ablation_rows(methods, folder, str(tracks), None)
+            progress.advance(task)
+    result = AblationResult(rows, notes, {"recognizer": methods.recognizer_name, "ksrnet": list(ksrnet_models or []),
+                                          "synth_tracks": synth_tracks, "presets": preset_list,
+                                          "seed": ABLATION_SEED, "tracks": str(tracks) if tracks else None})
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(result.to_markdown())
+        markdown.with_suffix(".json").write_text(result.to_json())
+    if as_json:
+        print(result.to_json())
+    else:
+        console.print(result.to_markdown(), markup=False, highlight=False)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 @app.command("bench")

@@ -91,8 +91,14 @@ class Reader:
         for f in fusions:
             if f not in FUSIONS:
                 raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
+        return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk)
+
+    def readings_from_logits(self, tracks: list, logits: list[tuple[torch.Tensor, torch.Tensor]],
+                             fusions: Iterable[str] = ("product",), topk: int = 3) -> dict[str, list[TrackReading]]:
+        """The fusion half of ``read``, for per-track logits already computed (``track_logits``)."""
+        fusions = list(fusions)
         results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
-        for track, (char_logits, layout_logits) in zip(tracks, self.track_logits(tracks, frame_count)):
+        for track, (char_logits, layout_logits) in zip(tracks, logits):
             n = char_logits.shape[0]
             for rule in fusions:
                 t = float(self.temperatures.get(rule, 1.0))
