@@ -86,6 +86,24 @@ def test_reader_applies_its_temperature_and_rejects_bad_ones(micro_parseq, noise
     assert any(a.confidence != b.confidence for a, b in zip(plain["product"], hot["product"]))
     logits = Reader(model).track_logits(tracks)
     assert [c.shape[0] for c, _ in logits] == [3, 3]
-    for bad in ({"product": 0.0}, {"vote": 1.0}):
+    for bad in ({"product": 0.0}, {"vote": 1.0}, {"product@0": 1.0}, {"product@x": 1.0}, {"vote@1": 1.0},
+                {"product@": 2.0, "single": True}):
         with pytest.raises(ValueError, match="temperatures"):
             Reader(model, temperatures=bad)
+
+
+def test_a_temperature_per_frame_count_serves_only_tracks_of_that_length(micro_parseq, noise_tracks):
+    from ksrnet.infer import pick_temperature, temperature_key
+
+    temps = {"product": 2.0, "product@1": 5.0}
+    assert pick_temperature(temps, "product", 1) == 5.0 and pick_temperature(temps, "product", 5) == 2.0
+    assert pick_temperature(temps, "single", 1) == 1.0
+    assert temperature_key("product", 3) == "product@3" and temperature_key("product") == "product"
+    model, tracks = micro_parseq(), noise_tracks(frames=5)
+    general = Reader(model, temperatures={"product": 2.0})
+    per_count = Reader(model, temperatures={"product": 2.0, "product@1": 5.0})
+    for f, same in ((5, True), (1, False)):
+        a = general.read(tracks, ["product"], frame_count=f)["product"]
+        b = per_count.read(tracks, ["product"], frame_count=f)["product"]
+        assert [x.text for x in a] == [x.text for x in b]
+        assert ([x.confidence for x in a] == [x.confidence for x in b]) == same

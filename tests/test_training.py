@@ -300,6 +300,14 @@ def test_calibrate_saves_temperatures_that_predict_uses_and_abstention(trained_r
     assert [f["tracks"] for f in meta["calibration"]["fits"]] == [10, 10]
     _, loaded = load_model(run)
     assert loaded["temperature"] == meta["temperature"]
+    # Per frame count: new keys beside the general ones, which are kept.
+    assert_ok(invoke("calibrate", "--model", run, "--synth", 10, "--fusions", "product", "--frames", "1,5"))
+    per_count = json.loads((run / "model.json").read_text())
+    assert set(per_count["temperature"]) == {"product", "single", "product@1", "product@5"}
+    assert per_count["temperature"]["product"] == meta["temperature"]["product"]
+    assert sorted((f["fusion"], f["frames"] or 0) for f in per_count["calibration"]["fits"]) == \
+        [("product", 0), ("product", 1), ("product", 5), ("single", 0)]  # 0: all frames
+    assert_refused(invoke("calibrate", "--model", run, "--synth", 10, "--frames", "0"), "--frames")
     # Abstention: at --min-confidence 1.0 every reading is written empty (illegible), confidence kept;
     # --details still holds the guess.
     out, details = tmp_path / "p.txt", tmp_path / "d.jsonl"

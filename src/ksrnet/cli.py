@@ -538,12 +538,7 @@ def eval_cmd(
         fail("--ksrnet and --markdown belong to --ablation")
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
-    try:
-        counts = [int(c) for c in frame_counts.split(",") if c.strip()]
-    except ValueError:
-        fail(f"--frames must be comma-separated integers, got {frame_counts!r}")
-    if not counts or min(counts) < 1:
-        fail("--frames needs frame counts >= 1")
+    counts = _frame_counts(frame_counts)
     _check_choices(fusion_list, mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
@@ -789,7 +784,9 @@ def calibrate(
     fusions: str = typer.Option("product,logit_mean,single", "--fusions", help="Comma-separated fusion rules."),
     synth: int = typer.Option(1000, "--synth", min=10, help="Synthetic validation tracks when no folder is given."),
     preset: str = typer.Option("mix", "--preset", help="Degradation preset of the synthetic tracks."),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Fit for the last N frames of each track."),
+    frames: Optional[str] = typer.Option(None, "--frames", help="Comma-separated frame counts (e.g. 1,3,5): one "
+                                         "temperature per rule and count, used for tracks of that many frames. "
+                                         "Default: one per rule over all frames of each track."),
     write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
@@ -800,22 +797,28 @@ def calibrate(
     The confidence of a reading should be the probability that the whole plate is right; this fits
     the temperature that divides the per-frame logits before fusion, on a validation split (never the
     test set), and prints ECE and confidence gap before and after. predict and eval then use it.
+    With --frames 1,3,5 each frame count gets its own temperature (fusing more frames compounds
+    confidence), used for tracks of exactly that many frames; temperatures fitted before for other
+    rules or counts are kept.
     """
     import torch
 
     from ksrnet.calibration import fit_temperature
+    from ksrnet.infer import temperature_key
     from ksrnet.plates import layout_masks
-    from ksrnet.weights import ModelLoadError, update_metadata
+    from ksrnet.weights import ModelLoadError, config_path_for, resolve, update_metadata
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     _check_choices(fusion_list, mode)
+    counts = _frame_counts(frames) if frames is not None else [None]
     reader, _ = _make_reader(model, device, mode)
-    logits, texts = [], []
+    logits, texts = {c: [] for c in counts}, []
     if tracks is not None:
         source = str(tracks)
         for batch in _read_track_batches(_discover(tracks), batch_size, "reading validation tracks"):
             good = [t for _, t in batch if not isinstance(t, Exception) and t.text is not None]
-            logits += reader.track_logits(good, frames)
+            for c in counts:
+                logits[c] += reader.track_logits(good, c)
             texts += [t.text for t in good]
     else:
         from ksrnet.synth.dataset import generate_track
@@ -829,35 +832,52 @@ def calibrate(
             for start in range(0, synth, batch_size):
                 batch = [generate_track(CALIBRATION_SEED, i, preset=preset)
                          for i in range(start, min(synth, start + batch_size))]
-                logits += reader.track_logits(batch, frames)
+                for c in counts:
+                    logits[c] += reader.track_logits(batch, c)
                 texts += [t.text for t in batch]
                 progress.advance(task, len(batch))
     if len(texts) < 10:
         fail(f"need at least 10 labelled, readable tracks to fit on, got {len(texts)}")
     masks = torch.from_numpy(layout_masks())
-    fits = [fit_temperature(logits, texts, rule, masks) for rule in fusion_list]
-    table = Table(title=f"calibration on {source}" + (f", last {frames} frames" if frames else ""))
-    for col in ("fusion", "T", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
+    fits = [(c, fit_temperature(logits[c], texts, rule, masks)) for c in counts for rule in fusion_list]
+    table = Table(title=f"calibration on {source}")
+    for col in ("fusion", "F", "T", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
-    for f in fits:
-        table.add_row(f.fusion, f"{f.temperature:.2f}", _fmt(f.recognition_rate), _fmt(f.ece_before),
-                      _fmt(f.ece_after), _fmt(f.gap_before), _fmt(f.gap_after))
+    for c, f in fits:
+        table.add_row(f.fusion, "all" if c is None else str(c), f"{f.temperature:.2f}", _fmt(f.recognition_rate),
+                      _fmt(f.ece_before), _fmt(f.ece_after), _fmt(f.gap_before), _fmt(f.gap_after))
     console.print(table)
-    if write:
-        restoration, baseline = _restoration_model(model)
-        target, key = model, "temperature"
+    if not write:
+        return
+    restoration, baseline = _restoration_model(model)
+    key = "temperature_mflpr2" if baseline else "temperature"
+    try:
         if restoration is not None:
             from ksrnet.weights import resolve_ksrnet
 
-            target, key = resolve_ksrnet(restoration), "temperature_mflpr2" if baseline else "temperature"
-        try:
-            meta_path = update_metadata(target, {
-                key: {f.fusion: f.temperature for f in fits},
-                "calibration": {"source": source, "frames": frames, "fits": [f.as_dict() for f in fits]},
-            })
-        except ModelLoadError as exc:
-            fail(str(exc))
-        console.print(f"temperatures saved in {meta_path}")
+            target = resolve_ksrnet(restoration)
+        else:
+            target = resolve(model)
+        meta = json.loads(config_path_for(target).read_text())
+        temperatures = dict(meta.get(key) or {})
+        temperatures.update({temperature_key(f.fusion, c): f.temperature for c, f in fits})
+        record = {temperature_key(r["fusion"], r.get("frames")): r
+                  for r in (meta.get("calibration") or {}).get("fits", [])}
+        record.update({temperature_key(f.fusion, c): {**f.as_dict(), "frames": c, "source": source} for c, f in fits})
+        meta_path = update_metadata(target, {key: temperatures, "calibration": {"fits": list(record.values())}})
+    except (ModelLoadError, OSError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"temperatures saved in {meta_path}")
+
+
+def _frame_counts(text: str) -> list[int]:
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        fail(f"--frames must be comma-separated integers, got {text!r}")
+    if not counts or min(counts) < 1:
+        fail("--frames needs frame counts >= 1")
+    return counts
 
 
 @app.command()

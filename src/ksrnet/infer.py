@@ -37,21 +37,45 @@ def select_frames(frames: Sequence, count: int | None) -> list:
     return frames if count is None or count >= len(frames) else frames[len(frames) - count:]
 
 
+def temperature_key(rule: str, frames: int | None = None) -> str:
+    """Key of a calibration temperature: "product" for any frame count, "product@1" for 1 frame."""
+    return rule if frames is None else f"{rule}@{frames}"
+
+
+def _parse_temperature_key(key) -> tuple[str, int | None] | None:
+    if not isinstance(key, str):
+        return None
+    rule, _, frames = key.partition("@")
+    if rule not in FUSIONS:
+        return None
+    if not frames:
+        return rule, None
+    return (rule, int(frames)) if frames.isdigit() and int(frames) >= 1 else None
+
+
 def _checked_temperatures(temperatures: dict[str, float] | None) -> dict[str, float]:
     temperatures = dict(temperatures or {})
     bad = {k: v for k, v in temperatures.items()
-           if k not in FUSIONS or isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+           if _parse_temperature_key(k) is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
     if bad:
-        raise ValueError(f"temperatures must map fusion rules to positive numbers, got {bad}")
+        raise ValueError(f"temperatures must map fusion rules (optionally rule@frames) to positive numbers, got {bad}")
     return temperatures
+
+
+def pick_temperature(temperatures: dict[str, float], rule: str, frames: int) -> float:
+    """The temperature fitted for this rule at this frame count, else the rule's general one, else 1.
+    Fusing more frames compounds over-confidence differently (product fusion multiplies per-frame
+    probabilities), so one temperature cannot serve F=1 and F=5 alike."""
+    return float(temperatures.get(temperature_key(rule, frames), temperatures.get(rule, 1.0)))
 
 
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
                  refine_iters: int | None = None, batch_frames: int = 256,
                  temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
-        """temperatures: per fusion rule, the calibration temperature dividing the per-frame logits
-        before fusion (ksrnet.calibration; rules without one use 1). tta_views: read every frame
+        """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
+        calibration temperature dividing the per-frame logits before fusion (ksrnet.calibration;
+        rules without one use 1). tta_views: read every frame
         under these views (ksrnet.tta.VIEWS) and vote; None = the frame as it is."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
@@ -94,14 +118,17 @@ class Reader:
         return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk)
 
     def readings_from_logits(self, tracks: list, logits: list[tuple[torch.Tensor, torch.Tensor]],
-                             fusions: Iterable[str] = ("product",), topk: int = 3) -> dict[str, list[TrackReading]]:
-        """The fusion half of ``read``, for per-track logits already computed (``track_logits``)."""
+                             fusions: Iterable[str] = ("product",), topk: int = 3,
+                             frames_used: Sequence[int] | None = None) -> dict[str, list[TrackReading]]:
+        """The fusion half of ``read``, for per-track logits already computed (``track_logits``).
+        frames_used: frames behind each track's logits when that is not their row count (a
+        restoration model reads all its frames as one image); it picks the temperature."""
         fusions = list(fusions)
         results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
-        for track, (char_logits, layout_logits) in zip(tracks, logits):
-            n = char_logits.shape[0]
+        counts = list(frames_used) if frames_used is not None else [c.shape[0] for c, _ in logits]
+        for track, (char_logits, layout_logits), n in zip(tracks, logits, counts):
             for rule in fusions:
-                t = float(self.temperatures.get(rule, 1.0))
+                t = pick_temperature(self.temperatures, rule, n)
                 r = fuse(rule, char_logits / t, layout_logits / t, self.masks, topk)
                 results[rule].append(TrackReading(
                     track_id=track.track_id,

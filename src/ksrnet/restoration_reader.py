@@ -9,7 +9,6 @@ every late-fusion rule gives the same reading.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ksrnet.infer import Reader, _checked_temperatures, select_frames
+from ksrnet.models.baselines import FUSIONS
 from ksrnet.plates import layout_masks
 from ksrnet.preprocess import track_to_tensor
 
@@ -33,6 +33,11 @@ def pad_tracks(tracks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         out[i, :t.shape[0]] = t
         mask[i, :t.shape[0]] = True
     return out, mask
+
+
+def frames_used(tracks: list, frame_count: int | None) -> list[int]:
+    """Frames each track contributes (not the one restored image the recognizer sees)."""
+    return [len(select_frames(t.lr, frame_count)) for t in tracks]
 
 
 class RestorationReader(Reader):
@@ -71,9 +76,11 @@ class RestorationReader(Reader):
         return torch.cat(srs), torch.cat(chars), torch.cat(layouts)
 
     def read(self, tracks: list, fusions=("product",), frame_count: int | None = None, topk: int = 3):
-        results = super().read(tracks, fusions, frame_count, topk)
-        used = [len(select_frames(t.lr, frame_count)) for t in tracks]  # not the one restored image
-        return {rule: [replace(r, frames_used=n) for r, n in zip(rs, used)] for rule, rs in results.items()}
+        for f in fusions:
+            if f not in FUSIONS:
+                raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
+        return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk,
+                                         frames_used=frames_used(tracks, frame_count))
 
     def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[Tensor, Tensor]]:
         if not tracks:
