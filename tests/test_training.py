@@ -371,9 +371,22 @@ def test_bench_reports_every_batch_size_and_component(trained_run):
     assert [r["batch_tracks"] for r in rows] == [1, 3]
     for r in rows:
         assert r["tracks_per_s"] > 0 and r["ms_per_track"] == pytest.approx(1000 / r["tracks_per_s"])
-        assert all(r[k] > 0 for k in ("preprocess_ms", "encoder_ms", "decoder_ms", "fusion_ms"))
+        assert all(r[k] > 0 for k in ("preprocess_ms", "network_ms", "encoder_ms", "decoder_ms", "fusion_ms"))
     assert_ok(invoke("bench", "--model", trained_run, "--batches", "2", "--repeats", 1))
     assert_refused(invoke("bench", "--model", trained_run, "--batches", "0"), "--batches")
+    assert_refused(invoke("bench", "--model", trained_run, "--backend", "tf"), "--backend")
+
+
+def test_bench_with_onnxruntime(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "model.onnx"
+    assert_ok(invoke("export", "--onnx", onnx, "--model", trained_run, "--check-tracks", 1))
+    result = invoke("bench", "--model", onnx, "--backend", "onnx", "--batches", "2", "--repeats", 1, "--json")
+    assert_ok(result)
+    data = json.loads(result.stdout)
+    row = data["rows"][0]
+    assert data["backend"] == "onnx" and row["network_ms"] > 0 and row["tracks_per_s"] > 0
+    assert row["encoder_ms"] is None and row["decoder_ms"] is None  # one opaque graph
 
 
 def test_eval_with_the_run_dir(trained_run, synth_tracks):

@@ -1,8 +1,9 @@
 """Inference speed of a recognizer, end to end and per component, for `ksrnet bench`.
 
-Components of reading one batch of tracks: preprocessing (resize + normalise every frame),
-encoder, decoder (NAR + the configured refinement, or AR), and fusion + syntax-constrained
-decoding per track. Each figure is the best of `repeats` passes after a warm-up pass.
+Components of reading one batch of tracks: preprocessing (resize + normalise every frame), the
+network (encoder, then decoder: NAR + the configured refinement, or AR; timed apart for a PyTorch
+model, together for an ONNX graph, which is one call), and fusion + syntax-constrained decoding per
+track. Each figure is the best of `repeats` passes after a warm-up pass.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ class BenchRow:
     ms_per_track: float  # end-to-end wall time per track at this batch size
     ms_per_batch: float  # latency of one batch
     preprocess_ms: float  # per batch, each component
-    encoder_ms: float
-    decoder_ms: float
+    network_ms: float  # encoder + decoder in one call
+    encoder_ms: float | None  # None where the network is one opaque graph (ONNX)
+    decoder_ms: float | None
     fusion_ms: float
 
     def as_dict(self) -> dict:
@@ -50,8 +52,12 @@ def bench_batch(reader: Reader, tracks: list, fusion: str, frame_count: int | No
     chosen = [select_frames(t.lr, frame_count) for t in tracks]
     flat = [f for frames in chosen for f in frames]
     pre, images = _timed(lambda: frames_to_tensor(flat, reader.height, reader.width).to(device), repeats)
-    enc, memory = _timed(lambda: model.encode(images), repeats)
-    dec, _ = _timed(lambda: model.decode_memory(memory, mode=reader.mode, refine_iters=reader.refine_iters), repeats)
+    net, _ = _timed(lambda: model(images, mode=reader.mode, refine_iters=reader.refine_iters), repeats)
+    enc = dec = None
+    if hasattr(model, "encode"):  # a PyTorch Parseq; an ONNX session has no separate halves
+        enc, memory = _timed(lambda: model.encode(images), repeats)
+        dec, _ = _timed(lambda: model.decode_memory(memory, mode=reader.mode, refine_iters=reader.refine_iters),
+                        repeats)
     char_logits, layout_logits = reader.frame_outputs(flat)
 
     def fuse_all():
@@ -64,7 +70,8 @@ def bench_batch(reader: Reader, tracks: list, fusion: str, frame_count: int | No
     fus, _ = _timed(fuse_all, repeats)
     n = len(tracks)
     return BenchRow(batch_tracks=n, tracks_per_s=n / total, ms_per_track=1000 * total / n, ms_per_batch=1000 * total,
-                    preprocess_ms=1000 * pre, encoder_ms=1000 * enc, decoder_ms=1000 * dec, fusion_ms=1000 * fus)
+                    preprocess_ms=1000 * pre, network_ms=1000 * net, encoder_ms=None if enc is None else 1000 * enc,
+                    decoder_ms=None if dec is None else 1000 * dec, fusion_ms=1000 * fus)
 
 
 def bench(reader: Reader, tracks: list, batch_sizes: list[int], fusion: str = "product",

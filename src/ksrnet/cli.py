@@ -684,10 +684,12 @@ def bench_cmd(
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed passes per figure (the best is kept)."),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnx with --model FILE.onnx (onnxruntime)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """Inference speed: tracks/s and latency per track at each batch size, and the time of each
-    component (preprocess, encoder, decoder, fusion) per batch, on fixed synthetic hard tracks."""
+    component (preprocess, network = encoder + decoder, fusion) per batch, on fixed synthetic hard
+    tracks. A PyTorch model also gets encoder and decoder timed apart."""
     import torch
 
     from ksrnet.bench import bench
@@ -700,7 +702,11 @@ def bench_cmd(
     if not sizes or min(sizes) < 1:
         fail("--batches needs sizes >= 1")
     _check_choices([fusion], mode)
-    reader, _ = _make_reader(model, device, mode)
+    if backend not in ("torch", "onnx"):
+        fail(f"--backend must be torch or onnx, got {backend!r}")
+    if _restoration_model(model)[0] is not None:
+        fail("bench times per-frame recognizers; for KSR-Net see benchmarks/ksrnet_cost.py or eval --ablation")
+    reader, _ = (_make_onnx_reader if backend == "onnx" else _make_reader)(model, device, mode)
     tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
     previous = torch.get_num_threads()
     used = threads or previous
@@ -710,15 +716,16 @@ def bench_cmd(
     finally:
         torch.set_num_threads(previous)  # the caller's setting, e.g. when run inside a test session
     if as_json:
-        print(json.dumps({"threads": used, "device": device, "fusion": fusion,
+        print(json.dumps({"threads": used, "device": device, "fusion": fusion, "backend": backend,
                           "rows": [r.as_dict() for r in rows]}, indent=2))
         return
-    table = Table(title=f"{fusion} fusion, {used} threads on {device}; per-batch ms by component")
-    for col in ("batch", "tracks/s", "ms/track", "ms/batch", "preprocess", "encoder", "decoder", "fusion"):
+    table = Table(title=f"{fusion} fusion, {backend}, {used} threads on {device}; per-batch ms by component")
+    for col in ("batch", "tracks/s", "ms/track", "ms/batch", "preprocess", "network", "encoder", "decoder", "fusion"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r.batch_tracks), f"{r.tracks_per_s:.1f}", f"{r.ms_per_track:.2f}", f"{r.ms_per_batch:.1f}",
-                      f"{r.preprocess_ms:.1f}", f"{r.encoder_ms:.1f}", f"{r.decoder_ms:.1f}", f"{r.fusion_ms:.1f}")
+                      f"{r.preprocess_ms:.1f}", f"{r.network_ms:.1f}",
+                      *("-" if v is None else f"{v:.1f}" for v in (r.encoder_ms, r.decoder_ms)), f"{r.fusion_ms:.1f}")
     console.print(table)
 
 
