@@ -408,3 +408,67 @@ def test_cli_train_ksrnet_runs_stages_and_rejects_bad_ones(tmp_path, recognizer_
     assert (tmp_path / "run" / "ksrnet.safetensors").is_file()
     result = runner.invoke(app, ["train-ksrnet", str(config), "--stages", "1,4"])
     assert result.exit_code == 2 and "--stages takes" in " ".join(result.output.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Real (LRLPR-26-style) tracks: HR rectified by corners, or the semantic loss alone
+
+
+def _with_hr_corners(synth_track, keep_hr: slice):
+    """The synthetic track as a folder track whose HR views carry corners (the HR view is the frame
+    rendered 4x finer: x_hr = 4 (x_lr + 0.5) - 0.5), keeping only the HR frames ``keep_hr``."""
+    from ksrnet.synth.dataset import to_track
+
+    track = to_track(synth_track)
+    for lr_name, hr_name in zip(track.lr_names, track.hr_names):
+        track.corners[hr_name] = (track.corners[lr_name] + 0.5) * 4 - 0.5
+    track.hr, track.hr_names = track.hr[keep_hr], track.hr_names[keep_hr]
+    return track
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_folder_target_from_corners_matches_the_synthetic_ground_truth(index):
+    from ksrnet.ksr_targets import folder_track_sample
+
+    synth = generate_track(5, index, preset="easy")
+    truth = track_sample(synth, LR, 4)
+    # Another frame's HR capture than the reference's: only the corner homography relates them.
+    real = folder_track_sample(_with_hr_corners(synth, slice(4, 5)), LR, 4)
+    assert real["sr_target"].shape == truth["sr_target"].shape and real["sr_mask"].shape == truth["sr_mask"].shape
+    both = (truth["sr_mask"] * real["sr_mask"]) > 0
+    assert both.sum() > 0.9 * truth["sr_mask"].sum()  # the plate quadrilateral covers the plate
+    diff = (truth["sr_target"] - real["sr_target"]).abs().mean(0, keepdim=True)[both]
+    assert float(diff.mean()) < 0.06  # on [-1, 1]: the rectified HR is the plate the synthetic GT shows
+    assert torch.equal(real["frames"], truth["frames"]) and torch.equal(real["text"], truth["text"])
+    assert real["flow_valid"].sum() == 0 and real["flows"].abs().sum() == 0  # no flow ground truth
+
+
+def test_folder_track_without_corners_trains_on_text_only_and_pads_frames():
+    from ksrnet.ksr_targets import folder_track_sample
+
+    track = _with_hr_corners(generate_track(5, 2, preset="easy", num_frames=3), slice(0, 3))
+    track.corners = {}
+    s = folder_track_sample(track, LR, 4, num_frames=5)
+    assert s["frames"].shape == (5, 3, *LR) and s["frame_mask"].all() and int(s["reference"]) == 2
+    assert torch.equal(s["frames"][3], s["frames"][2]) and torch.equal(s["frames"][4], s["frames"][2])
+    assert s["sr_mask"].sum() == 0 and s["sr_target"].abs().sum() == 0
+    track.text = None
+    with pytest.raises(ValueError, match="text"):
+        folder_track_sample(track, LR, 4)
+
+
+def test_stages_train_on_a_folder_alone(tmp_path, recognizer_path):
+    from typer.testing import CliRunner
+
+    from ksrnet.cli import app
+
+    folder = tmp_path / "tracks"
+    result = CliRunner().invoke(app, ["synth", str(folder), "--tracks", "2", "--seed", "4"])
+    assert result.exit_code == 0, result.stdout
+    cfg = micro(recognizer_path, data={"tracks_per_epoch": 0, "lrlpr_root": str(folder), "num_frames": 5})
+    run = tmp_path / "run"
+    for stage in ("1b", "3"):
+        out = train_ksrnet(cfg, run, stage, progress=False)
+        assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["global_step"] == 2
+    with pytest.raises(ConfigError, match="no training data"):
+        micro(recognizer_path, data={"tracks_per_epoch": 0})

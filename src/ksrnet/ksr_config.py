@@ -38,9 +38,12 @@ def stage_key(stage: str) -> str:
 @dataclass(frozen=True)
 class KSRDataConfig:
     """On-the-fly synthetic tracks (``ksrnet.synth.dataset.generate_track``); each stage draws its
-    own stream (seed offset by the stage) and every epoch new tracks."""
+    own stream (seed offset by the stage) and every epoch new tracks. ``lrlpr_root``: labelled
+    LRLPR-26 tracks mixed in (or alone, with ``tracks_per_epoch: 0``); see
+    ``ksr_targets.folder_track_sample`` for what each stage learns from them."""
 
     tracks_per_epoch: int = 4000
+    lrlpr_root: str | None = None
     preset: str = "mix"
     codec: str | None = None  # force a codec ("none", "jpeg", ...); None = the preset's mix
     num_frames: int = 5
@@ -56,8 +59,10 @@ class KSRDataConfig:
     def __post_init__(self):
         if self.preset not in PRESETS or self.val_preset not in PRESETS:
             raise ValueError(f"presets must be one of {PRESETS}")
-        if self.tracks_per_epoch < 1 or self.val_tracks < 0:
-            raise ValueError("tracks_per_epoch must be >= 1 and val_tracks >= 0")
+        if self.tracks_per_epoch < 0 or self.val_tracks < 0:
+            raise ValueError("tracks_per_epoch and val_tracks must be >= 0")
+        if self.tracks_per_epoch == 0 and not self.lrlpr_root:
+            raise ValueError("no training data: set tracks_per_epoch > 0 or lrlpr_root")
         if self.num_workers < 0 or not 1 <= self.num_frames <= 16:
             raise ValueError("num_workers must be >= 0 and num_frames in 1..16")
         if self.target_supersample < 1:

@@ -95,3 +95,81 @@ def track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str 
         "text": torch.tensor(_TOKENIZER.encode(track.text), dtype=torch.long),
         "layout": torch.tensor(LAYOUTS.index(track.layout), dtype=torch.long),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Real tracks (LRLPR-26 folders): no flow ground truth, HR from a separate capture
+
+
+def hr_target_from_corners(hr: np.ndarray, hr_corners: np.ndarray, lr_corners: np.ndarray,
+                           lr_native: tuple[int, int], lr_size: tuple[int, int], upscale: int,
+                           supersample: int = 2) -> tuple[Tensor, Tensor]:
+    """The HR capture rectified onto the SR grid of the (resized) reference LR frame.
+
+    LR and HR are separate captures, so no pixel of one lies on the other; the four annotated plate
+    corners of each give the plate-plane homography LR -> HR, which is composed with the resize to
+    ``lr_size`` and moved to the ``upscale`` x grid like the synthetic target. Returns ``(target
+    (3, sH, sW) in [-1, 1], mask (1, sH, sW))``, the mask 1 inside the plate quadrilateral (the HR
+    crop's surroundings are another moment's background, not a target)."""
+    import cv2
+
+    lr_to_hr = cv2.getPerspectiveTransform(np.asarray(lr_corners, np.float32), np.asarray(hr_corners, np.float32))
+    h_lr = torch.from_numpy(lr_to_hr.astype(np.float64)) @ lr_resize_matrix(lr_native, lr_size)
+    h_sr = sr_homography_from_lr(h_lr, upscale)
+    k = supersample
+    h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
+    plate = np.zeros(hr.shape[:2], np.uint8)
+    cv2.fillConvexPoly(plate, np.round(np.asarray(hr_corners) * 16).astype(np.int32), 255, lineType=cv2.LINE_AA,
+                       shift=4)
+    image = frame_to_unit_tensor(hr)[None].double()
+    inside_plate = torch.from_numpy(plate).double()[None, None] / 255.0
+    out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
+    target, inside = warp_to_reference_grid(image, h_fine, out)
+    on_plate, _ = warp_to_reference_grid(inside_plate, h_fine, out, padding_mode="zeros")
+    covered = inside * on_plate
+    if k > 1:
+        target, covered = F.avg_pool2d(target, k), F.avg_pool2d(covered, k)
+    mask = (covered > 1.0 - 1e-3).to(torch.float32)
+    return target[0].float().clamp(-1.0, 1.0), mask[0]
+
+
+def folder_track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str = "middle",
+                        num_frames: int = 5, supersample: int = 2) -> dict[str, Tensor]:
+    """One labelled real track (``tracks.Track``) as the tensors of :func:`track_sample`.
+
+    The last ``num_frames`` LR frames are used (the last one repeated when a track has fewer, so
+    every track of a batch shares the reference slot). No flow ground truth exists: ``flows`` are 0
+    and ``flow_valid`` is 0 everywhere, so stage 1 learns nothing from these tracks while the
+    photometric stage 1b does. The SR target is the first HR frame with annotated corners rectified
+    by :func:`hr_target_from_corners` when the reference LR frame has corners too; otherwise the
+    target mask is empty and only the semantic loss (the plate text) trains on the track."""
+    if track.text is None or track.layout is None:
+        raise ValueError(f"{track.track_id}: a training track needs its plate text and layout")
+    pairs = list(zip(track.lr, track.lr_names or [None] * len(track.lr)))[-num_frames:]
+    if not pairs:
+        raise ValueError(f"{track.track_id}: no LR frames")
+    pairs += [pairs[-1]] * (num_frames - len(pairs))
+    ref = batch_reference_index(ref_policy, num_frames)
+    frames = track_to_tensor([f for f, _ in pairs], lr_size)
+    sr_h, sr_w = lr_size[0] * upscale, lr_size[1] * upscale
+    target, mask = torch.zeros(3, sr_h, sr_w), torch.zeros(1, sr_h, sr_w)
+    ref_frame, ref_name = pairs[ref]
+    lr_corners = track.corners.get(ref_name) if ref_name else None
+    if lr_corners is not None:
+        for hr, name in zip(track.hr, track.hr_names):
+            if name in track.corners:
+                target, mask = hr_target_from_corners(hr, track.corners[name], lr_corners, ref_frame.shape[:2],
+                                                      lr_size, upscale, supersample)
+                break
+    h, w = lr_size
+    return {
+        "frames": frames,
+        "frame_mask": torch.ones(num_frames, dtype=torch.bool),
+        "reference": torch.tensor(ref, dtype=torch.long),
+        "flows": torch.zeros(num_frames, 2, h, w),
+        "flow_valid": torch.zeros(num_frames, 1, h, w),
+        "sr_target": target,
+        "sr_mask": mask,
+        "text": torch.tensor(_TOKENIZER.encode(track.text), dtype=torch.long),
+        "layout": torch.tensor(LAYOUTS.index(track.layout), dtype=torch.long),
+    }

@@ -38,7 +38,11 @@ order), else ``init_weights``, else random; then the recognizer is loaded from
 Data: :class:`KSRTrackDataset` turns ``synth.dataset.generate_track`` into tensors at the model's
 ``lr_size``: frames, exact ground-truth flows ref -> t (from the camera homographies, composed with
 the resize), their validity, the SR target (the canonical HR plate warped onto the reference frame's
-x``upscale`` grid), its plate mask, the text and the layout.
+x``upscale`` grid), its plate mask, the text and the layout. ``data.lrlpr_root`` mixes in labelled
+real tracks (:class:`KSRFolderDataset`): no flow ground truth (stage 1 learns nothing from them,
+1b does), the HR capture rectified onto the reference grid by the annotated corners where both the
+reference LR frame and an HR frame have them, otherwise an empty target mask, so that only the
+semantic loss (stage 3 of ``final``) trains on the track.
 """
 
 from __future__ import annotations
@@ -58,14 +62,14 @@ from ksrnet.weights import KSRNET_WEIGHTS_NAME, atomic_write, load_ksrnet_state,
 from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, semantic_loss
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
                                 smoothness_loss, valid_mask)
-from ksrnet.ksr_targets import track_sample
+from ksrnet.ksr_targets import folder_track_sample, track_sample
 from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
 from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_probs
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError
 from ksrnet.training import WallClockLR, _EpochSetter, _precision
-from ksrnet.track_dataset import my_indices
+from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -117,6 +121,30 @@ class KSRTrackDataset(IterableDataset):
             track = synth.generate_track(self.seed, i, preset=self.preset, num_frames=self.num_frames,
                                          codec=self.codec, camera=self.camera, epoch=epoch)
             yield track_sample(track, self.lr_size, self.upscale, self.ref_policy, self.supersample)
+
+
+class KSRFolderDataset(IterableDataset):
+    """The labelled tracks of an LRLPR-26 folder as :func:`ksr_targets.folder_track_sample` dicts,
+    reshuffled every epoch, sharded like :class:`KSRTrackDataset`; unreadable tracks are skipped."""
+
+    def __init__(self, root: str | Path, *, lr_size: tuple[int, int], upscale: int = 4, ref_policy: str = "middle",
+                 num_frames: int = 5, supersample: int = 2, seed: int = 0) -> None:
+        self.tracks = FolderTrackDataset(root, seed=seed, require_labels=True)
+        self.lr_size, self.upscale, self.ref_policy = tuple(lr_size), upscale, ref_policy
+        self.num_frames, self.supersample = num_frames, supersample
+
+    def set_epoch(self, epoch: int) -> None:
+        self.tracks.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __iter__(self):
+        for track in self.tracks:
+            if track.layout is None:
+                continue  # labelled text without a layout cannot be scored per slot
+            yield folder_track_sample(track, self.lr_size, self.upscale, self.ref_policy, self.num_frames,
+                                      self.supersample)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,8 +418,13 @@ def build_stage_data(config: KSRTrainConfig, model_config: KSRNetConfig, stage: 
     common = dict(lr_size=model_config.lr_size, upscale=model_config.upscale, ref_policy=model_config.ref_index,
                   num_frames=d.num_frames, supersample=d.target_supersample)
     # Each stage draws its own stream of tracks.
-    train = KSRTrackDataset(d.tracks_per_epoch, seed=d.seed + 7919 * STAGES.index(stage), preset=d.preset,
-                            codec=d.codec, **common)
+    sources = []
+    if d.tracks_per_epoch:
+        sources.append(KSRTrackDataset(d.tracks_per_epoch, seed=d.seed + 7919 * STAGES.index(stage),
+                                       preset=d.preset, codec=d.codec, **common))
+    if d.lrlpr_root:
+        sources.append(KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common))
+    train = sources[0] if len(sources) == 1 else Interleave(sources)
     val = (KSRTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True, **common)
            if d.val_tracks else None)
     return train, val
