@@ -472,3 +472,13 @@ def test_stages_train_on_a_folder_alone(tmp_path, recognizer_path):
         assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["global_step"] == 2
     with pytest.raises(ConfigError, match="no training data"):
         micro(recognizer_path, data={"tracks_per_epoch": 0})
+
+
+def test_v2_can_start_from_final_weights_but_v1_cannot(tmp_path, recognizer_path):
+    first = train_ksrnet(micro(recognizer_path), tmp_path / "final", "2", progress=False)
+    v2 = micro(recognizer_path, model={"variant": "v2"}, init_weights=str(first.parent))
+    out = train_ksrnet(v2, tmp_path / "v2", "3", progress=False)
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["variant"] == "v2"
+    v1 = micro(recognizer_path, model={"variant": "v1"}, init_weights=str(first.parent))
+    with pytest.raises(ValueError, match="another KSR-Net config"):
+        train_ksrnet(v1, tmp_path / "v1", "3", progress=False)

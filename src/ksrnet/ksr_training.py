@@ -400,8 +400,12 @@ def _init_source(config: KSRTrainConfig, run_dir: Path, stage: str) -> Path | No
 
 def _load_init(module: KSRStageModule, source: Path, skip_recognizer: bool) -> None:
     state, meta = load_ksrnet_state(source)
-    saved = KSRNetConfig.from_dict(meta["config"]).to_dict()
-    mine = module.model_config.to_dict()
+    saved_config = KSRNetConfig.from_dict(meta["config"])
+    saved, mine = saved_config.to_dict(), module.model_config.to_dict()
+    if saved_config.uses_ham == module.model_config.uses_ham:
+        # The variant only picks stage 3's losses between v2 and final (same parts): either one's
+        # earlier stages are a valid start, which is how the ablation compares their losses alone.
+        saved.pop("variant"), mine.pop("variant")
     if skip_recognizer:
         saved.pop("recognizer"), mine.pop("recognizer")
         state = {k: v for k, v in state.items() if not k.startswith("recognizer.")}
