@@ -1,8 +1,9 @@
 """Cost of the KSR-Net variants and baselines: parameters per part, FLOPs per 5-frame track,
 CPU latency and throughput, and the peak memory of one training step of the tiny config.
 
-Usage: python benchmarks/ksrnet_cost.py [--preset tiny] [--threads 2] [--device cpu]
-Untrained weights: cost does not depend on them.
+Usage: python benchmarks/ksrnet_cost.py [--preset tiny] [--threads 2] [--device cpu] [--recognizer parseq-tiny]
+Untrained weights: cost does not depend on them. The recognizer inside every model has the
+architecture of --recognizer (the shipped model by default, as `train-ksrnet` puts it there).
 """
 
 from __future__ import annotations
@@ -55,17 +56,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--recognizer", default="parseq-tiny",
+                    help="recognizer weights whose architecture the models use ('preset': the preset's own)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print("| model | parameters | GFLOPs per track | tracks/s batch 1 | tracks/s batch "
           f"{args.batch} |\n| --- | --- | --- | --- | --- |")
+    overrides = {}
+    if args.recognizer != "preset":
+        from ksrnet.weights import load_model
+
+        overrides["recognizer"] = load_model(args.recognizer)[0].config
     models = {}
     for variant in ("v1", "v2", "final"):
-        cfg = KSRNetConfig.preset(args.preset, variant=variant)
+        cfg = KSRNetConfig.preset(args.preset, variant=variant, **overrides)
         models[f"KSR-Net {variant}"] = (KSRNet(cfg), cfg.lr_size)
-    cfg = KSRNetConfig.preset(args.preset)
-    models["MF-LPR2-style"] = (MFLPR2Baseline(MFLPR2Config()), cfg.lr_size)
+    cfg = KSRNetConfig.preset(args.preset, **overrides)
+    models["MF-LPR2-style"] = (MFLPR2Baseline(MFLPR2Config(recognizer=cfg.recognizer)), cfg.lr_size)
     recognizer = Parseq(cfg.recognizer)
     for name, (model, size) in models.items():
         model = model.eval().to(args.device)
@@ -75,7 +83,8 @@ def main() -> None:
         print(f"| {name} | {params:,} | {flops_per_track(model, one) / 1e9:.2f} | "
               f"{tracks_per_second(model, one):.1f} | {tracks_per_second(model, many):.1f} |", flush=True)
     # Late fusion reads each of the 5 frames with the recognizer alone.
-    frames = (torch.rand(5 * args.batch, 3, 32, 128) * 2 - 1).to(args.device)
+    rc = cfg.recognizer
+    frames = (torch.rand(5 * args.batch, 3, rc.img_h, rc.img_w) * 2 - 1).to(args.device)
     recognizer = recognizer.eval().to(args.device)
     with FlopCounterMode(display=False) as counter:
         recognizer(frames[:5])
@@ -87,7 +96,7 @@ def main() -> None:
             print(f"  KSR-Net final / {name}: {size:,} parameters")
     if args.device == "cpu":
         print(f"training step peak memory, {args.preset} final, batch 8 tracks: "
-              f"+{training_step_peak_mb(KSRNetConfig.preset(args.preset), 8):.0f} MiB resident")
+              f"+{training_step_peak_mb(KSRNetConfig.preset(args.preset, **overrides), 8):.0f} MiB resident")
 
 
 if __name__ == "__main__":
