@@ -32,10 +32,13 @@ Conventions (the same everywhere in this module):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
+
+from ksrnet.synth.rand import uniform
 
 Range = tuple[float, float]
 
@@ -141,13 +144,16 @@ def homography_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Exact 4-point homography in float64 (cv2.getPerspectiveTransform takes float32 points)."""
     src = np.asarray(src, dtype=np.float64).reshape(4, 2)
     dst = np.asarray(dst, dtype=np.float64).reshape(4, 2)
-    a = np.zeros((8, 8))
-    b = np.zeros(8)
-    for i, ((x, y), (u, v)) in enumerate(zip(src, dst)):
-        a[2 * i] = (x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y)
-        a[2 * i + 1] = (0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y)
-        b[2 * i], b[2 * i + 1] = u, v
-    return np.append(np.linalg.solve(a, b), 1.0).reshape(3, 3)
+    # Rows 2i and 2i + 1 are (x, y, 1, 0, 0, 0, -u x, -u y) and (0, 0, 0, x, y, 1, -v x, -v y),
+    # filled for all four points at once.
+    a = np.zeros((4, 2, 8))
+    a[:, 0, 0:2] = a[:, 1, 3:5] = src
+    a[:, 0, 2] = a[:, 1, 5] = 1.0
+    a[:, :, 6:8] = -dst[:, :, None] * src[:, None, :]
+    h = np.empty(9)
+    h[:8] = np.linalg.solve(a.reshape(8, 8), dst.reshape(8))
+    h[8] = 1.0
+    return h.reshape(3, 3)
 
 
 def apply_homography(h: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -210,7 +216,7 @@ def _view_matrices(
 
 
 def _uniform(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
+    return float(uniform(rng, r[0], r[1])) if r[1] > r[0] else float(r[0])
 
 
 def sample_trajectory(
@@ -393,7 +399,7 @@ def _supersample_matrix(s: int) -> np.ndarray:
 
 def supersampled_homographies(traj: Trajectory, supersample: int) -> np.ndarray:
     """Scene -> fine-grid homographies, the fine grid being ``supersample`` x each LR frame."""
-    return np.stack([_supersample_matrix(supersample) @ h for h in traj.homographies])
+    return _supersample_matrix(supersample) @ traj.homographies
 
 
 def render_frames(
@@ -438,10 +444,12 @@ def render_frames(
     k = int(round(1.0 / ratio)) if ratio < 0.67 else 1
 
     pad = 4.0 * k
-    x0 = int(np.clip(np.floor(seen[:, 0].min() - pad), 0, scene_w - 1))
-    y0 = int(np.clip(np.floor(seen[:, 1].min() - pad), 0, scene_h - 1))
-    x1 = int(np.clip(np.ceil(seen[:, 0].max() + pad) + 1, x0 + 1, scene_w))
-    y1 = int(np.clip(np.ceil(seen[:, 1].max() + pad) + 1, y0 + 1, scene_h))
+    # Plain ints (np.clip on scalars costs more than the rest of this arithmetic).
+    (sx0, sy0), (sx1, sy1) = seen.min(axis=0).tolist(), seen.max(axis=0).tolist()
+    x0 = min(max(math.floor(sx0 - pad), 0), scene_w - 1)
+    y0 = min(max(math.floor(sy0 - pad), 0), scene_h - 1)
+    x1 = min(max(math.ceil(sx1 + pad) + 1, x0 + 1), scene_w)
+    y1 = min(max(math.ceil(sy1 + pad) + 1, y0 + 1), scene_h)
     if k > 1 and min(x1 - x0, y1 - y0) >= 2 * k:
         # Whole k x k blocks only: integer box reduction is exact and fast in OpenCV.
         x1 = x0 + (x1 - x0) // k * k
@@ -459,11 +467,12 @@ def render_frames(
             [[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]]
         )
 
+    warps = fine @ to_region  # region pixels -> fine pixels, per frame
     frames = []
     for t in range(n):
         w, h = traj.sizes[t]
         img = cv2.warpPerspective(
-            region, fine[t] @ to_region, (w * supersample, h * supersample),
+            region, warps[t], (w * supersample, h * supersample),
             flags=cv2.INTER_LINEAR, borderMode=border_mode,
         )
         if downsample and supersample > 1:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ksrnet.synth.camera import Trajectory, render_frames
+from ksrnet.synth.rand import choice, choice_cdf, uniform
 
 Range = tuple[float, float]
 
@@ -462,6 +463,28 @@ class _H264Session:
         dec.thread_count = 1  # frame threading would delay output by a frame
         dec.open()
         self.enc, self.dec, self.pts = enc, dec, 0
+        self.width, self.height = width, height
+        # One input frame, refilled for every picture: VideoFrame.from_ndarray costs 3x as much as
+        # copying into existing planes, and x264 copies each picture in before encode() returns.
+        # Only when the planes have no row padding (true of the usual 64 x 32 canvas).
+        frame = av.VideoFrame(width, height, "yuv420p")
+        self._frame = frame if self._unpadded(frame) else None
+
+    def _unpadded(self, frame) -> bool:
+        w, h = self.width, self.height
+        planes = [(p.line_size, p.buffer_size) for p in frame.planes]
+        return planes == [(w, w * h), (w // 2, w * h // 4), (w // 2, w * h // 4)]
+
+    def _to_frame(self, yuv: np.ndarray):
+        """An encoder input frame holding the I420 picture `yuv` ((3 h / 2, w) uint8)."""
+        if self._frame is None:
+            return self._av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        h = self.height
+        planes = self._frame.planes
+        planes[0].update(yuv[:h])
+        planes[1].update(yuv[h:h + h // 4])
+        planes[2].update(yuv[h + h // 4:])
+        return self._frame
 
     def roundtrip(self, frames: list[np.ndarray]) -> list[np.ndarray] | None:
         av = self._av
@@ -469,11 +492,11 @@ class _H264Session:
         for i, f in enumerate(frames):
             # Colour conversion with OpenCV: PyAV's own reformat builds a new swscale context for
             # every frame, which cost ~13x the whole encode-decode at these sizes.
-            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+            vf = self._to_frame(cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420))
             vf.pts = self.pts
             self.pts += 1
-            if i == 0:
-                vf.pict_type = av.video.frame.PictureType.I
+            # Set on every frame: a reused frame must not keep the first frame's forced I type.
+            vf.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
             for packet in self.enc.encode(vf):
                 out.extend(cv2.cvtColor(d.to_ndarray(), cv2.COLOR_YUV2RGB_I420) for d in self.dec.decode(packet))
         return out if len(out) == len(frames) else None
@@ -695,13 +718,13 @@ PRESETS: dict[str, DegradationRanges] = {
 
 
 def _u(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
+    return float(uniform(rng, r[0], r[1])) if r[1] > r[0] else float(r[0])
 
 
 def _log_u(rng: np.random.Generator, r: Range) -> float:
     if r[0] <= 0 or r[1] <= r[0]:
         return float(r[0])
-    return float(math.exp(rng.uniform(math.log(r[0]), math.log(r[1]))))
+    return float(math.exp(uniform(rng, math.log(r[0]), math.log(r[1]))))
 
 
 def _ar1(rng: np.random.Generator, n: int, std: float, rho: float = 0.7) -> np.ndarray:
@@ -720,7 +743,13 @@ def _motion_angle(rng: np.random.Generator) -> float:
         return float(rng.normal(0.0, 8.0))
     if u < 0.9:
         return float(rng.choice((-45.0, 45.0)) + rng.normal(0.0, 8.0))
-    return float(rng.uniform(-90.0, 90.0))
+    return float(uniform(rng, -90.0, 90.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _codec_cdf(codec_weights: tuple[tuple[str, float], ...]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    weights = np.array([w for _, w in codec_weights], dtype=np.float64)
+    return tuple(c for c, _ in codec_weights), choice_cdf(weights / weights.sum())
 
 
 def sample_degradation(
@@ -778,9 +807,8 @@ def sample_degradation(
         noise_a, noise_b = noise_a * boost, noise_b * boost
 
     if codec is None:
-        names = [c for c, _ in r.codec_weights]
-        weights = np.array([w for _, w in r.codec_weights], dtype=np.float64)
-        codec = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        names, cdf = _codec_cdf(r.codec_weights)
+        codec = names[choice(rng, cdf)]
     elif codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
     quality_range = r.resave_quality if codec == "h264+jpeg" else r.jpeg_quality
@@ -899,10 +927,11 @@ def compress_track(
     and drift a little between frames as the crop follows the plate."""
     if params.codec == "none":
         return frames
-    base = rng.integers(0, 16, size=2)
-    offsets = [
-        tuple(int(v) for v in np.clip(base + rng.integers(-2, 3, size=2), 0, 15)) for _ in frames
-    ]
+    bx, by = rng.integers(0, 16, size=2).tolist()
+    offsets = []
+    for _ in frames:
+        dx, dy = rng.integers(-2, 3, size=2).tolist()
+        offsets.append((min(max(bx + dx, 0), 15), min(max(by + dy, 0), 15)))
     if params.codec == "jpeg":
         return [jpeg_roundtrip(f, params.jpeg_quality, o) for f, o in zip(frames, offsets)]
     out = h264_roundtrip(frames, params.h264_qp, offsets, deblock=params.h264_deblock)

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from ksrnet.plates import DIGITS, LETTERS, NUM_SLOTS, Layout, validate_text
 from ksrnet.synth.fonts import FontFace, load_font, plate_fonts
+from ksrnet.synth.rand import choice, choice_cdf, uniform
 
 CANONICAL_SIZE: tuple[int, int] = (64, 192)  # (H, W) of the rectified HR plate
 # Both plate generations measure 400 x 130 mm; the canonical frame (3.0:1) is close enough that a
@@ -78,6 +79,12 @@ SCHEME_PRIORS: dict[Layout, tuple[tuple[Scheme, float], ...]] = {
     ),
 }
 
+# (schemes, cumulative table) per layout for rand.choice, normalised as np.asarray(p) / sum(p).
+_SCHEME_CDFS = {
+    layout: (tuple(s for s, _ in priors), choice_cdf(np.asarray([p for _, p in priors]) / sum(p for _, p in priors)))
+    for layout, priors in SCHEME_PRIORS.items()
+}
+
 _RGBRange = tuple[tuple[float, float, float], tuple[float, float, float]]  # (low, high), in [0, 1]
 # Per scheme: background range, character range.
 _SCHEME_COLOURS: dict[Scheme, tuple[_RGBRange, _RGBRange]] = {
@@ -98,6 +105,7 @@ _CAR_COLOURS: tuple[tuple[tuple[float, float, float], float], ...] = (
     ((0.07, 0.07, 0.08), 0.16), ((0.62, 0.10, 0.09), 0.07), ((0.12, 0.20, 0.45), 0.05),
     ((0.55, 0.50, 0.42), 0.03), ((0.14, 0.28, 0.18), 0.02), ((0.85, 0.70, 0.15), 0.02),
 )
+_CAR_CDF = choice_cdf(np.asarray([w for _, w in _CAR_COLOURS]) / sum(w for _, w in _CAR_COLOURS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +206,8 @@ def sample_style(
     """Draw a random plate appearance for `layout` (fonts default to `plate_fonts()`)."""
     layout = Layout.parse(layout)
     mercosur = layout is Layout.MERCOSUR
-    schemes, probs = zip(*SCHEME_PRIORS[layout])
-    scheme = schemes[rng.choice(len(schemes), p=np.asarray(probs) / sum(probs))]
+    schemes, cdf = _SCHEME_CDFS[layout]
+    scheme = schemes[choice(rng, cdf)]
     (bg_lo, bg_hi), (tx_lo, tx_hi) = _SCHEME_COLOURS[scheme]
     background = _colour(rng, bg_lo, bg_hi)
     text = _colour(rng, tx_lo, tx_hi)
@@ -207,31 +215,31 @@ def sample_style(
     face, weight = _pick_font(rng, layout, fonts)
 
     if mercosur:
-        band_height = float(rng.uniform(0.17, 0.23))
-        char_height = float(rng.uniform(0.44, 0.52))
+        band_height = float(uniform(rng, 0.17, 0.23))
+        char_height = float(uniform(rng, 0.44, 0.52))
         free_top = band_height + 0.04
-        text_center_y = free_top + (0.96 - free_top) / 2 + float(rng.uniform(-0.01, 0.03))
-        text_width = float(rng.uniform(0.84, 0.92))
-        glyph_fill = float(rng.uniform(0.78, 0.90))
+        text_center_y = free_top + (0.96 - free_top) / 2 + float(uniform(rng, -0.01, 0.03))
+        text_width = float(uniform(rng, 0.84, 0.92))
+        glyph_fill = float(uniform(rng, 0.78, 0.90))
         separator, separator_gap, city = "", 0.0, ""
         emboss = 0.0
-        border = float(rng.uniform(0.4, 1.0)) if rng.random() < 0.85 else 0.0
-        bolt_y = band_height / 2 + float(rng.uniform(-0.02, 0.02))
+        border = float(uniform(rng, 0.4, 1.0)) if rng.random() < 0.85 else 0.0
+        bolt_y = band_height / 2 + float(uniform(rng, -0.02, 0.02))
         n_bolts = 2 if rng.random() < 0.55 else 0
     else:
         band_height = 0.0
-        char_height = float(rng.uniform(0.48, 0.58))
-        text_center_y = float(rng.uniform(0.58, 0.64))
-        text_width = float(rng.uniform(0.84, 0.92))
-        glyph_fill = float(rng.uniform(0.72, 0.86))
+        char_height = float(uniform(rng, 0.48, 0.58))
+        text_center_y = float(uniform(rng, 0.58, 0.64))
+        text_width = float(uniform(rng, 0.84, 0.92))
+        glyph_fill = float(uniform(rng, 0.72, 0.86))
         separator = "." if rng.random() < 0.6 else "-"
-        separator_gap = float(rng.uniform(0.35, 0.6))
+        separator_gap = float(uniform(rng, 0.35, 0.6))
         city = random_city_line(rng)
-        emboss = float(rng.uniform(0.05, 0.35))
-        border = float(rng.uniform(0.25, 0.9)) if rng.random() < 0.8 else 0.0
-        bolt_y = float(rng.uniform(0.11, 0.16))
+        emboss = float(uniform(rng, 0.05, 0.35))
+        border = float(uniform(rng, 0.25, 0.9)) if rng.random() < 0.8 else 0.0
+        bolt_y = float(uniform(rng, 0.11, 0.16))
         n_bolts = 2 if rng.random() < 0.85 else 0
-    bolt_dx = float(rng.uniform(0.22, 0.34))
+    bolt_dx = float(uniform(rng, 0.22, 0.34))
     bolts = tuple((0.5 + s * bolt_dx, bolt_y) for s in (-1, 1))[:n_bolts]
     bolt_kind = rng.random()
     if bolt_kind < 0.5:
@@ -239,9 +247,9 @@ def sample_style(
     elif bolt_kind < 0.8:
         bolt = _colour(rng, (0.05, 0.05, 0.05), (0.22, 0.22, 0.22))  # dark screw or empty hole
     else:
-        bolt = tuple(float(np.clip(c * rng.uniform(0.85, 1.05), 0, 1)) for c in background)  # cap
+        bolt = tuple(min(max(c * uniform(rng, 0.85, 1.05), 0.0), 1.0) for c in background)  # cap
 
-    glare = float(rng.uniform(0.1, 0.6)) if rng.random() < 0.25 else 0.0
+    glare = float(uniform(rng, 0.1, 0.6)) if rng.random() < 0.25 else 0.0
     return PlateStyle(
         layout=layout,
         scheme=scheme,
@@ -251,36 +259,36 @@ def sample_style(
         font_path=face.path,
         font_weight=weight,
         # Measured on real crops: FE-Schrift (Mercosur) strokes are heavier than Mandatory's.
-        stroke_ratio=float(rng.uniform(0.145, 0.195) if mercosur else rng.uniform(0.125, 0.17)),
+        stroke_ratio=float(uniform(rng, 0.145, 0.195) if mercosur else uniform(rng, 0.125, 0.17)),
         char_height=char_height,
         text_width=text_width,
         text_center_y=text_center_y,
-        text_shift_x=float(rng.uniform(-0.015, 0.015)),
+        text_shift_x=float(uniform(rng, -0.015, 0.015)),
         glyph_fill=glyph_fill,
         separator=separator,
         separator_gap=separator_gap,
         city_line=city,
-        city_height=float(rng.uniform(0.08, 0.11)),
+        city_height=float(uniform(rng, 0.08, 0.11)),
         band_height=band_height,
         flag=mercosur and rng.random() < 0.95,
         emblem=mercosur and rng.random() < 0.9,
         br_mark=mercosur and rng.random() < 0.8,
         emboss=emboss,
         border=border,
-        corner_radius=float(rng.uniform(0.03, 0.09)),
+        corner_radius=float(uniform(rng, 0.03, 0.09)),
         bolts=bolts,
-        bolt_radius=float(rng.uniform(0.035, 0.055)),
+        bolt_radius=float(uniform(rng, 0.035, 0.055)),
         bolt_rgb=bolt,
-        paint_variation=float(rng.uniform(0.0, 0.08)),
-        grain=float(rng.uniform(0.0, 0.015)),
-        wear=float(rng.uniform(0.0, 0.5)) if rng.random() < 0.35 else 0.0,
-        dirt=float(rng.uniform(0.05, 0.5)) if rng.random() < 0.4 else 0.0,
-        shadow=float(rng.uniform(0.1, 0.55)) if rng.random() < 0.35 else 0.0,
+        paint_variation=float(uniform(rng, 0.0, 0.08)),
+        grain=float(uniform(rng, 0.0, 0.015)),
+        wear=float(uniform(rng, 0.0, 0.5)) if rng.random() < 0.35 else 0.0,
+        dirt=float(uniform(rng, 0.05, 0.5)) if rng.random() < 0.4 else 0.0,
+        shadow=float(uniform(rng, 0.1, 0.55)) if rng.random() < 0.35 else 0.0,
         shadow_angle=float(rng.normal(-math.pi / 2, 0.8)),  # mostly from above (bumper overhang)
-        shadow_offset=float(rng.uniform(-0.4, 0.3)),
+        shadow_offset=float(uniform(rng, -0.4, 0.3)),
         glare=glare,
-        glare_center=(float(rng.uniform(0.0, 1.0)), float(rng.uniform(0.0, 1.0))),
-        glare_size=(float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.2, 0.8))),
+        glare_center=(float(uniform(rng, 0.0, 1.0)), float(uniform(rng, 0.0, 1.0))),
+        glare_size=(float(uniform(rng, 0.1, 0.5)), float(uniform(rng, 0.2, 0.8))),
         seed=int(rng.integers(2**31 - 1)),
     )
 
@@ -288,10 +296,10 @@ def sample_style(
 def _colour(rng: np.random.Generator, lo, hi) -> tuple[float, float, float]:
     # One shared level plus a small per-channel tint keeps greys grey instead of going rainbow.
     t = rng.random()
-    tint = rng.uniform(-0.25, 0.25, size=3)
-    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    rgb = lo + (hi - lo) * np.clip(t + tint * 0.3, 0, 1)
-    return tuple(float(c) for c in np.clip(rgb, 0, 1))
+    tint = rng.uniform(-0.25, 0.25, size=3).tolist()
+    # Plain floats: the same IEEE arithmetic as numpy on 3-vectors, without its per-call overhead.
+    rgb = (l + (h - l) * min(max(t + d * 0.3, 0.0), 1.0) for l, h, d in zip(lo, hi, tint))
+    return tuple(min(max(c, 0.0), 1.0) for c in rgb)
 
 
 @functools.lru_cache(maxsize=8)
@@ -311,9 +319,26 @@ _LAYOUT_FONT_HINTS = {
 
 def _pick_font(rng: np.random.Generator, layout: Layout, fonts: Sequence[FontFace] | None):
     fonts = tuple(fonts) if fonts is not None else plate_fonts()
+    choices, cdf = _font_choices(fonts, layout)
+    variable, preferred = choices[choice(rng, cdf)]
+    if variable:
+        face = variable[rng.integers(len(variable))]
+        lo, hi = face.weight_range  # type: ignore[misc]
+        lo, hi = max(lo, 500), min(hi, 800)
+        # Whole steps of 50 keep the glyph cache small; the stroke adjustment does the fine tuning.
+        weight = int(round(uniform(rng, lo, hi) / 50.0)) * 50 if hi > lo else hi
+        return face, weight
+    return preferred[rng.integers(len(preferred))], None
+
+
+@functools.lru_cache(maxsize=16)
+def _font_choices(fonts: tuple[FontFace, ...], layout: Layout):
+    """Per family (sorted by name): its variable faces and its preferred static faces, and the
+    cumulative table of the family weights. Fixed per font set, so built once, not per plate."""
     families = _font_families(fonts)
     names = sorted(families)
     weights = []
+    choices = []
     for name in names:
         w = 1.0
         faces = families[name]
@@ -323,18 +348,10 @@ def _pick_font(rng: np.random.Generator, layout: Layout, fonts: Sequence[FontFac
             if any(h in (name + " " + f.path).lower() for f in faces for h in hints):
                 w = 12.0
         weights.append(w)
-    probs = np.asarray(weights) / sum(weights)
-    faces = families[names[rng.choice(len(names), p=probs)]]
-    variable = [f for f in faces if f.variable]
-    if variable:
-        face = variable[rng.integers(len(variable))]
-        lo, hi = face.weight_range  # type: ignore[misc]
-        lo, hi = max(lo, 500), min(hi, 800)
-        # Whole steps of 50 keep the glyph cache small; the stroke adjustment does the fine tuning.
-        weight = int(round(rng.uniform(lo, hi) / 50.0)) * 50 if hi > lo else hi
-        return face, weight
-    preferred = [f for f in faces if 500 <= f.weight <= 800] or list(faces)
-    return preferred[rng.integers(len(preferred))], None
+        variable = tuple(f for f in faces if f.variable)
+        preferred = tuple(f for f in faces if 500 <= f.weight <= 800) or tuple(faces)
+        choices.append((variable, preferred))
+    return tuple(choices), choice_cdf(np.asarray(weights) / sum(weights))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,23 +478,11 @@ def _print_glyph(path: str, weight: int | None, size: int, ch: str) -> tuple[np.
     return np.asarray(img, np.float32) * np.float32(1 / 255), l, advance
 
 
-def _draw_small_print(
-    canvas: np.ndarray, text: str, path: str, weight: int | None, *, center_x: float, top: float,
-    height: float, squeeze: float = 1.0, tracking: float = 0.0, max_width: float | None = None,
-) -> None:
-    """Small print (city line, BRASIL, BR) with capitals `height` px tall, centred at `center_x`,
-    squeezed further when it would be wider than `max_width`.
-
-    A handful of pixels tall, it needs no sub-pixel care: cached character bitmaps at about twice
-    the size are laid on a line, which one area resize brings down (smoother than hinting at 5 px).
-    `tracking` adds letter spacing in capital heights.
-    """
-    H, W = canvas.shape
-    ratio = _cap_ratio(path, weight)
-    size = max(int(round(2.0 * height / ratio)), 6)
+def _print_line(path: str, weight: int | None, size: int, text: str, tracking: float) -> tuple[np.ndarray, int, float]:
+    """`text` laid out at an integer font size: (line bitmap, ascent, capital height), all px."""
     font = load_font(path, size, weight)
     ascent, descent = font.getmetrics()
-    cap = ratio * size
+    cap = _cap_ratio(path, weight) * size
     glyphs = [_print_glyph(path, weight, size, ch) for ch in text]
     pens, pen = [], 0.0
     for _, _, advance in glyphs:
@@ -490,6 +495,32 @@ def _draw_small_print(
         c0, c1 = max(c0, 0), min(c0 + bitmap.shape[1], line.shape[1])
         if c1 > c0:
             np.maximum(line[:, c0:c1], bitmap[:, : c1 - c0], out=line[:, c0:c1])
+    line.flags.writeable = False
+    return line, ascent, cap
+
+
+# "BRASIL" and "BR" recur on every Mercosur plate at a few sizes per face: their lines are kept
+# (read-only; ~10 KB each). Random city lines would only fill the cache.
+_print_line_cached = functools.lru_cache(maxsize=1024)(_print_line)
+
+
+def _draw_small_print(
+    canvas: np.ndarray, text: str, path: str, weight: int | None, *, center_x: float, top: float,
+    height: float, squeeze: float = 1.0, tracking: float = 0.0, max_width: float | None = None,
+    cache: bool = False,
+) -> None:
+    """Small print (city line, BRASIL, BR) with capitals `height` px tall, centred at `center_x`,
+    squeezed further when it would be wider than `max_width`.
+
+    A handful of pixels tall, it needs no sub-pixel care: cached character bitmaps at about twice
+    the size are laid on a line, which one area resize brings down (smoother than hinting at 5 px).
+    `tracking` adds letter spacing in capital heights. `cache` keeps the laid-out line of a text
+    that recurs (never the random city names).
+    """
+    H, W = canvas.shape
+    ratio = _cap_ratio(path, weight)
+    size = max(int(round(2.0 * height / ratio)), 6)
+    line, ascent, cap = (_print_line_cached if cache else _print_line)(path, weight, size, text, tracking)
     k = height / cap
     if max_width is not None and line.shape[1] * k * squeeze > max_width:
         squeeze = max_width / (line.shape[1] * k)
@@ -506,8 +537,8 @@ def _draw_small_print(
 
 
 def _clip(x: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
-    # np.clip's Python-level dispatch costs more than the arithmetic on these small arrays.
-    return np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
+    # One fused pass (minimum(maximum()) takes two and a temporary); float32 bounds keep float32.
+    return np.clip(x, np.float32(lo), np.float32(hi))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,7 +618,7 @@ def _blend(img: np.ndarray, cov: np.ndarray | None, rgb, opacity: float = 1.0, r
     if cov is None:
         return
     target = _view(img, region)
-    a = cov * np.float32(opacity)
+    a = cov * np.float32(opacity) if opacity != 1.0 else cov  # x * 1 == x: skip the pass
     colour = np.asarray(rgb, np.float32).reshape(-1, 1, 1)
     target -= a * (target - colour)
 
@@ -688,7 +719,7 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
     if style.wear > 0:
         # Paint comes off in patches: lower the character coverage where a noise field is high.
         erosion = _noise(rng, H, W, (3, 10)) * 0.6 + _noise(rng, H, W, (8, 28)) * 0.4
-        keep = np.clip(1.0 - np.float32(style.wear * 1.6) * np.clip(erosion - 0.35, 0, 1) / 0.65, 0.25, 1.0)
+        keep = _clip(1.0 - np.float32(style.wear * 1.6) * _clip(erosion - 0.35, 0, 1) / 0.65, 0.25, 1.0)
         chars *= keep
         overlay *= keep
 
@@ -705,7 +736,7 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
     if layout is Layout.MERCOSUR and style.br_mark and room > 0.025 * W:
         mark = np.zeros((H, W), np.float32)
         _draw_small_print(mark, "BR", style.font_path, style.font_weight, center_x=0.05 * H + room / 2,
-                          top=0.80 * H, height=0.075 * H, max_width=room - 1.0)
+                          top=0.80 * H, height=0.075 * H, max_width=room - 1.0, cache=True)
         region = _ink_region(mark)
         if region is not None:
             _blend(img, mark[region], (0.1, 0.1, 0.12), 0.9, region)
@@ -718,7 +749,7 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
     if style.dirt > 0:
         # Road grime: a soft brownish haze thickest near the bottom edge, plus a few darker smudges.
         haze = _noise(rng, H, W, (2, 4))
-        smudge = np.clip((_noise(rng, H, W, (5, 14)) - 0.6) * 2.5, 0, 1)
+        smudge = _clip((_noise(rng, H, W, (5, 14)) - 0.6) * 2.5, 0, 1)
         _, ys = _centres((slice(0, H), slice(0, W)))
         cover = (0.35 * haze + 0.65 * smudge) * (0.4 + 0.6 * ys / H) * np.float32(style.dirt)
         _blend(img, cover, (0.32, 0.28, 0.22))
@@ -727,7 +758,7 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
         dx, dy = math.cos(style.shadow_angle), math.sin(style.shadow_angle)
         # Position along the direction the shadow comes from, in plate heights.
         t = ((xs - W / 2) * np.float32(dx) + (ys - H / 2) * np.float32(dy)) / np.float32(H)
-        lit = np.clip((np.float32(style.shadow_offset) - t) / 0.25 + 0.5, 0, 1)
+        lit = _clip((np.float32(style.shadow_offset) - t) / 0.25 + 0.5, 0, 1)
         img *= 1.0 - np.float32(style.shadow) * lit
     if style.glare > 0:
         xs, ys = _centres((slice(0, H), slice(0, W)))
@@ -840,7 +871,7 @@ def _draw_mercosur_band(img: np.ndarray, style: PlateStyle, H: int, W: int, radi
     white = np.zeros((H, W), np.float32)
     word_h = band_h * 0.42
     _draw_small_print(white, "BRASIL", style.font_path, style.font_weight,
-                      center_x=W / 2, top=band_h / 2 - word_h / 2, height=word_h, tracking=0.25)
+                      center_x=W / 2, top=band_h / 2 - word_h / 2, height=word_h, tracking=0.25, cache=True)
     _blend(img, white[rows], (0.95, 0.95, 0.97), region=rows)
 
     patch_h = band_h * 0.62
@@ -855,7 +886,7 @@ def _draw_mercosur_band(img: np.ndarray, style: PlateStyle, H: int, W: int, radi
         if region is not None:
             fxs, fys = _centres(region)
             diamond = 1.0 - (np.abs(fxs - fx) / (patch_w * 0.42) + np.abs(fys - fy) / (patch_h * 0.40))
-            _blend(img, np.clip(diamond * patch_h * 0.6, 0, 1) * cov, (0.98, 0.85, 0.10), region=region)
+            _blend(img, _clip(diamond * patch_h * 0.6, 0, 1) * cov, (0.98, 0.85, 0.10), region=region)
         cov, region = _ellipse(H, W, fx, fy, patch_h * 0.22, patch_h * 0.22)
         _blend(img, cov, (0.05, 0.15, 0.55), region=region)
     if style.emblem:
@@ -909,28 +940,27 @@ def render_scene(
     """
     H, W = plate.image.shape[:2]
     lo, hi = margin
-    ml, mr = (int(round(rng.uniform(lo, hi) * W)) for _ in range(2))
-    mt, mb = (int(round(rng.uniform(lo, hi) * H)) for _ in range(2))
+    ml, mr = (int(round(uniform(rng, lo, hi) * W)) for _ in range(2))
+    mt, mb = (int(round(uniform(rng, lo, hi) * H)) for _ in range(2))
     Hs, Ws = H + mt + mb, W + ml + mr
     x0, y0 = ml, mt
 
-    colours, weights = zip(*_CAR_COLOURS)
-    car = np.asarray(colours[rng.choice(len(colours), p=np.asarray(weights) / sum(weights))], np.float32)
-    car = np.clip(car * rng.uniform(0.85, 1.1) + rng.uniform(-0.03, 0.03, 3).astype(np.float32), 0, 1)
+    car = np.asarray(_CAR_COLOURS[choice(rng, _CAR_CDF)][0], np.float32)
+    car = np.clip(car * uniform(rng, 0.85, 1.1) + rng.uniform(-0.03, 0.03, 3).astype(np.float32), 0, 1)
     if rng.random() < 0.5:
         # Plates are retroreflective: under a camera's flash or IR light they return far more light
         # than the paint around them, which real low-resolution crops show as a bright plate in a
         # dark surround.
-        car = car * np.float32(rng.uniform(0.15, 0.7))
+        car = car * np.float32(uniform(rng, 0.15, 0.7))
     # A bumper is curved mostly about a horizontal axis, so its shading varies by row: one bright
     # sheen, darker far edges and a few thin creases. Built as a column and broadcast across.
     ys = np.arange(Hs, dtype=np.float32)[:, None] + np.float32(0.5)
-    gain = 1.0 - rng.uniform(0.0, 0.35) * np.abs(ys / Hs - rng.uniform(0.3, 0.7)) * 2
+    gain = 1.0 - uniform(rng, 0.0, 0.35) * np.abs(ys / Hs - uniform(rng, 0.3, 0.7)) * 2
     for _ in range(int(rng.integers(0, 3))):
-        y = rng.uniform(0, mt) if rng.random() < 0.5 else rng.uniform(mt + H, Hs)
-        gain = gain * (1.0 - rng.uniform(-0.15, 0.4) * np.exp(-((ys - y) / rng.uniform(0.6, 2.5)) ** 2))
-    sheen = np.exp(-((ys - rng.uniform(0, Hs)) / (rng.uniform(0.1, 0.4) * Hs)) ** 2)
-    sheen = sheen * rng.uniform(0.0, 0.25) * (1.0 - 0.5 * float(car.mean()))
+        y = uniform(rng, 0, mt) if rng.random() < 0.5 else uniform(rng, mt + H, Hs)
+        gain = gain * (1.0 - uniform(rng, -0.15, 0.4) * np.exp(-((ys - y) / uniform(rng, 0.6, 2.5)) ** 2))
+    sheen = np.exp(-((ys - uniform(rng, 0, Hs)) / (uniform(rng, 0.1, 0.4) * Hs)) ** 2)
+    sheen = sheen * uniform(rng, 0.0, 0.25) * (1.0 - 0.5 * float(car.mean()))
     column = (car[None, :] * gain + sheen).astype(np.float32)  # (Hs, 3)
     img = np.empty((3, Hs, Ws), np.float32)
     img[:] = column.T[:, :, None]
@@ -939,17 +969,17 @@ def render_scene(
         _draw_grille(img, rng, mt, H, mb)
     # Plate recess: a slightly darker pocket around the plate.
     if rng.random() < 0.6:
-        pad = rng.uniform(0.05, 0.18) * H
+        pad = uniform(rng, 0.05, 0.18) * H
         cov, region = _round_box(Hs, Ws, x0 - pad * 1.5, y0 - pad, x0 + W + pad * 1.5, y0 + H + pad, pad)
-        _blend(img, cov, (0.0, 0.0, 0.0), rng.uniform(0.15, 0.5), region)
+        _blend(img, cov, (0.0, 0.0, 0.0), uniform(rng, 0.15, 0.5), region)
     # The plate's shadow on the body, offset down and sideways, with a soft edge.
-    sdx, sdy, soft = rng.uniform(-1, 2), rng.uniform(0.5, 3), rng.uniform(1.0, 3.0)
+    sdx, sdy, soft = uniform(rng, -1, 2), uniform(rng, 0.5, 3), uniform(rng, 1.0, 3.0)
     region = _region(Hs, Ws, x0 + sdx - 2 * soft, y0 + sdy - 2 * soft,
                      x0 + W + sdx + 2 * soft, y0 + H + sdy + 2 * soft)
     if region is not None:
         xs_r, ys_r = _centres(region)
         d = _round_box_dist(xs_r, ys_r, x0 + sdx, y0 + sdy, x0 + W + sdx, y0 + H + sdy, 2.0)
-        _blend(img, _clip(0.5 - d / soft, 0, 1), (0.0, 0.0, 0.0), rng.uniform(0.2, 0.6), region)
+        _blend(img, _clip(0.5 - d / soft, 0, 1), (0.0, 0.0, 0.0), uniform(rng, 0.2, 0.6), region)
 
     frame = rng.random()
     has_frame = frame < 0.55
@@ -973,38 +1003,38 @@ def render_scene(
 def _draw_grille(img: np.ndarray, rng: np.random.Generator, mt: int, H: int, mb: int) -> None:
     Hs, Ws = img.shape[1:]
     if rng.random() < 0.6 and mb > 4:
-        g0, g1 = mt + H + rng.uniform(0.15, 0.4) * mb, float(Hs)
+        g0, g1 = mt + H + uniform(rng, 0.15, 0.4) * mb, float(Hs)
     elif mt > 4:
-        g0, g1 = 0.0, mt - rng.uniform(0.15, 0.4) * mt
+        g0, g1 = 0.0, mt - uniform(rng, 0.15, 0.4) * mt
     else:
         return
-    cov, region = _round_box(Hs, Ws, rng.uniform(0, 0.2) * Ws, g0, Ws - rng.uniform(0, 0.2) * Ws, g1, 3.0)
+    cov, region = _round_box(Hs, Ws, uniform(rng, 0, 0.2) * Ws, g0, Ws - uniform(rng, 0, 0.2) * Ws, g1, 3.0)
     if cov is None:
         return
     xs, ys = _centres(region)
-    period = rng.uniform(3.0, 7.0)
+    period = uniform(rng, 3.0, 7.0)
     if rng.random() < 0.5:  # horizontal slats
         pattern = 0.5 + 0.5 * np.sin(np.float32(2 * np.pi / period) * ys) + 0 * xs
     else:  # honeycomb-like mesh
         pattern = 0.5 + 0.25 * (np.sin(np.float32(2 * np.pi / period) * xs)
                                 + np.sin(np.float32(2 * np.pi / period * 1.15) * ys))
-    colour = np.float32(rng.uniform(0.04, 0.15)) + pattern * np.float32(rng.uniform(0.05, 0.15))
+    colour = np.float32(uniform(rng, 0.04, 0.15)) + pattern * np.float32(uniform(rng, 0.05, 0.15))
     target = _view(img, region)
     target -= cov * (target - colour)
 
 
 def _draw_frame(img: np.ndarray, rng: np.random.Generator, x0: int, y0: int, H: int, W: int, *, chrome: bool) -> None:
     Hs, Ws = img.shape[1:]
-    t = rng.uniform(0.04, 0.12) * H
-    bottom = t * rng.uniform(1.0, 2.5)  # many frames carry a dealer strip at the bottom
+    t = uniform(rng, 0.04, 0.12) * H
+    bottom = t * uniform(rng, 1.0, 2.5)  # many frames carry a dealer strip at the bottom
     cov, region = _round_box(Hs, Ws, x0 - t, y0 - t, x0 + W + t, y0 + H + bottom, t * 1.5)
     if cov is None:
         return
     if chrome:
         _, ys = _centres(region)
-        shine = np.float32(0.55) + np.float32(0.35) * np.sin(ys / np.float32(H) * 6.0 + np.float32(rng.uniform(0, 6)))
+        shine = np.float32(0.55) + np.float32(0.35) * np.sin(ys / np.float32(H) * 6.0 + np.float32(uniform(rng, 0, 6)))
         target = _view(img, region)
         target -= cov * (target - shine)
     else:
-        grey = rng.uniform(0.03, 0.18)
+        grey = uniform(rng, 0.03, 0.18)
         _blend(img, cov, (grey, grey, grey * 1.05), 1.0, region)
