@@ -115,6 +115,16 @@ def test_perceptual_loss_from_recognizer():
         PerceptualLoss.from_recognizer(rec, blocks=(2,))
 
 
+def test_perceptual_loss_from_a_recognizer_without_encoder_blocks(micro_parseq):
+    # The shipped recognizer: a CNN stem whose tokens go straight to the decoder (enc_depth 0).
+    rec = micro_parseq(stem="cnn", enc_depth=0)
+    loss_fn = PerceptualLoss.from_recognizer(rec)
+    a, b = images(2, 3, 16, 32), images(2, 3, 16, 32, seed=1)
+    assert loss_fn(a, a).item() == 0.0 and loss_fn(b, a).item() > 0
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        PerceptualLoss.from_recognizer(rec, blocks=(1,))
+
+
 def test_perceptual_loss_generic_encoder():
     conv = torch.nn.Conv2d(3, 4, 3)
     for p in conv.parameters():

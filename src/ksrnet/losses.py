@@ -150,10 +150,12 @@ class PerceptualLoss(nn.Module):
     def from_recognizer(cls, recognizer: nn.Module, blocks: Sequence[int] | None = None,
                         layer_weights: Sequence[float] | None = None, *, normalize: bool = True) -> "PerceptualLoss":
         """Features of ``recognizer.encode(images, return_intermediates=True)`` (a ``Parseq``) at
-        encoder ``blocks`` (default: all), run frozen. Images are resized to the recognizer's input
+        encoder ``blocks`` (default: all; block 0 is the stem when there are no blocks), run frozen. Images are resized to the recognizer's input
         size first if they differ (``to_recognizer_input``)."""
         size = (recognizer.config.img_h, recognizer.config.img_w)
-        depth = recognizer.config.enc_depth
+        # An encoder without transformer blocks (enc_depth 0, the shipped CNN encoder) returns its
+        # stem's tokens as the one feature map.
+        depth = max(recognizer.config.enc_depth, 1)
         chosen = tuple(range(depth)) if blocks is None else tuple(blocks)
         if not chosen or any(not 0 <= i < depth for i in chosen):
             raise ValueError(f"blocks must be indices in [0, {depth}), got {blocks!r}")
