@@ -474,11 +474,16 @@ def test_stages_train_on_a_folder_alone(tmp_path, recognizer_path):
         micro(recognizer_path, data={"tracks_per_epoch": 0})
 
 
-def test_v2_can_start_from_final_weights_but_v1_cannot(tmp_path, recognizer_path):
+def test_variants_start_from_each_others_weights_where_the_parts_agree(tmp_path, recognizer_path):
     first = train_ksrnet(micro(recognizer_path), tmp_path / "final", "2", progress=False)
     v2 = micro(recognizer_path, model={"variant": "v2"}, init_weights=str(first.parent))
     out = train_ksrnet(v2, tmp_path / "v2", "3", progress=False)
     assert json.loads(out.with_suffix(".json").read_text())["config"]["variant"] == "v2"
+    # Up to stage 2 HAM is still at rest (= v1's plain warp), so v1 may start there without it ...
     v1 = micro(recognizer_path, model={"variant": "v1"}, init_weights=str(first.parent))
+    out = train_ksrnet(v1, tmp_path / "v1", "3", progress=False)
+    assert not any(k.startswith("ham.") for k in load_file(str(out)))
+    # ... but not after stage 3 trained HAM.
+    v1_late = micro(recognizer_path, model={"variant": "v1"}, init_weights=str(tmp_path / "v2" / "stage-3"))
     with pytest.raises(ValueError, match="another KSR-Net config"):
-        train_ksrnet(v1, tmp_path / "v1", "3", progress=False)
+        train_ksrnet(v1_late, tmp_path / "v1-late", "3", progress=False)

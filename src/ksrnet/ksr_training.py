@@ -398,6 +398,9 @@ def _init_source(config: KSRTrainConfig, run_dir: Path, stage: str) -> Path | No
     return resolve_ksrnet(config.init_weights) if config.init_weights else None
 
 
+HAM_UNTRAINED_STAGES = ("1", "1b", "2")
+
+
 def _load_init(module: KSRStageModule, source: Path, skip_recognizer: bool) -> None:
     state, meta = load_ksrnet_state(source)
     saved_config = KSRNetConfig.from_dict(meta["config"])
@@ -406,6 +409,11 @@ def _load_init(module: KSRStageModule, source: Path, skip_recognizer: bool) -> N
         # The variant only picks stage 3's losses between v2 and final (same parts): either one's
         # earlier stages are a valid start, which is how the ablation compares their losses alone.
         saved.pop("variant"), mine.pop("variant")
+    elif saved_config.uses_ham and meta.get("stage") in HAM_UNTRAINED_STAGES:
+        # HAM is frozen at its initialisation before stage 3, where it equals the plain flow warp of
+        # v1: a v2/final run's stage 1-2 weights without HAM are then exactly a v1 start.
+        saved.pop("variant"), mine.pop("variant")
+        state = {k: v for k, v in state.items() if not k.startswith("ham.")}
     if skip_recognizer:
         saved.pop("recognizer"), mine.pop("recognizer")
         state = {k: v for k, v in state.items() if not k.startswith("recognizer.")}
