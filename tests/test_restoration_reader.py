@@ -122,6 +122,7 @@ def test_calibrate_writes_the_temperature_beside_the_restoration_weights(saved_k
         assert result.exit_code == 0, result.stdout
         meta = json.loads(saved_ksrnet.with_suffix(".json").read_text())
         assert meta[key]["product"] > 0
+    assert len(meta["calibration"]["fits"]) == 1 and len(meta["calibration_mflpr2"]["fits"]) == 1
     reader, _ = load_restoration_reader(saved_ksrnet)
     assert reader.temperatures == {"product": meta["temperature"]["product"]}
 

@@ -857,7 +857,8 @@ def calibrate(
     if not write:
         return
     restoration, baseline = _restoration_model(model)
-    key = "temperature_mflpr2" if baseline else "temperature"
+    # The MF-LPR²-style reader lives in its KSR-Net's weights file: its own keys there.
+    key, record_key = ("temperature_mflpr2", "calibration_mflpr2") if baseline else ("temperature", "calibration")
     try:
         if restoration is not None:
             from ksrnet.weights import resolve_ksrnet
@@ -869,9 +870,9 @@ def calibrate(
         temperatures = dict(meta.get(key) or {})
         temperatures.update({temperature_key(f.fusion, c): f.temperature for c, f in fits})
         record = {temperature_key(r["fusion"], r.get("frames")): r
-                  for r in (meta.get("calibration") or {}).get("fits", [])}
+                  for r in (meta.get(record_key) or {}).get("fits", [])}
         record.update({temperature_key(f.fusion, c): {**f.as_dict(), "frames": c, "source": source} for c, f in fits})
-        meta_path = update_metadata(target, {key: temperatures, "calibration": {"fits": list(record.values())}})
+        meta_path = update_metadata(target, {key: temperatures, record_key: {"fits": list(record.values())}})
     except (ModelLoadError, OSError, ValueError) as exc:
         fail(str(exc))
     console.print(f"temperatures saved in {meta_path}")
