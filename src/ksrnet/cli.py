@@ -695,12 +695,7 @@ def bench_cmd(
     from ksrnet.bench import bench
     from ksrnet.synth.dataset import generate_track
 
-    try:
-        sizes = [int(b) for b in batches.split(",") if b.strip()]
-    except ValueError:
-        fail(f"--batches must be comma-separated integers, got {batches!r}")
-    if not sizes or min(sizes) < 1:
-        fail("--batches needs sizes >= 1")
+    sizes = _positive_ints(batches, "--batches", "sizes")
     _check_choices([fusion], mode)
     if backend not in ("torch", "onnx"):
         fail(f"--backend must be torch or onnx, got {backend!r}")
@@ -878,14 +873,19 @@ def calibrate(
     console.print(f"temperatures saved in {meta_path}")
 
 
-def _frame_counts(text: str) -> list[int]:
+def _positive_ints(text: str, option: str, what: str) -> list[int]:
+    """A comma-separated option of integers >= 1, or a clear refusal naming the option."""
     try:
-        counts = [int(c) for c in text.split(",") if c.strip()]
+        values = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
-        fail(f"--frames must be comma-separated integers, got {text!r}")
-    if not counts or min(counts) < 1:
-        fail("--frames needs frame counts >= 1")
-    return counts
+        fail(f"{option} must be comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        fail(f"{option} needs {what} >= 1")
+    return values
+
+
+def _frame_counts(text: str) -> list[int]:
+    return _positive_ints(text, "--frames", "frame counts")
 
 
 @app.command()
