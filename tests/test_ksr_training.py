@@ -487,3 +487,9 @@ def test_variants_start_from_each_others_weights_where_the_parts_agree(tmp_path,
     v1_late = micro(recognizer_path, model={"variant": "v1"}, init_weights=str(tmp_path / "v2" / "stage-3"))
     with pytest.raises(ValueError, match="another KSR-Net config"):
         train_ksrnet(v1_late, tmp_path / "v1-late", "3", progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("ksrnet-*.yaml")), ids=lambda p: p.name)
+def test_every_ksrnet_config_in_the_repo_loads(path):
+    cfg = KSRTrainConfig.load(path)
+    assert cfg.model.lr_size == LR
