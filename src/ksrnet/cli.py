@@ -333,6 +333,9 @@ TTA_HELP = ("Test-time augmentation: vote over identity, zoom 0.9/1.1 and gamma 
 TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2 (implies --tta)."
 
 
+RESTORATION_MODEL_HELP = ("KSR-Net weights (a train-ksrnet run dir or ksrnet.safetensors) read each track as "
+                          "one restored image; mflpr2:RUN reads it through the MF-LPR²-style fusion built on "
+                          "that run's flow estimator and recognizer.")
 ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
                  "of their readings).")
 
@@ -425,7 +428,8 @@ def predict(
     out: Path = typer.Option(Path("predictions.txt"), "--out", "-o", help="Predictions file to write."),
     make_zip: bool = typer.Option(False, "--zip", help="Also write submission.zip beside it."),
     model: Optional[List[str]] = typer.Option(None, "--model", help="Shipped model name, .safetensors file or run "
-                                              "dir (default: the shipped parseq-tiny); repeat for an ensemble."),
+                                              "dir (default: the shipped parseq-tiny); repeat for an ensemble. "
+                                              + RESTORATION_MODEL_HELP),
     ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
     fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
                                "string_majority."),
@@ -499,7 +503,7 @@ def eval_cmd(
     tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder (or `ksrnet synth` output); "
                                             "optional with --ablation."),
     model: Optional[List[str]] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; "
-                                              "repeat for an ensemble."),
+                                              "repeat for an ensemble. " + RESTORATION_MODEL_HELP),
     ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
     ablation: bool = typer.Option(False, "--ablation", help="One table of every reading method (late fusions, "
                                   "TTA, ensemble, bicubic reference, MF-LPR²-style, each --ksrnet) on fixed "
@@ -782,7 +786,7 @@ def calibrate(
     tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder to fit on (default: fresh "
                                             "synthetic tracks, see --synth)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; its "
-                                        "JSON receives the temperatures."),
+                                        "JSON receives the temperatures. " + RESTORATION_MODEL_HELP),
     fusions: str = typer.Option("product,logit_mean,single", "--fusions", help="Comma-separated fusion rules."),
     synth: int = typer.Option(1000, "--synth", min=10, help="Synthetic validation tracks when no folder is given."),
     preset: str = typer.Option("mix", "--preset", help="Degradation preset of the synthetic tracks."),
