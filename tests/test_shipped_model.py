@@ -46,3 +46,19 @@ def test_no_confident_reading_of_illegible_tracks(shipped, fusion):
     reader, _ = shipped
     for r in reader.read(illegible_tracks(), [fusion])[fusion]:
         assert r.confidence < 0.9, (r.track_id, r.text, r.confidence)
+
+
+def test_demo_shows_the_confidences_predict_writes(tmp_path):
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from ksrnet.cli import app
+    from ksrnet.demo import run_demo
+
+    run_demo(tmp_path / "demo", Console(file=io.StringIO()), num_tracks=3)
+    out = tmp_path / "predict.txt"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "demo" / "tracks"), "--out", str(out)])
+    assert result.exit_code == 0, result.stdout
+    assert sorted(out.read_text().splitlines()) == sorted((tmp_path / "demo" / "predictions.txt").read_text().splitlines())

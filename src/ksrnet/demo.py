@@ -39,7 +39,8 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
                   "product fusion over 5 frames)")
     if meta.get("provenance"):
         console.print(f"    model: {meta['provenance']}")
-    readings = Reader(model).read(tracks, ["product"])["product"]
+    # The stored calibration, as predict applies it: the confidences shown are the ones users get.
+    readings = Reader(model, temperatures=meta.get("temperature")).read(tracks, ["product"])["product"]
     preds = [Prediction(r.track_id, r.text, r.confidence) for r in readings]
     write_predictions(preds, predictions_path)
     table = Table(title="demo readings")
