@@ -641,7 +641,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
                  f"{up.lr_size[0] * up.upscale}x{up.lr_size[1] * up.upscale} SR image; synthetic tracks only")
     notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`) where it has one, else none")
     notes.append(f"speed: tracks/s reading tracks already in memory, batches of {batch_size}, "
-                 f"{torch_threads()} threads on {device}")
+                 f"{_torch_threads()} threads on {device}")
     rows = []
     steps = len(preset_list) * (synth_tracks + 1 + len(methods.restorations) + bool(methods.tta)
                                 + bool(methods.ensemble)) + (1 if tracks is not None else 0)
@@ -672,7 +672,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
         console.print(result.to_markdown(), markup=False, highlight=False)
 
 
-def torch_threads() -> int:
+def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
