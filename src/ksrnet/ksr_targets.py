@@ -52,15 +52,26 @@ def sr_target(canonical_hr: np.ndarray, traj, ref: int, lr_size: tuple[int, int]
     hc, wc = canonical_hr.shape[:2]
     w_ref, h_ref = traj.sizes[ref]
     h_lr = torch.from_numpy(canonical_homography(traj, ref, (wc, hc))) @ lr_resize_matrix((h_ref, w_ref), lr_size)
-    h_sr = sr_homography_from_lr(h_lr, upscale)
+    return _on_sr_grid(canonical_hr, h_lr, lr_size, upscale, supersample, 1e-6)
+
+
+def _on_sr_grid(image: np.ndarray, lr_to_image: Tensor, lr_size: tuple[int, int], upscale: int, supersample: int,
+                tolerance: float, region: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``image`` (uint8 RGB) resampled onto the ``upscale`` x grid of the resized reference frame,
+    given the homography from resized-LR pixels to image pixels: point-sampled on a ``supersample``
+    x finer grid and box-averaged back. Returns ``(target (3, sH, sW) in [-1, 1], mask (1, sH, sW))``,
+    the mask 1 where (up to ``tolerance``) every sub-sample fell inside the image and, if given,
+    inside ``region`` (``(1, 1, h, w)`` in [0, 1], in image pixels)."""
+    h_sr = sr_homography_from_lr(lr_to_image, upscale)
     k = supersample
     h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
     out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
-    hr = frame_to_unit_tensor(canonical_hr)[None].double()
-    target, inside = warp_to_reference_grid(hr, h_fine, out)
+    target, inside = warp_to_reference_grid(frame_to_unit_tensor(image)[None].double(), h_fine, out)
+    if region is not None:
+        inside = inside * warp_to_reference_grid(region, h_fine, out, padding_mode="zeros")[0]
     if k > 1:
         target, inside = F.avg_pool2d(target, k), F.avg_pool2d(inside, k)
-    mask = (inside > 1.0 - 1e-6).to(torch.float32)
+    mask = (inside > 1.0 - tolerance).to(torch.float32)
     return target[0].float().clamp(-1.0, 1.0), mask[0]
 
 
@@ -115,22 +126,11 @@ def hr_target_from_corners(hr: np.ndarray, hr_corners: np.ndarray, lr_corners: n
 
     lr_to_hr = cv2.getPerspectiveTransform(np.asarray(lr_corners, np.float32), np.asarray(hr_corners, np.float32))
     h_lr = torch.from_numpy(lr_to_hr.astype(np.float64)) @ lr_resize_matrix(lr_native, lr_size)
-    h_sr = sr_homography_from_lr(h_lr, upscale)
-    k = supersample
-    h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
     plate = np.zeros(hr.shape[:2], np.uint8)
     cv2.fillConvexPoly(plate, np.round(np.asarray(hr_corners) * 16).astype(np.int32), 255, lineType=cv2.LINE_AA,
                        shift=4)
-    image = frame_to_unit_tensor(hr)[None].double()
-    inside_plate = torch.from_numpy(plate).double()[None, None] / 255.0
-    out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
-    target, inside = warp_to_reference_grid(image, h_fine, out)
-    on_plate, _ = warp_to_reference_grid(inside_plate, h_fine, out, padding_mode="zeros")
-    covered = inside * on_plate
-    if k > 1:
-        target, covered = F.avg_pool2d(target, k), F.avg_pool2d(covered, k)
-    mask = (covered > 1.0 - 1e-3).to(torch.float32)
-    return target[0].float().clamp(-1.0, 1.0), mask[0]
+    region = torch.from_numpy(plate).double()[None, None] / 255.0
+    return _on_sr_grid(hr, h_lr, lr_size, upscale, supersample, 1e-3, region)
 
 
 def folder_track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str = "middle",
