@@ -36,7 +36,7 @@ from ksrnet.models.baselines import FUSIONS
 from ksrnet.models.ksrnet import batch_reference_index, reference_indices
 from ksrnet.models.parseq import Parseq
 from ksrnet.models.restore import to_recognizer_input
-from ksrnet.restoration_reader import RestorationReader, frames_used
+from ksrnet.restoration_reader import RestorationReader, per_track
 
 ABLATION_SEED = 20261126  # the test-set seed of benchmarks/recognizer.py
 CROP_BORDER = 4
@@ -178,9 +178,8 @@ def restoration_row(name: str, reader: RestorationReader, tracks: list, truths: 
     """One restoration method: reading (timed, restoration included) and, given the SR targets
     ``(images (N, 3, sH, sW), masks (N, 1, sH, sW))``, PSNR/SSIM of its restored plates."""
     (sr, chars, layouts), secs = _timed(lambda: reader.restore_and_read(tracks, TRACK_FRAMES))
-    logits = [(chars[i:i + 1], layouts[i:i + 1]) for i in range(len(tracks))]
-    readings = reader.readings_from_logits(tracks, logits, ["product"],
-                                           frames_used=frames_used(tracks, TRACK_FRAMES))["product"]
+    readings = reader.readings_from_logits(tracks, per_track(chars, layouts), ["product"],
+                                           frames_used=reader.frames_used(tracks, TRACK_FRAMES))["product"]
     row = _scored(name, dataset, truths, readings, secs)
     if targets is not None:
         target, mask = targets

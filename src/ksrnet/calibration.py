@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ksrnet.models.baselines import fuse
-from ksrnet.plates import CHARSET
+from ksrnet.plates import Tokenizer
 
 # Coarse search over 0.25..16 in steps of sqrt(2), then steps of 2^(1/8) around the best: 21 fusions
 # per track instead of the 49 of an equally fine single grid (fusion is per-track Python).
 COARSE_GRID = tuple(float(t) for t in np.geomspace(0.25, 16.0, 13))
 FINE_STEPS = tuple(2.0 ** (k / 8) for k in (-3, -2, -1, 1, 2, 3))
 ECE_BINS = 15
+_TOKENIZER = Tokenizer()
 
 
 def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
@@ -80,7 +81,7 @@ def fused_confidences(track_logits, texts, rule: str, masks, temperature: float)
     for (char_logits, layout_logits), text in zip(track_logits, texts):
         r = fuse(rule, char_logits / temperature, layout_logits / temperature, masks, topk=1)
         conf.append(r.confidence)
-        right.append("".join(CHARSET[i] for i in r.indices) == text)
+        right.append(_TOKENIZER.decode(r.indices) == text)
     return np.asarray(conf), np.asarray(right, dtype=np.float64)
 
 

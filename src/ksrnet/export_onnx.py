@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ksrnet.models.parseq import Parseq, ParseqConfig, ParseqOutput, decode_constrained, layout_log_probs
-from ksrnet.plates import CHARSET, layout_masks
+from ksrnet.plates import Tokenizer, layout_masks
 from ksrnet.weights import atomic_write
 
 OPSET = 17
@@ -107,7 +107,7 @@ class Parity:
 def _readings(char_logits: torch.Tensor, layout_logits: torch.Tensor) -> list[str]:
     masks = torch.from_numpy(layout_masks())
     indices = decode_constrained(*layout_log_probs(char_logits.float(), layout_logits.float(), masks))[0]
-    return ["".join(CHARSET[i] for i in row) for row in indices.tolist()]
+    return [Tokenizer().decode(row) for row in indices.tolist()]
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ import torch
 
 from ksrnet.models.baselines import FUSIONS, fuse
 from ksrnet.models.parseq import Parseq
-from ksrnet.plates import CHARSET, LAYOUTS, layout_masks
+from ksrnet.plates import CHARSET, LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.tta import check_views, make_view, vote
 
@@ -69,6 +69,17 @@ def pick_temperature(temperatures: dict[str, float], rule: str, frames: int) -> 
     return float(temperatures.get(temperature_key(rule, frames), temperatures.get(rule, 1.0)))
 
 
+def _check_fusions(fusions: Iterable[str]) -> list[str]:
+    fusions = list(fusions)
+    for f in fusions:
+        if f not in FUSIONS:
+            raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
+    return fusions
+
+
+_TOKENIZER = Tokenizer()
+
+
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
                  refine_iters: int | None = None, batch_frames: int = 256,
@@ -87,7 +98,14 @@ class Reader:
         self.refine_iters = refine_iters
         self.batch_frames = batch_frames
         self.masks = torch.from_numpy(layout_masks())
-        self.height, self.width = model.config.img_h, model.config.img_w
+
+    @property
+    def height(self) -> int:
+        return self.model.config.img_h
+
+    @property
+    def width(self) -> int:
+        return self.model.config.img_w
 
     @torch.inference_mode()
     def frame_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,11 +129,14 @@ class Reader:
     def read(self, tracks: list, fusions: Iterable[str] = ("product",), frame_count: int | None = None,
              topk: int = 3) -> dict[str, list[TrackReading]]:
         """Read a batch of tracks (objects with .track_id and .lr) with each fusion rule."""
-        fusions = list(fusions)
-        for f in fusions:
-            if f not in FUSIONS:
-                raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
-        return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk)
+        fusions = _check_fusions(fusions)  # before the costly pass
+        return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk,
+                                         frames_used=self.frames_used(tracks, frame_count))
+
+    def frames_used(self, tracks: list, frame_count: int | None) -> list[int] | None:
+        """Frames behind each track's logits where that is not their row count (see
+        readings_from_logits); None: the row count."""
+        return None
 
     def readings_from_logits(self, tracks: list, logits: list[tuple[torch.Tensor, torch.Tensor]],
                              fusions: Iterable[str] = ("product",), topk: int = 3,
@@ -123,7 +144,7 @@ class Reader:
         """The fusion half of ``read``, for per-track logits already computed (``track_logits``).
         frames_used: frames behind each track's logits when that is not their row count (a
         restoration model reads all its frames as one image); it picks the temperature."""
-        fusions = list(fusions)
+        fusions = _check_fusions(fusions)
         results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
         counts = list(frames_used) if frames_used is not None else [c.shape[0] for c, _ in logits]
         for track, (char_logits, layout_logits), n in zip(tracks, logits, counts):
@@ -132,7 +153,7 @@ class Reader:
                 r = fuse(rule, char_logits / t, layout_logits / t, self.masks, topk)
                 results[rule].append(TrackReading(
                     track_id=track.track_id,
-                    text="".join(CHARSET[i] for i in r.indices),
+                    text=_TOKENIZER.decode(r.indices),
                     confidence=r.confidence,
                     layout=LAYOUTS[r.layout_index].value,
                     char_probs=r.char_probs,

@@ -15,9 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ksrnet.infer import Reader, _checked_temperatures, select_frames
-from ksrnet.models.baselines import FUSIONS
-from ksrnet.plates import layout_masks
+from ksrnet.infer import Reader, select_frames
 from ksrnet.preprocess import track_to_tensor
 
 
@@ -46,16 +44,11 @@ class RestorationReader(Reader):
                  temperatures: dict[str, float] | None = None):
         """model: a ``KSRNet`` or ``MFLPR2Baseline`` (anything with ``config.lr_size`` whose forward
         takes ``(frames, frame_mask)`` and returns ``sr``, ``char_logits`` and ``layout_logits``)."""
-        if mode not in ("nar", "ar"):
-            raise ValueError("mode must be 'nar' or 'ar'")
         if batch_tracks < 1:
             raise ValueError(f"batch_tracks must be >= 1, got {batch_tracks}")
-        self.tta_views = None  # TTA views are per frame; a restored plate is not a frame of the track
-        self.temperatures = _checked_temperatures(temperatures)
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
-        self.mode, self.refine_iters, self.batch_tracks = mode, refine_iters, batch_tracks
-        self.masks = torch.from_numpy(layout_masks())
+        # No TTA views: they are per frame, and a restored plate is not a frame of the track.
+        super().__init__(model, device=device, mode=mode, refine_iters=refine_iters, temperatures=temperatures)
+        self.batch_tracks = batch_tracks
         self.lr_size = tuple(model.config.lr_size)
 
     @torch.inference_mode()
@@ -75,18 +68,20 @@ class RestorationReader(Reader):
             return torch.empty(0), torch.empty(0), torch.empty(0)
         return torch.cat(srs), torch.cat(chars), torch.cat(layouts)
 
-    def read(self, tracks: list, fusions=("product",), frame_count: int | None = None, topk: int = 3):
-        for f in fusions:
-            if f not in FUSIONS:
-                raise ValueError(f"unknown fusion {f!r}; choose from {', '.join(FUSIONS)}")
-        return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk,
-                                         frames_used=frames_used(tracks, frame_count))
+    def frames_used(self, tracks: list, frame_count: int | None) -> list[int]:
+        return frames_used(tracks, frame_count)
 
     def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[Tensor, Tensor]]:
         if not tracks:
             return []
         _, chars, layouts = self.restore_and_read(tracks, frame_count)
-        return [(chars[i:i + 1], layouts[i:i + 1]) for i in range(len(tracks))]
+        return per_track(chars, layouts)
+
+
+def per_track(chars: Tensor, layouts: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Batched (char_logits (N, 7, C), layout_logits (N, L)) as the per-track one-"frame" logits
+    that ``Reader.readings_from_logits`` fuses."""
+    return [(chars[i:i + 1], layouts[i:i + 1]) for i in range(chars.shape[0])]
 
 
 def is_ksrnet_weights(name_or_path: str | Path | None) -> bool:
