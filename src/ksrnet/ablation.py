@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ksrnet.calibration import confidence_and_correct, expected_calibration_error
+from ksrnet.calibration import readings_ece
 from ksrnet.image_quality import psnr_y, ssim_y
 from ksrnet.infer import Reader
 from ksrnet.metrics import GroundTruth, Reading, score
@@ -139,9 +139,8 @@ class AblationResult:
 def _scored(method: str, dataset: str, truths: list[GroundTruth], readings, seconds: float) -> AblationRow:
     by_id = {r.track_id: Reading(r.track_id, r.text, r.confidence) for r in readings}
     overall = score(truths, by_id).overall
-    conf, correct = confidence_and_correct(truths, by_id)
     return AblationRow(method, dataset, len(truths), overall.recognition_rate, overall.cer, overall.confidence_gap,
-                       expected_calibration_error(conf, correct) if conf else None,
+                       readings_ece(truths, by_id) if truths else None,
                        tracks_per_s=len(truths) / seconds if seconds > 0 else None)
 
 

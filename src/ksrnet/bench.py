@@ -58,14 +58,11 @@ def bench_batch(reader: Reader, tracks: list, fusion: str, frame_count: int | No
         enc, memory = _timed(lambda: model.encode(images), repeats)
         dec, _ = _timed(lambda: model.decode_memory(memory, mode=reader.mode, refine_iters=reader.refine_iters),
                         repeats)
-    char_logits, layout_logits = reader.frame_outputs(flat)
+    logits = reader.track_logits(tracks, frame_count)
 
     def fuse_all():
-        start = 0
-        for frames in chosen:
-            n = len(frames)
-            fuse(fusion, char_logits[start:start + n], layout_logits[start:start + n], reader.masks)
-            start += n
+        for char_logits, layout_logits in logits:
+            fuse(fusion, char_logits, layout_logits, reader.masks)
 
     fus, _ = _timed(fuse_all, repeats)
     n = len(tracks)

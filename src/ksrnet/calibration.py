@@ -48,6 +48,12 @@ def confidence_and_correct(truths, readings: dict) -> tuple[list[float], list[bo
     return conf, right
 
 
+def readings_ece(truths, readings: dict) -> float:
+    """Expected calibration error of whole-reading confidence over the ground-truth tracks (see
+    confidence_and_correct for missing readings)."""
+    return expected_calibration_error(*confidence_and_correct(truths, readings))
+
+
 def confidence_gap(confidence, correct) -> float | None:
     """Mean confidence of right readings minus that of wrong ones (None if either group is empty)."""
     conf = np.asarray(confidence, dtype=np.float64)

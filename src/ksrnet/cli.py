@@ -491,13 +491,6 @@ def _truth_of_unreadable(path: Path):
         return None
 
 
-def _ece_of(truths, readings: dict) -> float:
-    """Expected calibration error of whole-reading confidence; a missing reading is confidence 0, wrong."""
-    from ksrnet.calibration import confidence_and_correct, expected_calibration_error
-
-    return expected_calibration_error(*confidence_and_correct(truths, readings))
-
-
 @app.command("eval")
 def eval_cmd(
     tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder (or `ksrnet synth` output); "
@@ -530,6 +523,7 @@ def eval_cmd(
 
     With --ablation: every reading method on the same tracks instead, in one table (see --ablation).
     """
+    from ksrnet.calibration import readings_ece
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
 
     if ablation:
@@ -567,7 +561,7 @@ def eval_cmd(
     if not truths:
         fail(f"no annotated, readable tracks under {tracks}")
     results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
-    eces = {f"{rule}@F={c}": _ece_of(truths, rs) for (rule, c), rs in readings.items()}
+    eces = {f"{rule}@F={c}": readings_ece(truths, rs) for (rule, c), rs in readings.items()}
     if as_json:
         print(json.dumps({k: v.as_dict() | {"ece": eces[k]} for k, v in results.items()}
                          | {"unreadable": failures}, indent=2))
@@ -589,8 +583,9 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
               views, ensemble_rule: str, as_json: bool) -> None:
     from ksrnet.ablation import (ABLATION_SEED, CROP_BORDER, AblationResult, Methods, ReferenceUpsample,
                                  UpsampleConfig, ablation_rows, sr_targets, synthetic_test_set)
-    from ksrnet.infer import EnsembleReader
-    from ksrnet.restoration_reader import RestorationReader, is_ksrnet_weights, load_restoration_reader
+    from ksrnet.infer import EnsembleReader, Reader
+    from ksrnet.restoration_reader import (RestorationReader, baseline_reader, is_ksrnet_weights,
+                                           load_restoration_reader)
     from ksrnet.synth.degrade import PRESETS
 
     preset_list = [p.strip() for p in presets.split(",") if p.strip()]
@@ -605,38 +600,40 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
     recognizer, _ = _make_reader(models[0], device, mode)
     methods = Methods(recognizer, str(models[0] or "parseq-tiny"))
     notes = []
-    if views:
-        methods.tta = _make_reader(models[0], device, mode, views)[0]
+    if views:  # the same network, read under the views
+        methods.tta = Reader(recognizer.model, device=device, mode=mode, temperatures=recognizer.temperatures,
+                             tta_views=views)
     else:
         notes.append("no TTA row: add --tta (or --tta-views)")
     if len(models) > 1:
-        methods.ensemble = EnsembleReader([_make_reader(m, device, mode)[0] for m in models], ensemble_rule)
+        methods.ensemble = EnsembleReader([recognizer] + [_make_reader(m, device, mode)[0] for m in models[1:]],
+                                          ensemble_rule)
     else:
         notes.append("no ensemble row: give --model two or more times")
-    ksr_readers = {}
+    ksr_readers, first_meta = {}, None
     for path in ksrnet_models or []:
         if not is_ksrnet_weights(path):
             fail(f"--ksrnet {path}: no KSR-Net weights there (ksrnet.safetensors from `ksrnet train-ksrnet`)")
-        reader, _ = load_restoration_reader(path, device=device, mode=mode, batch_tracks=batch_size)
+        reader, meta = load_restoration_reader(path, device=device, mode=mode, batch_tracks=batch_size)
+        first_meta = first_meta or meta
         name = f"KSR-Net {reader.model.config.variant}"
         ksr_readers[name if name not in ksr_readers else f"{name} ({path})"] = reader
-    if ksr_readers:
-        first = next(iter(ksr_readers.values()))
+    first = next(iter(ksr_readers.values()), None)
+    if first is not None:
         c = first.model.config
         up = UpsampleConfig(c.lr_size, c.upscale, c.ref_index)
-        restorations = {"bicubic reference frame (no fusion)": RestorationReader(
-            ReferenceUpsample(first.model.recognizer, up), device=device, mode=mode, batch_tracks=batch_size)}
-        base, _ = load_restoration_reader(ksrnet_models[0], device=device, mode=mode, baseline=True,
-                                          batch_tracks=batch_size)
-        restorations["MF-LPR²-style fusion"] = base
-        methods.restorations = {**restorations, **ksr_readers}
         notes.append("restoration rows read with the recognizer inside the first KSR-Net's weights; the others "
                      f"with {methods.recognizer_name}")
     else:
         up = UpsampleConfig()
-        methods.restorations = {"bicubic reference frame (no fusion)": RestorationReader(
-            ReferenceUpsample(recognizer.model, up), device=device, mode=mode, batch_tracks=batch_size)}
         notes.append("no MF-LPR²-style or KSR-Net rows: give KSR-Net weights with --ksrnet")
+    upsample = ReferenceUpsample(first.model.recognizer if first else recognizer.model, up)
+    methods.restorations = {"bicubic reference frame (no fusion)": RestorationReader(
+        upsample, device=device, mode=mode, batch_tracks=batch_size)}
+    if first is not None:
+        methods.restorations["MF-LPR²-style fusion"] = baseline_reader(first.model, first_meta, device=device,
+                                                                       mode=mode, batch_tracks=batch_size)
+        methods.restorations.update(ksr_readers)
     notes.append(f"PSNR/SSIM: Y channel (BT.601), inside the plate, {CROP_BORDER} px cropped on every side of the "
                  f"{up.lr_size[0] * up.upscale}x{up.lr_size[1] * up.upscale} SR image; synthetic tracks only")
     notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`) where it has one, else none")
@@ -701,11 +698,9 @@ def bench_cmd(
 
     sizes = _positive_ints(batches, "--batches", "sizes")
     _check_choices([fusion], mode)
-    if backend not in ("torch", "onnx"):
-        fail(f"--backend must be torch or onnx, got {backend!r}")
     if _restoration_model(model)[0] is not None:
         fail("bench times per-frame recognizers; for KSR-Net see benchmarks/ksrnet_cost.py or eval --ablation")
-    reader, _ = (_make_onnx_reader if backend == "onnx" else _make_reader)(model, device, mode)
+    reader = _make_readers([model] if model else None, device, mode, None, "logit", backend)
     tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
     previous = torch.get_num_threads()
     used = threads or previous

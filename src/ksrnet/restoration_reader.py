@@ -105,17 +105,25 @@ def load_restoration_reader(path: str | Path, *, device: str | torch.device = "c
     built from those weights' flow estimator and recognizer (the baseline has nothing else to learn).
     Temperatures stored in the metadata (``ksrnet calibrate``) are applied; the baseline's are kept
     under ``temperature_mflpr2``."""
-    from ksrnet.models.ksrnet import MFLPR2Baseline, MFLPR2Config
     from ksrnet.weights import load_ksrnet
 
     model, meta = load_ksrnet(path, device=device)
-    key = "temperature"
     if baseline:
-        c = model.config
-        config = MFLPR2Config(flow=c.flow, recognizer=c.recognizer, ref_index=c.ref_index, lr_size=c.lr_size,
-                              upscale=c.upscale)
-        model = MFLPR2Baseline(config, flow=model.flow, recognizer=model.recognizer)
-        key = "temperature_mflpr2"
+        return baseline_reader(model, meta, device=device, mode=mode, batch_tracks=batch_tracks), meta
     reader = RestorationReader(model, device=device, mode=mode, batch_tracks=batch_tracks,
-                               temperatures=meta.get(key))
+                               temperatures=meta.get("temperature"))
     return reader, meta
+
+
+def baseline_reader(ksrnet, meta: dict, *, device: str | torch.device = "cpu", mode: str = "nar",
+                    batch_tracks: int = 32) -> RestorationReader:
+    """The MF-LPR²-style reader on a loaded KSR-Net's flow estimator and recognizer (shared, not
+    copied), with the temperatures stored for it (``temperature_mflpr2``)."""
+    from ksrnet.models.ksrnet import MFLPR2Baseline, MFLPR2Config
+
+    c = ksrnet.config
+    config = MFLPR2Config(flow=c.flow, recognizer=c.recognizer, ref_index=c.ref_index, lr_size=c.lr_size,
+                          upscale=c.upscale)
+    model = MFLPR2Baseline(config, flow=ksrnet.flow, recognizer=ksrnet.recognizer)
+    return RestorationReader(model, device=device, mode=mode, batch_tracks=batch_tracks,
+                             temperatures=meta.get("temperature_mflpr2"))
