@@ -150,19 +150,18 @@ def _timed(fn: Callable):
     return out, time.perf_counter() - start
 
 
-def recognizer_rows(reader: Reader, tracks: list, truths: list[GroundTruth], dataset: str,
-                    label: str = "") -> list[AblationRow]:
+def recognizer_rows(reader: Reader, tracks: list, truths: list[GroundTruth], dataset: str) -> list[AblationRow]:
     """Late-fusion rows of one recognizer: F=1 (last frame) and every fusion rule at F=5. Speed is
     that of the per-frame pass plus the rule (the pass is shared, so it is timed once and the rule's
     own time added)."""
     rows = []
     one, secs = _timed(lambda: reader.read(tracks, ["product"], frame_count=1)["product"])
-    rows.append(_scored(f"{label}last frame only (F=1)", dataset, truths, one, secs))
+    rows.append(_scored("last frame only (F=1)", dataset, truths, one, secs))
     logits, pass_secs = _timed(lambda: reader.track_logits(tracks, TRACK_FRAMES))
     for rule in FUSIONS:
         readings, secs = _timed(lambda: reader.readings_from_logits(tracks, logits, [rule])[rule])
         name = "most confident frame (F=5)" if rule == "single" else f"late fusion: {rule} (F=5)"
-        rows.append(_scored(f"{label}{name}", dataset, truths, readings, pass_secs + secs))
+        rows.append(_scored(name, dataset, truths, readings, pass_secs + secs))
     return rows
 
 

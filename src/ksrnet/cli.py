@@ -807,7 +807,7 @@ def calibrate(
     from ksrnet.calibration import fit_temperature
     from ksrnet.infer import temperature_key
     from ksrnet.plates import layout_masks
-    from ksrnet.weights import ModelLoadError, config_path_for, resolve, update_metadata
+    from ksrnet.weights import ModelLoadError, resolve, update_metadata
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     _check_choices(fusion_list, mode)
@@ -853,6 +853,15 @@ def calibrate(
     restoration, baseline = _restoration_model(model)
     # The MF-LPR²-style reader lives in its KSR-Net's weights file: its own keys there.
     key, record_key = ("temperature_mflpr2", "calibration_mflpr2") if baseline else ("temperature", "calibration")
+
+    def merged(meta: dict) -> dict:  # into what the JSON holds: other rules and counts are kept
+        temperatures = dict(meta.get(key) or {})
+        temperatures.update({temperature_key(f.fusion, c): f.temperature for c, f in fits})
+        earlier = (meta.get(record_key) or {}).get("fits", [])
+        record = {temperature_key(r["fusion"], r.get("frames")): r for r in earlier}
+        record.update({temperature_key(f.fusion, c): {**f.as_dict(), "frames": c, "source": source} for c, f in fits})
+        return {key: temperatures, record_key: {"fits": list(record.values())}}
+
     try:
         if restoration is not None:
             from ksrnet.weights import resolve_ksrnet
@@ -860,13 +869,7 @@ def calibrate(
             target = resolve_ksrnet(restoration)
         else:
             target = resolve(model)
-        meta = json.loads(config_path_for(target).read_text())
-        temperatures = dict(meta.get(key) or {})
-        temperatures.update({temperature_key(f.fusion, c): f.temperature for c, f in fits})
-        record = {temperature_key(r["fusion"], r.get("frames")): r
-                  for r in (meta.get(record_key) or {}).get("fits", [])}
-        record.update({temperature_key(f.fusion, c): {**f.as_dict(), "frames": c, "source": source} for c, f in fits})
-        meta_path = update_metadata(target, {key: temperatures, record_key: {"fits": list(record.values())}})
+        meta_path = update_metadata(target, merged)
     except (ModelLoadError, OSError, ValueError) as exc:
         fail(str(exc))
     console.print(f"temperatures saved in {meta_path}")

@@ -70,14 +70,16 @@ def resolve(name_or_path: str | Path | None) -> Path:
     return p
 
 
-def update_metadata(name_or_path: str | Path | None, fields: dict) -> Path:
-    """Merge fields into the JSON beside a model's weights (atomically); returns the JSON's path."""
+def update_metadata(name_or_path: str | Path | None, fields) -> Path:
+    """Merge fields into the JSON beside a model's weights (atomically); returns the JSON's path.
+    ``fields``: a dict, or a function of the current metadata returning the dict (to merge into
+    what is there without reading the file twice)."""
     meta_path = config_path_for(resolve(name_or_path))
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {meta_path}: {exc}") from exc
-    meta.update(fields)
+    meta.update(fields(meta) if callable(fields) else fields)
     atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return meta_path
 
