@@ -223,8 +223,7 @@ def sr_targets(tracks: Sequence, lr_size: tuple[int, int], upscale: int, ref_pol
 
 
 def truths_of(tracks: Sequence) -> list[GroundTruth]:
-    return [GroundTruth(t.track_id, t.text, t.layout.value if t.layout else None, getattr(t, "scenario", None))
-            for t in tracks]
+    return [GroundTruth.of_track(t) for t in tracks]
 
 
 # --------------------------------------------------------------------------------------------------

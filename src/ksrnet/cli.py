@@ -552,7 +552,7 @@ def eval_cmd(
                     truths.append(truth)  # no reading: scored as wrong, never dropped
             elif t.text is not None:
                 good.append(t)
-                truths.append(GroundTruth(t.track_id, t.text, t.layout.value if t.layout else None, t.scenario))
+                truths.append(GroundTruth.of_track(t))
         if not good:
             continue
         for c in counts:

@@ -24,7 +24,7 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
     console.print(f"1/3 synthesising {num_tracks} '{preset}' tracks (seed {DEMO_SEED}) into {tracks_dir}")
     write_synthetic_dataset(tracks_dir, num_tracks, seed=DEMO_SEED, preset=preset, with_hr=False)
     tracks = list(iter_tracks(tracks_dir, with_hr=False))
-    truths = [GroundTruth(t.track_id, t.text, t.layout.value, t.scenario) for t in tracks]
+    truths = [GroundTruth.of_track(t) for t in tracks]
     predictions_path = out / "predictions.txt"
     try:
         model, meta = load_model()

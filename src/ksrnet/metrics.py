@@ -20,6 +20,12 @@ class GroundTruth:
     layout: str | None = None
     scenario: str | None = None
 
+    @classmethod
+    def of_track(cls, track) -> "GroundTruth":
+        """The label of a labelled track (``tracks.Track`` or a synthetic track)."""
+        layout = track.layout.value if track.layout is not None else None
+        return cls(track.track_id, track.text, layout, getattr(track, "scenario", None))
+
 
 @dataclass(frozen=True)
 class Reading:
