@@ -501,6 +501,60 @@ def test_saturation_and_black_level_helpers():
     np.testing.assert_allclose(bl, (x - 0.1) / 0.9, atol=1e-6)
 
 
+def test_sharpen_steepens_edges_and_keeps_mean_chroma_and_flat_areas():
+    # A soft vertical edge in a coloured image.
+    ramp = np.clip((np.arange(24, dtype=np.float32) - 10) / 4, 0, 1)
+    grey = np.tile(ramp, (12, 1))
+    x = np.stack([0.2 + 0.6 * grey, 0.1 + 0.5 * grey, 0.3 + 0.3 * grey], -1).astype(np.float32)
+    y = D.sharpen(x, 1.0, 1.0)
+    assert y.shape == x.shape and y.dtype == np.float32
+    # Steeper edge, with the overshoot (halo) a sharpening ISP leaves on both sides.
+    assert np.abs(np.diff(_luma(y), axis=1)).max() > 1.3 * np.abs(np.diff(_luma(x), axis=1)).max()
+    assert _luma(y)[:, 8:10].min() < _luma(x)[:, 8:10].min() - 0.005
+    assert _luma(y)[:, 14:16].max() > _luma(x)[:, 14:16].max() + 0.005
+    # Luma only: every channel moves by the same amount, so R-G and B-G stay put.
+    np.testing.assert_allclose(y[..., 0] - y[..., 1], x[..., 0] - x[..., 1], atol=1e-5)
+    np.testing.assert_allclose(y[..., 2] - y[..., 1], x[..., 2] - x[..., 1], atol=1e-5)
+    # Far from the edge nothing changes, and the mean stays (the detail has zero mean).
+    np.testing.assert_allclose(y[:, :4], x[:, :4], atol=1e-4)
+    np.testing.assert_allclose(y[:, -4:], x[:, -4:], atol=1e-4)
+    assert abs(float(y.mean() - x.mean())) < 2e-3
+    # Amount 0 is the identity; a stack of frames is sharpened frame by frame.
+    assert D.sharpen(x, 0.0, 1.0) is x
+    stack = np.stack([x, x[:, ::-1].copy()])
+    out = D.sharpen(stack, 1.0, 1.0)
+    np.testing.assert_allclose(out[0], y, atol=1e-6)
+    np.testing.assert_allclose(out[1], D.sharpen(x[:, ::-1].copy(), 1.0, 1.0), atol=1e-6)
+
+
+def test_sharpen_amplifies_noise():
+    rng = np.random.default_rng(0)
+    noisy = D.sensor_noise(np.full((40, 40, 3), 0.5, np.float32), 0.0, 1e-3, rng)
+    before, after = noisy.std(), D.sharpen(noisy, 1.2, 0.8).std()
+    assert after > 1.3 * before
+
+
+def test_sharpening_is_drawn_per_track_and_applied_in_the_chain():
+    params = [D.sample_degradation(np.random.default_rng(s), "medium") for s in range(300)]
+    r = D.PRESETS["medium"]
+    on = [p for p in params if p.sharpen_amount > 0]
+    assert abs(len(on) / len(params) - r.sharpen_prob) < 0.08
+    assert all(r.sharpen_amount[0] <= p.sharpen_amount <= r.sharpen_amount[1] for p in on)
+    assert all(r.sharpen_sigma[0] <= p.sharpen_sigma <= r.sharpen_sigma[1] for p in on)
+    with pytest.raises(ValueError):
+        D.DegradationParams(sharpen_amount=-0.1)
+    with pytest.raises(ValueError):
+        D.DegradationParams(sharpen_amount=1.0, sharpen_sigma=0.0)
+    # In degrade_track: the same draws with sharpening on give steeper edges than with it off.
+    t, scene, fine = _fine_track(4)
+    plain = D.DegradationParams(psf_size=0.5)
+    sharp = D.DegradationParams(psf_size=0.5, sharpen_amount=1.5, sharpen_sigma=1.0)
+    a = D.degrade_track(fine, plain, np.random.default_rng(0), factor=2)
+    b = D.degrade_track(fine, sharp, np.random.default_rng(0), factor=2)
+    grad = lambda f: np.abs(np.diff(_luma(f.astype(np.float32) / 255), axis=1)).mean()
+    assert sum(grad(y) for y in b) > 1.1 * sum(grad(x) for x in a)
+
+
 @pytest.mark.parametrize("preset", D.PRESET_NAMES)
 def test_preset_exposure_stays_in_documented_ranges(preset):
     r = D.PRESETS[preset]

@@ -3,8 +3,9 @@
 Order, following the light's path: atmospheric turbulence (a smooth warp), then the exposure's
 blur (motion path K_t convolved with the optics PSF, one kernel per frame), then the sensor's
 sampling (area downsample to the LR size), exposure (gain, colour cast, contrast, gamma, low
-light), sensor noise with variance ``a * y + b``, and last the codec (JPEG per frame, or H.264 over
-the track, or H.264 then a JPEG re-save like Scenario B's files).
+light), sensor noise with variance ``a * y + b``, the camera's own sharpening (an unsharp mask on
+luma, which also amplifies the noise), and last the codec (JPEG per frame, or H.264 over the
+track, or H.264 then a JPEG re-save like Scenario B's files).
 
 Blur sizes and turbulence are given in LR pixels; :func:`degrade_track` scales them by the fine
 grid's factor. All blurs keep their kernel's centroid on the centre pixel, so blurring never
@@ -381,6 +382,26 @@ def sensor_noise(
     return x + std * noise
 
 
+def sharpen(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
+    """In-camera sharpening: an unsharp mask on luma, ``x + amount * (Y - blur_sigma(Y))`` added
+    to every channel, per frame of an ``(h, w, 3)`` or ``(T, h, w, 3)`` float image.
+
+    Surveillance ISPs sharpen after demosaicing and denoising, at the sensor's own pixel grid,
+    which is the crop's grid here: edges get a dark/bright halo and the noise is amplified too.
+    Luma only (as ISPs do), so the chroma of each pixel is untouched. No clipping here.
+    """
+    if amount <= 0:
+        return x
+    if x.ndim == 4:
+        return np.stack([sharpen(f, amount, sigma) for f in x])
+    y = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x
+    detail = y - cv2.GaussianBlur(y, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT101)
+    detail *= np.float32(amount)
+    if x.ndim == 3:
+        detail = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB)
+    return x + detail
+
+
 # ---------------------------------------------------------------------------------------------
 # codecs (uint8 RGB)
 
@@ -596,6 +617,8 @@ class DegradationParams:
     noise_a: float = 0.0  # variance = noise_a * y + noise_b, y in [0, 1]
     noise_b: float = 0.0
     noise_channel_corr: float = 0.0
+    sharpen_amount: float = 0.0  # in-camera unsharp mask on luma, after the noise
+    sharpen_sigma: float = 1.0  # its Gaussian radius in LR px
     codec: str = "none"
     jpeg_quality: int = 90  # per-frame JPEG, or the re-save quality of "h264+jpeg"
     h264_qp: int = 28
@@ -626,6 +649,8 @@ class DegradationParams:
             raise ValueError("black_level must be in [0, 0.5)")
         if not 0 <= self.noise_channel_corr <= 1:
             raise ValueError("noise_channel_corr must be in [0, 1]")
+        if not 0 <= self.sharpen_amount <= 3 or not self.sharpen_sigma > 0:
+            raise ValueError("sharpen_amount must be in [0, 3] and sharpen_sigma > 0")
 
 
 @dataclass(frozen=True)
@@ -663,6 +688,9 @@ class DegradationRanges:
     noise_a: Range
     noise_b: Range
     noise_channel_corr: Range
+    sharpen_prob: float  # share of tracks whose camera sharpens (most surveillance ISPs do)
+    sharpen_amount: Range
+    sharpen_sigma: Range
     codec_weights: tuple[tuple[str, float], ...]
     jpeg_quality: Range
     h264_qp: Range
@@ -674,8 +702,12 @@ class DegradationRanges:
 _FLASH: dict[str, Range] = dict(
     flash_gain=(1.05, 1.35), flash_contrast=(1.05, 1.3), flash_gamma=(0.9, 1.2),
     flash_surround_gain=(0.12, 0.5), flash_saturation=(0.15, 0.6), flash_black_level=(0.02, 0.12),
-    flash_cool=(0.0, 0.12),
+    flash_cool=(0.0, 0.2),
 )
+
+# In-camera sharpening is a property of the camera, not of the difficulty: the same in every
+# preset. Amounts are those of a moderate-to-strong default ISP setting.
+_SHARPEN: dict = dict(sharpen_prob=0.75, sharpen_amount=(0.3, 1.5), sharpen_sigma=(0.6, 1.3))
 
 PRESETS: dict[str, DegradationRanges] = {
     "easy": DegradationRanges(
@@ -684,9 +716,9 @@ PRESETS: dict[str, DegradationRanges] = {
         motion_length_jitter=0.15, motion_angle_jitter_deg=5.0,
         turbulence_prob=0.1, turbulence_amplitude=(0.03, 0.1), turbulence_scale=(3.0, 8.0),
         gain=(0.9, 1.15), gamma=(0.9, 1.1), contrast=(0.95, 1.1), color_cast=0.03,
-        saturation=(0.7, 1.0), **_FLASH, flash_prob=0.5,
+        saturation=(0.7, 1.25), **_FLASH, flash_prob=0.5,
         low_light_prob=0.0, low_light_gain=(0.3, 0.5), low_light_noise=(1.5, 3.0),
-        noise_a=(2e-4, 2e-3), noise_b=(1e-5, 2e-4), noise_channel_corr=(0.3, 0.8),
+        noise_a=(2e-4, 2e-3), noise_b=(1e-5, 2e-4), noise_channel_corr=(0.3, 0.8), **_SHARPEN,
         codec_weights=(("jpeg", 0.45), ("h264", 0.45), ("none", 0.1)),
         jpeg_quality=(50, 80), h264_qp=(18, 25), resave_quality=(85, 95), deblock_prob=0.8,
     ),
@@ -696,9 +728,9 @@ PRESETS: dict[str, DegradationRanges] = {
         motion_length_jitter=0.2, motion_angle_jitter_deg=6.0,
         turbulence_prob=0.25, turbulence_amplitude=(0.05, 0.2), turbulence_scale=(3.0, 8.0),
         gain=(0.8, 1.2), gamma=(0.85, 1.15), contrast=(0.85, 1.1), color_cast=0.05,
-        saturation=(0.6, 1.0), **_FLASH, flash_prob=0.55,
+        saturation=(0.6, 1.25), **_FLASH, flash_prob=0.55,
         low_light_prob=0.04, low_light_gain=(0.6, 0.85), low_light_noise=(1.5, 2.5),
-        noise_a=(1e-3, 5e-3), noise_b=(1e-4, 1e-3), noise_channel_corr=(0.3, 0.8),
+        noise_a=(1e-3, 5e-3), noise_b=(1e-4, 1e-3), noise_channel_corr=(0.3, 0.8), **_SHARPEN,
         codec_weights=(("jpeg", 0.4), ("h264", 0.45), ("h264+jpeg", 0.15)),
         jpeg_quality=(30, 55), h264_qp=(23, 30), resave_quality=(75, 95), deblock_prob=0.7,
     ),
@@ -708,9 +740,9 @@ PRESETS: dict[str, DegradationRanges] = {
         motion_length_jitter=0.25, motion_angle_jitter_deg=8.0,
         turbulence_prob=0.35, turbulence_amplitude=(0.1, 0.3), turbulence_scale=(3.0, 8.0),
         gain=(0.75, 1.2), gamma=(0.85, 1.2), contrast=(0.8, 1.05), color_cast=0.07,
-        saturation=(0.5, 1.0), **_FLASH, flash_prob=0.6,
+        saturation=(0.5, 1.25), **_FLASH, flash_prob=0.6,
         low_light_prob=0.1, low_light_gain=(0.6, 0.85), low_light_noise=(1.3, 2.0),
-        noise_a=(1.5e-3, 6e-3), noise_b=(1e-4, 1.5e-3), noise_channel_corr=(0.3, 0.8),
+        noise_a=(1.5e-3, 6e-3), noise_b=(1e-4, 1.5e-3), noise_channel_corr=(0.3, 0.8), **_SHARPEN,
         codec_weights=(("jpeg", 0.35), ("h264", 0.45), ("h264+jpeg", 0.2)),
         jpeg_quality=(18, 40), h264_qp=(26, 33), resave_quality=(70, 90), deblock_prob=0.6,
     ),
@@ -812,6 +844,13 @@ def sample_degradation(
     elif codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
     quality_range = r.resave_quality if codec == "h264+jpeg" else r.jpeg_quality
+    noise_channel_corr = _u(rng, r.noise_channel_corr)
+    jpeg_quality = int(round(_u(rng, quality_range)))
+    h264_qp = int(round(_u(rng, r.h264_qp)))
+    h264_deblock = bool(rng.random() < r.deblock_prob)
+    sharpen_amount, sharpen_sigma = 0.0, 1.0
+    if rng.random() < r.sharpen_prob:
+        sharpen_amount, sharpen_sigma = _u(rng, r.sharpen_amount), _u(rng, r.sharpen_sigma)
 
     return DegradationParams(
         preset=preset,
@@ -834,11 +873,13 @@ def sample_degradation(
         black_level=black_level,
         noise_a=noise_a,
         noise_b=noise_b,
-        noise_channel_corr=_u(rng, r.noise_channel_corr),
+        noise_channel_corr=noise_channel_corr,
+        sharpen_amount=sharpen_amount,
+        sharpen_sigma=sharpen_sigma,
         codec=codec,
-        jpeg_quality=int(round(_u(rng, quality_range))),
-        h264_qp=int(round(_u(rng, r.h264_qp))),
-        h264_deblock=bool(rng.random() < r.deblock_prob),
+        jpeg_quality=jpeg_quality,
+        h264_qp=h264_qp,
+        h264_deblock=h264_deblock,
     )
 
 
@@ -992,6 +1033,7 @@ def degrade_track(
             black_level=params.black_level,
         )
         x = sensor_noise(x, params.noise_a, params.noise_b, rng, params.noise_channel_corr)
+        x = sharpen(x, params.sharpen_amount, params.sharpen_sigma)
         out.extend(to_uint8(x))
     return compress_track(out, params, rng)
 
