@@ -49,7 +49,7 @@ def real_tracks(folder: Path) -> list[Track]:
 
 
 def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
-    truths = [GroundTruth(t.track_id, t.text, getattr(t.layout, "value", None)) for t in tracks]
+    truths = [GroundTruth.of_track(t) for t in tracks]
     results = {}
     for c in counts:
         readings = {f: {} for f in fusions}

@@ -61,3 +61,36 @@ def micro_ksrnet():
         return KSRNet(config).eval()
 
     return make
+
+
+class _StepRecorder:
+    """Lightning callback mixin recording, per class (so a class patched into the training code can
+    be inspected afterwards), the global step each fit starts from and every step trained; it raises
+    a simulated crash once the global step reaches ``fail_at``."""
+
+    started_at: list[int] = []
+    batches: list[int] = []
+    fail_at: int | None = None
+
+    @classmethod
+    def reset(cls, fail_at: int | None = None) -> None:
+        cls.started_at, cls.batches, cls.fail_at = [], [], fail_at
+
+    def on_train_start(self, trainer, pl_module):
+        type(self).started_at.append(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        type(self).batches.append(trainer.global_step)
+        if type(self).fail_at is not None and trainer.global_step >= type(self).fail_at:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.fixture
+def step_recorder():
+    """A fresh Lightning callback mixin (see _StepRecorder): subclass it with the callback to wrap."""
+
+    class Recorder(_StepRecorder):
+        pass
+
+    Recorder.reset()
+    return Recorder

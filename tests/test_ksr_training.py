@@ -350,32 +350,21 @@ def test_all_stages_run_chain_and_freeze(tmp_path, recognizer_path):
     assert y.sr.shape == (1, 3, 64, 192) and y.char_logits.shape[:2] == (1, 7)
 
 
-class Crash(L.Callback):
-    started_at: list[int] = []
-    batches: list[int] = []
-    fail_at: int | None = None
-
-    def on_train_start(self, trainer, pl_module):
-        type(self).started_at.append(trainer.global_step)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        type(self).batches.append(trainer.global_step)
-        if type(self).fail_at is not None and trainer.global_step >= type(self).fail_at:
-            raise RuntimeError("simulated crash")
-
-
-def test_interrupted_stage_resumes(tmp_path, recognizer_path):
+def test_interrupted_stage_resumes(tmp_path, recognizer_path, step_recorder):
     # 4 steps; the run dies after its 3rd, before that step's checkpoint (ModelCheckpoint runs after
     # the other callbacks), so last.ckpt holds step 2 and no weights are exported.
     cfg = micro(recognizer_path, data={"tracks_per_epoch": 4})
     run = tmp_path / "run"
-    Crash.started_at, Crash.batches, Crash.fail_at = [], [], 3
+    class Crash(step_recorder, L.Callback):
+        pass
+
+    Crash.reset(fail_at=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_ksrnet(cfg, run, "2", progress=False, callbacks=[Crash()])
     last = run / "stage-2" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 2
     assert not (run / "stage-2" / "ksrnet.safetensors").exists()
-    Crash.started_at, Crash.batches, Crash.fail_at = [], [], None
+    Crash.reset()
     out = train_ksrnet(cfg, run, "2", progress=False, callbacks=[Crash()])
     assert Crash.started_at == [2] and Crash.batches == [3, 4]  # the missing steps, not 4 anew
     assert torch.load(last, weights_only=False)["global_step"] == 4

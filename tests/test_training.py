@@ -76,26 +76,14 @@ def ckpt(run_dir: Path, name: str = "last.ckpt") -> dict:
     return torch.load(run_dir / "checkpoints" / name, weights_only=False, map_location="cpu")
 
 
-class StepCounter(training._EpochSetter):
+@pytest.fixture
+def counter(monkeypatch, step_recorder):
     """The real _EpochSetter, also recording the global step each fit starts from and the batches
     it trains; optionally raising (a simulated crash) once the global step reaches `fail_at`."""
 
-    started_at: list[int] = []
-    batches: list[int] = []
-    fail_at: int | None = None
+    class StepCounter(step_recorder, training._EpochSetter):
+        pass
 
-    def on_train_start(self, trainer, pl_module):
-        type(self).started_at.append(trainer.global_step)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        type(self).batches.append(trainer.global_step)
-        if type(self).fail_at is not None and trainer.global_step >= type(self).fail_at:
-            raise RuntimeError("simulated crash")
-
-
-@pytest.fixture
-def counter(monkeypatch):
-    StepCounter.started_at, StepCounter.batches, StepCounter.fail_at = [], [], None
     monkeypatch.setattr(training, "_EpochSetter", StepCounter)
     return StepCounter
 
