@@ -250,8 +250,9 @@ def test_stage1_endpoint_error_decreases(recognizer_path, small_batch):
 def test_stage2_restoration_loss_decreases(recognizer_path, small_batch):
     torch.manual_seed(0)
     module = KSRStageModule(micro(recognizer_path, recognizer_weights=None), "2").train()
-    losses = losses_while_training(module, small_batch, 12)
-    assert np.mean(losses[-3:]) < 0.97 * losses[0], losses
+    # Adam at lr 3e-3 wobbles over the first dozen steps on these two tracks; 30 steps show the trend.
+    losses = losses_while_training(module, small_batch, 30)
+    assert np.mean(losses[-3:]) < 0.95 * losses[0], losses
 
 
 def test_stage3_uses_cosine_warm_restarts(recognizer_path):
