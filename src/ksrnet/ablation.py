@@ -3,8 +3,9 @@
 Rows (those whose models are not given are left out and named in the notes):
 
 * the recognizer alone: the last frame only (F=1), the most confident of 5 frames, and each late
-  fusion of 5 frames (``models.baselines``); with ``--tta`` views voted; with several ``--model``
-  an ensemble (logit average);
+  fusion of 5 frames (``models.baselines``); with ``--tta`` views voted (with the model's TTA
+  temperatures where it has them); with several ``--model`` an ensemble (``--ensemble`` rule,
+  calibrated by ``--calibration FILE`` when given);
 * restoration then one reading: the reference frame upsampled bicubically (no fusion at all), the
   MF-LPR²-style robust fusion (built on the first KSR-Net's flow estimator and recognizer), and each
   KSR-Net given (labelled by its variant).

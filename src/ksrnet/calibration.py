@@ -5,7 +5,13 @@ every frame's over- or under-confidence; product fusion over five frames multipl
 the per-frame logits by a temperature T before fusion and choosing T so that the track confidence
 best predicts whether the whole reading is right (minimum binary cross-entropy) calibrates it.
 The fitted temperatures are stored in the model's JSON beside its weights (`temperature`), with the
-figures of the fit (`calibration`), and the Reader applies them.
+figures of the fit (`calibration`), and the Reader applies them; reading with TTA views has its own
+(`tta:` keys, see infer.temperature_key).
+
+An ensemble's "vote" confidence (the agreeing members' confidences over the member count) is not a
+softmax a temperature could sharpen or flatten, so it gets a monotone map instead: isotonic
+regression of correctness on the confidence (pool-adjacent-violators), applied piecewise linearly
+(``ConfidenceMap``). Ensemble calibrations live in their own file (ksrnet.ensemble_calibration).
 """
 
 from __future__ import annotations
@@ -135,4 +141,123 @@ def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
         ece_before=expected_calibration_error(conf1, right1), ece_after=expected_calibration_error(conf, right),
         gap_before=confidence_gap(conf1, right1), gap_after=confidence_gap(conf, right),
         nll_before=_bce(conf1, right1), nll_after=loss,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# A monotone map on the final track confidence (isotonic regression)
+
+
+@dataclass(frozen=True)
+class ConfidenceMap:
+    """A non-decreasing map of [0, 1] into [0, 1]: linear between the knots (x strictly increasing,
+    y non-decreasing, all in [0, 1]), flat beyond the first and last knot."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def __post_init__(self):
+        x, y = np.asarray(self.x, dtype=np.float64), np.asarray(self.y, dtype=np.float64)
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ValueError("a confidence map needs equal-length, non-empty knot lists x and y")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise ValueError("confidence map knots must be finite numbers")
+        if x.min() < 0 or x.max() > 1 or y.min() < 0 or y.max() > 1:
+            raise ValueError("confidence map knots must lie in [0, 1]")
+        if (np.diff(x) <= 0).any() or (np.diff(y) < 0).any():
+            raise ValueError("a confidence map needs strictly increasing x and non-decreasing y")
+
+    def __call__(self, confidence):
+        """The mapped confidence: a float for a number, an array for an array."""
+        out = np.interp(np.asarray(confidence, dtype=np.float64), self.x, self.y)
+        return float(out) if out.ndim == 0 else out
+
+    def as_dict(self) -> dict:
+        return {"x": list(self.x), "y": list(self.y)}
+
+    @classmethod
+    def from_dict(cls, data) -> "ConfidenceMap":
+        if not isinstance(data, dict) or set(data) != {"x", "y"}:
+            raise ValueError(f"a confidence map is {{\"x\": [...], \"y\": [...]}}, got {data!r}")
+        try:
+            return cls(tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"]))
+        except TypeError as exc:  # not lists of numbers
+            raise ValueError(f"confidence map knots must be lists of numbers: {exc}") from exc
+
+
+def isotonic_map(confidence, correct, end_weight: float = 1.0) -> ConfidenceMap:
+    """Isotonic (non-decreasing) least-squares fit of correctness on confidence by
+    pool-adjacent-violators: equal confidences are pooled first, then neighbouring blocks whose
+    rates do not rise are merged into their weighted mean until every rate rises. Each block becomes
+    two knots (its lowest and highest confidence) at its rate, so the map is flat over a block and
+    linear between blocks.
+
+    end_weight: the weight of two pseudo-readings, a right one at confidence 0 and a wrong one at 1,
+    so that the map never says 0 or 1 (a finite validation set cannot show certainty; a held-out
+    wrong reading mapped to 1 costs unbounded log-loss). 0 for plain PAV."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    if conf.shape != right.shape or conf.ndim != 1 or conf.size == 0:
+        raise ValueError("confidence and correct must be equal-length, non-empty 1-D sequences")
+    if conf.min() < 0 or conf.max() > 1:
+        raise ValueError("confidences must lie in [0, 1]")
+    if end_weight < 0:
+        raise ValueError(f"end_weight must be >= 0, got {end_weight}")
+    weight = np.ones_like(conf)
+    if end_weight > 0:
+        conf, right = np.r_[0.0, conf, 1.0], np.r_[1.0, right, 0.0]
+        weight = np.r_[end_weight, weight, end_weight]
+    values, inverse = np.unique(conf, return_inverse=True)
+    counts = np.bincount(inverse, weights=weight)
+    sums = np.bincount(inverse, weights=weight * right)
+    # blocks as [low x, high x, weight, weighted sum of correct]; a stack, merged while the last two do not rise
+    blocks: list[list[float]] = []
+    for x, n, s in zip(values, counts, sums):
+        blocks.append([x, x, n, s])
+        while len(blocks) > 1 and blocks[-2][3] / blocks[-2][2] >= blocks[-1][3] / blocks[-1][2]:
+            low, _, n0, s0 = blocks[-2]
+            _, high, n1, s1 = blocks.pop()
+            blocks[-1] = [low, high, n0 + n1, s0 + s1]
+    xs, ys = [], []
+    for low, high, n, s in blocks:
+        rate = min(max(s / n, 0.0), 1.0)
+        xs.append(low)
+        ys.append(rate)
+        if high > low:
+            xs.append(high)
+            ys.append(rate)
+    return ConfidenceMap(tuple(float(v) for v in xs), tuple(float(v) for v in ys))
+
+
+@dataclass(frozen=True)
+class MapFit:
+    """The figures of a confidence-map fit, like CalibrationFit's (the map instead of a temperature)."""
+
+    fusion: str
+    confidence_map: ConfidenceMap
+    tracks: int
+    recognition_rate: float
+    ece_before: float
+    ece_after: float
+    gap_before: float | None
+    gap_after: float | None
+    nll_before: float
+    nll_after: float
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "confidence_map": self.confidence_map.as_dict()}
+
+
+def fit_confidence_map(confidence, correct, rule: str) -> MapFit:
+    """The isotonic map (isotonic_map, one pseudo-reading at each end) of final track confidences
+    (one fusion rule) onto whole-reading correctness."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    mapping = isotonic_map(conf, right)
+    after = mapping(conf)
+    return MapFit(
+        fusion=rule, confidence_map=mapping, tracks=int(conf.size), recognition_rate=float(right.mean()),
+        ece_before=expected_calibration_error(conf, right), ece_after=expected_calibration_error(after, right),
+        gap_before=confidence_gap(conf, right), gap_after=confidence_gap(after, right),
+        nll_before=_bce(conf, right), nll_after=_bce(after, right),
     )

@@ -340,19 +340,86 @@ ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-proba
                  "of their readings).")
 
 
+CALIBRATION_HELP = ("With several --model: the ensemble calibration file written by `ksrnet calibrate --model A "
+                    "--model B --ensemble RULE --out FILE`; refused if its members, rule or TTA views differ.")
+
+
 def _make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
-                  backend: str = "torch"):
-    """One Reader, or an EnsembleReader over several --model."""
-    from ksrnet.infer import ENSEMBLE_RULES, EnsembleReader
+                  backend: str = "torch", calibration: Optional[Path] = None, warn_uncalibrated: bool = True):
+    """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE)."""
+    from ksrnet.infer import ENSEMBLE_RULES
 
     if ensemble not in ENSEMBLE_RULES:
         fail(f"--ensemble must be one of {', '.join(ENSEMBLE_RULES)}, got {ensemble!r}")
     if backend not in ("torch", "onnx"):
         fail(f"--backend must be torch or onnx, got {backend!r}")
     models = list(models or [None])
+    if len(models) == 1 and calibration is not None:
+        fail("--calibration is for ensembles (several --model); a single model's temperatures live in its JSON "
+             "(`ksrnet calibrate --model M`)")
     make = _make_onnx_reader if backend == "onnx" else _make_reader
     readers = [make(m, device, mode, tta_views)[0] for m in models]
-    return readers[0] if len(readers) == 1 else EnsembleReader(readers, ensemble)
+    if len(readers) == 1:
+        return readers[0]
+    return _ensemble_reader(readers, models, ensemble, backend, tta_views, calibration, warn_uncalibrated)
+
+
+def _ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_views, calibration: Optional[Path],
+                     warn_uncalibrated: bool = True):
+    """The EnsembleReader over loaded member readers, with the calibration file checked against them."""
+    from rich.markup import escape
+
+    from ksrnet.ensemble_calibration import EnsembleCalibration, EnsembleCalibrationError
+    from ksrnet.infer import EnsembleReader
+
+    fitted = None
+    if calibration is not None:
+        try:
+            fitted = EnsembleCalibration.load(calibration)
+            fitted.check(_members(models, readers, backend), rule, tta_views, name=str(calibration))
+        except EnsembleCalibrationError as exc:
+            fail(escape(str(exc)))
+    elif warn_uncalibrated:
+        err_console.print("[yellow]note:[/yellow] this ensemble's confidences are not calibrated; fit them with "
+                          f"`ksrnet calibrate` and the same --model options, --ensemble {rule} --out FILE, then "
+                          "pass --calibration FILE", soft_wrap=True)
+    return EnsembleReader(readers, rule, calibration=fitted)
+
+
+def _members(models: list, readers: list, backend: str) -> list:
+    """The identity of each ensemble member: which weights file, read how, with which temperatures."""
+    from ksrnet.ensemble_calibration import Member, file_sha256
+    from ksrnet.weights import DEFAULT_MODEL, ModelLoadError, resolve, resolve_ksrnet
+
+    out = []
+    for model, reader in zip(models, readers):
+        restoration, baseline = _restoration_model(model) if backend == "torch" else (None, False)
+        try:
+            if backend == "onnx":
+                kind, path = "parseq-onnx", Path(model)
+            elif restoration is not None:
+                kind, path = ("mflpr2" if baseline else "ksrnet"), resolve_ksrnet(restoration)
+            else:
+                kind, path = "parseq", resolve(model)
+            digest = file_sha256(path)
+        except (ModelLoadError, OSError) as exc:
+            fail(f"cannot identify the model {model}: {exc}")
+        out.append(Member(str(model or DEFAULT_MODEL), kind, digest, dict(reader.temperatures)))
+    return out
+
+
+def _temperatures_for(meta: dict, model: Optional[str], tta_views, key: str = "temperature"):
+    """The temperatures to read with (see infer.reader_temperatures), telling the user when TTA falls
+    back to the plain ones."""
+    from rich.markup import escape
+
+    from ksrnet.infer import reader_temperatures
+
+    temperatures, note = reader_temperatures(meta, tta_views, key)
+    if note:
+        err_console.print(f"[yellow]note:[/yellow] {escape(str(model or 'parseq-tiny'))}: {escape(note)}",
+                          soft_wrap=True)
+    return temperatures
 
 
 def _make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None):
@@ -366,7 +433,8 @@ def _make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=No
         from ksrnet.export_onnx import OnnxParseq
 
         net = OnnxParseq(model)
-        reader = Reader(net, device=device, temperatures=net.meta.get("temperature"), tta_views=tta_views)
+        reader = Reader(net, device=device, temperatures=_temperatures_for(net.meta, model, tta_views),
+                        tta_views=tta_views)
     except ImportError:
         fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
     except Exception as exc:  # onnxruntime raises its own types for a missing or corrupt file
@@ -407,7 +475,8 @@ def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
             fail(f"cannot load the restoration model {restoration}: {exc}")
     try:
         net, meta = load_model(model, device=device)
-        reader = Reader(net, device=device, mode=mode, temperatures=meta.get("temperature"), tta_views=tta_views)
+        reader = Reader(net, device=device, mode=mode, temperatures=_temperatures_for(meta, model, tta_views),
+                        tta_views=tta_views)
     except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
         fail(str(exc))
     return reader, meta
@@ -431,6 +500,7 @@ def predict(
                                               "dir (default: the shipped parseq-tiny); repeat for an ensemble. "
                                               + RESTORATION_MODEL_HELP),
     ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
                                "string_majority."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use only the last N frames of each track."),
@@ -457,7 +527,7 @@ def predict(
     _check_choices([fusion], mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader = _make_readers(model, device, mode, views, ensemble, backend)
+    reader = _make_readers(model, device, mode, views, ensemble, backend, calibration)
     preds, extra, failures, abstained = [], [], [], 0
     for batch in _read_track_batches(paths, batch_size, "reading plates"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
@@ -498,6 +568,7 @@ def eval_cmd(
     model: Optional[List[str]] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; "
                                               "repeat for an ensemble. " + RESTORATION_MODEL_HELP),
     ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     ablation: bool = typer.Option(False, "--ablation", help="One table of every reading method (late fusions, "
                                   "TTA, ensemble, bicubic reference, MF-LPR²-style, each --ksrnet) on fixed "
                                   "synthetic tracks per --presets and on TRACKS if given; see --markdown."),
@@ -528,7 +599,7 @@ def eval_cmd(
 
     if ablation:
         _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
-                  _tta_views(tta, tta_views), ensemble, as_json)
+                  _tta_views(tta, tta_views), ensemble, as_json, calibration)
         return
     if tracks is None:
         fail("eval needs TRACKS (an annotated folder) unless --ablation is given")
@@ -540,7 +611,7 @@ def eval_cmd(
     _check_choices(fusion_list, mode)
     views = _tta_views(tta, tta_views)
     paths = _discover(tracks)
-    reader = _make_readers(model, device, mode, views, ensemble, backend)
+    reader = _make_readers(model, device, mode, views, ensemble, backend, calibration)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     for batch in _read_track_batches(paths, batch_size, "evaluating"):
         good = []
@@ -580,10 +651,10 @@ def eval_cmd(
 
 def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models: Optional[List[str]],
               synth_tracks: int, presets: str, markdown: Optional[Path], batch_size: int, device: str, mode: str,
-              views, ensemble_rule: str, as_json: bool) -> None:
+              views, ensemble_rule: str, as_json: bool, calibration: Optional[Path] = None) -> None:
     from ksrnet.ablation import (ABLATION_SEED, CROP_BORDER, AblationResult, Methods, ReferenceUpsample,
                                  UpsampleConfig, ablation_rows, sr_targets, synthetic_test_set)
-    from ksrnet.infer import EnsembleReader, Reader
+    from ksrnet.infer import Reader
     from ksrnet.restoration_reader import (RestorationReader, baseline_reader, is_ksrnet_weights,
                                            load_restoration_reader)
     from ksrnet.synth.degrade import PRESETS
@@ -597,17 +668,21 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
     models = list(models or [None])
     if any(_restoration_model(m)[0] for m in models):
         fail("with --ablation, --model names recognizers; give KSR-Net weights with --ksrnet")
-    recognizer, _ = _make_reader(models[0], device, mode)
+    if len(models) == 1 and calibration is not None:
+        fail("--calibration is for the ensemble row (several --model)")
+    recognizer, recognizer_meta = _make_reader(models[0], device, mode)
     methods = Methods(recognizer, str(models[0] or "parseq-tiny"))
     notes = []
     if views:  # the same network, read under the views
-        methods.tta = Reader(recognizer.model, device=device, mode=mode, temperatures=recognizer.temperatures,
-                             tta_views=views)
+        methods.tta = Reader(recognizer.model, device=device, mode=mode, tta_views=views,
+                             temperatures=_temperatures_for(recognizer_meta, models[0], views))
     else:
         notes.append("no TTA row: add --tta (or --tta-views)")
     if len(models) > 1:
-        methods.ensemble = EnsembleReader([recognizer] + [_make_reader(m, device, mode)[0] for m in models[1:]],
-                                          ensemble_rule)
+        members = [recognizer] + [_make_reader(m, device, mode)[0] for m in models[1:]]
+        methods.ensemble = _ensemble_reader(members, models, ensemble_rule, "torch", None, calibration)
+        notes.append(f"ensemble row: rule {ensemble_rule}, " + (f"calibrated by {calibration}" if calibration
+                                                                 else "uncalibrated (no --calibration)"))
     else:
         notes.append("no ensemble row: give --model two or more times")
     ksr_readers, first_meta = {}, None
@@ -636,7 +711,8 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
         methods.restorations.update(ksr_readers)
     notes.append(f"PSNR/SSIM: Y channel (BT.601), inside the plate, {CROP_BORDER} px cropped on every side of the "
                  f"{up.lr_size[0] * up.upscale}x{up.lr_size[1] * up.upscale} SR image; synthetic tracks only")
-    notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`) where it has one, else none")
+    notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`; with TTA its `--tta` ones) where it "
+                 "has one, else none")
     notes.append(f"speed: tracks/s reading tracks already in memory, batches of {batch_size}, "
                  f"{_torch_threads()} threads on {device}")
     rows = []
@@ -780,15 +856,26 @@ CALIBRATION_SEED = 7_000_001  # synthetic validation tracks: no training run or 
 def calibrate(
     tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder to fit on (default: fresh "
                                             "synthetic tracks, see --synth)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; its "
-                                        "JSON receives the temperatures. " + RESTORATION_MODEL_HELP),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; its "
+                                              "JSON receives the temperatures. Repeat for an ensemble, whose "
+                                              "calibration goes to its own file (--out). " + RESTORATION_MODEL_HELP),
+    ensemble: str = typer.Option("logit", "--ensemble", help="With several --model, the rule to calibrate: logit "
+                                 "(a temperature on the averaged log-probabilities) or vote (a monotone, isotonic "
+                                 "map of the vote's confidence)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With several --model: the ensemble calibration file to "
+                                       "write (JSON: members' sha256, rule, TTA views, fitted parameters), for "
+                                       "predict/eval --calibration FILE. Replaced if it exists."),
     fusions: str = typer.Option("product,logit_mean,single", "--fusions", help="Comma-separated fusion rules."),
     synth: int = typer.Option(1000, "--synth", min=10, help="Synthetic validation tracks when no folder is given."),
     preset: str = typer.Option("mix", "--preset", help="Degradation preset of the synthetic tracks."),
     frames: Optional[str] = typer.Option(None, "--frames", help="Comma-separated frame counts (e.g. 1,3,5): one "
                                          "temperature per rule and count, used for tracks of that many frames. "
                                          "Default: one per rule over all frames of each track."),
-    write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON."),
+    tta: bool = typer.Option(False, "--tta", help="Fit the temperatures of reading with TTA views (stored as "
+                             "tta:RULE[@F] beside the plain ones, with the views)."),
+    tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
+    write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON "
+                               "(ensembles: write --out)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
@@ -801,26 +888,49 @@ def calibrate(
     With --frames 1,3,5 each frame count gets its own temperature (fusing more frames compounds
     confidence), used for tracks of exactly that many frames; temperatures fitted before for other
     rules or counts are kept.
+
+    With --tta the temperatures of reading under the TTA views are fitted and stored as tta:RULE@F
+    with the views; a reader with those views uses them, else (none stored, or stored for other
+    views) the plain ones. With several --model the ensemble is calibrated (--ensemble logit: a
+    temperature on the averaged log-probabilities; vote: an isotonic map of the vote's confidence)
+    into the file --out, which predict and eval apply with --calibration FILE.
     """
     import torch
 
-    from ksrnet.calibration import fit_temperature
-    from ksrnet.infer import temperature_key
+    from ksrnet.calibration import fit_confidence_map, fit_temperature
     from ksrnet.plates import layout_masks
-    from ksrnet.weights import ModelLoadError, resolve, update_metadata
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     _check_choices(fusion_list, mode)
     counts = _frame_counts(frames) if frames is not None else [None]
-    reader, _ = _make_reader(model, device, mode)
-    logits, texts = {c: [] for c in counts}, []
+    views = _tta_views(tta, tta_views)
+    models = list(model or [None])
+    if len(models) > 1 and out is None and write:
+        fail("an ensemble's calibration goes into a file of its own: give --out FILE (or --dry-run)")
+    if len(models) == 1 and out is not None:
+        fail("--out is for ensembles (several --model); a single model's temperatures go into its JSON")
+    reader = _make_readers(models, device, mode, views, ensemble, warn_uncalibrated=False)
+    # The vote's confidence is not a softmax of logits: it is mapped as read. Everything else: logits.
+    by_reading = len(models) > 1 and ensemble == "vote"
+    logits = {c: [] for c in counts}
+    confidences = {(c, rule): [] for c in counts for rule in fusion_list}
+    texts: list[str] = []
+
+    def take(batch: list) -> None:
+        for c in counts:
+            if by_reading:
+                for rule, rows in reader.read(batch, fusion_list, frame_count=c).items():
+                    confidences[(c, rule)] += [(r.confidence, r.text == t.text) for r, t in zip(rows, batch)]
+            else:
+                logits[c] += reader.track_logits(batch, c)
+        texts.extend(t.text for t in batch)
+
     if tracks is not None:
         source = str(tracks)
         for batch in _read_track_batches(_discover(tracks), batch_size, "reading validation tracks"):
             good = [t for _, t in batch if not isinstance(t, Exception) and t.text is not None]
-            for c in counts:
-                logits[c] += reader.track_logits(good, c)
-            texts += [t.text for t in good]
+            if good:
+                take(good)
     else:
         from ksrnet.synth.dataset import generate_track
         from ksrnet.synth.degrade import PRESETS
@@ -833,34 +943,84 @@ def calibrate(
             for start in range(0, synth, batch_size):
                 batch = [generate_track(CALIBRATION_SEED, i, preset=preset)
                          for i in range(start, min(synth, start + batch_size))]
-                for c in counts:
-                    logits[c] += reader.track_logits(batch, c)
-                texts += [t.text for t in batch]
+                take(batch)
                 progress.advance(task, len(batch))
     if len(texts) < 10:
         fail(f"need at least 10 labelled, readable tracks to fit on, got {len(texts)}")
-    masks = torch.from_numpy(layout_masks())
-    fits = [(c, fit_temperature(logits[c], texts, rule, masks)) for c in counts for rule in fusion_list]
-    table = Table(title=f"calibration on {source}")
-    for col in ("fusion", "F", "T", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
+    if by_reading:
+        pairs = {k: tuple(zip(*v)) for k, v in confidences.items()}  # (confidences, correct) per count and rule
+        fits = [(c, fit_confidence_map(*pairs[(c, rule)], rule)) for c in counts for rule in fusion_list]
+    else:
+        masks = torch.from_numpy(layout_masks())
+        fits = [(c, fit_temperature(logits[c], texts, rule, masks)) for c in counts for rule in fusion_list]
+    what = ("ensemble " + ensemble + " of " + ", ".join(str(m or "parseq-tiny") for m in models)
+            if len(models) > 1 else str(models[0] or "parseq-tiny")) + (f", TTA {','.join(views)}" if views else "")
+    table = Table(title=f"calibration of {what} on {source}")
+    for col in ("fusion", "F", "T / map", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
     for c, f in fits:
-        table.add_row(f.fusion, "all" if c is None else str(c), f"{f.temperature:.2f}", _fmt(f.recognition_rate),
+        fitted = f"{f.temperature:.2f}" if hasattr(f, "temperature") else f"{len(f.confidence_map.x)} knots"
+        table.add_row(f.fusion, "all" if c is None else str(c), fitted, _fmt(f.recognition_rate),
                       _fmt(f.ece_before), _fmt(f.ece_after), _fmt(f.gap_before), _fmt(f.gap_after))
     console.print(table)
+    if by_reading:
+        console.print("isotonic maps of the vote's confidence: ECE after is in-sample, where such a map fits its own "
+                      "bins; judge it on other tracks (`ksrnet eval ... --calibration FILE`)")
     if not write:
         return
+    if len(models) > 1:
+        _write_ensemble_calibration(out, reader, models, views, fits, source)
+    else:
+        _store_temperatures(models[0], views, fits, source)
+
+
+def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: list, source: str) -> None:
+    from ksrnet.calibration import MapFit
+    from ksrnet.ensemble_calibration import EnsembleCalibration
+    from ksrnet.infer import temperature_key
+
+    params = {temperature_key(f.fusion, c): (f.confidence_map if isinstance(f, MapFit) else f.temperature)
+              for c, f in fits}
+    calibration = EnsembleCalibration(
+        rule=reader.rule, members=_members(models, reader.readers, "torch"), tta_views=views,
+        temperatures={} if reader.rule == "vote" else params,
+        confidence_maps=params if reader.rule == "vote" else {},
+        fits=[{**f.as_dict(), "frames": c} for c, f in fits], source=source)
+    try:
+        path = calibration.save(out)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc}")
+    console.print(f"ensemble calibration saved in {path}; read with --calibration {path}")
+
+
+def _store_temperatures(model: Optional[str], views, fits: list, source: str) -> None:
+    """Merge fitted temperatures (and their figures) into the model's JSON, keeping the other rules,
+    counts and reading modes; TTA ones fitted for other views than these are replaced."""
+    from ksrnet.infer import TTA_PREFIX, TTA_VIEWS_KEY, temperature_key
+    from ksrnet.weights import ModelLoadError, resolve, update_metadata
+
     restoration, baseline = _restoration_model(model)
     # The MF-LPR²-style reader lives in its KSR-Net's weights file: its own keys there.
     key, record_key = ("temperature_mflpr2", "calibration_mflpr2") if baseline else ("temperature", "calibration")
+    tta = views is not None
+    dropped: list[str] = []
 
-    def merged(meta: dict) -> dict:  # into what the JSON holds: other rules and counts are kept
+    def merged(meta: dict) -> dict:  # into what the JSON holds: other rules, counts and modes are kept
         temperatures = dict(meta.get(key) or {})
-        temperatures.update({temperature_key(f.fusion, c): f.temperature for c, f in fits})
         earlier = (meta.get(record_key) or {}).get("fits", [])
-        record = {temperature_key(r["fusion"], r.get("frames")): r for r in earlier}
-        record.update({temperature_key(f.fusion, c): {**f.as_dict(), "frames": c, "source": source} for c, f in fits})
-        return {key: temperatures, record_key: {"fits": list(record.values())}}
+        record = {temperature_key(r["fusion"], r.get("frames"), bool(r.get("tta_views"))): r for r in earlier}
+        extra = {}
+        if tta:
+            if meta.get(TTA_VIEWS_KEY) is not None and sorted(meta[TTA_VIEWS_KEY]) != sorted(views):
+                dropped.extend(k for k in temperatures if k.startswith(TTA_PREFIX))
+                temperatures = {k: v for k, v in temperatures.items() if k not in dropped}
+                record = {k: r for k, r in record.items() if not k.startswith(TTA_PREFIX)}
+            extra[TTA_VIEWS_KEY] = sorted(views)
+        temperatures.update({temperature_key(f.fusion, c, tta): f.temperature for c, f in fits})
+        record.update({temperature_key(f.fusion, c, tta): {**f.as_dict(), "frames": c, "source": source,
+                                                           "tta_views": sorted(views) if tta else None}
+                       for c, f in fits})
+        return {key: temperatures, record_key: {"fits": list(record.values())}, **extra}
 
     try:
         if restoration is not None:
@@ -872,6 +1032,8 @@ def calibrate(
         meta_path = update_metadata(target, merged)
     except (ModelLoadError, OSError, ValueError) as exc:
         fail(str(exc))
+    if dropped:
+        console.print(f"replaced the TTA temperatures fitted for other views: {', '.join(sorted(dropped))}")
     console.print(f"temperatures saved in {meta_path}")
 
 

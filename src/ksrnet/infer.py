@@ -37,36 +37,78 @@ def select_frames(frames: Sequence, count: int | None) -> list:
     return frames if count is None or count >= len(frames) else frames[len(frames) - count:]
 
 
-def temperature_key(rule: str, frames: int | None = None) -> str:
-    """Key of a calibration temperature: "product" for any frame count, "product@1" for 1 frame."""
-    return rule if frames is None else f"{rule}@{frames}"
+TTA_PREFIX = "tta:"
+# Metadata key beside "temperature": the TTA views the "tta:" temperatures were fitted with.
+TTA_VIEWS_KEY = "temperature_tta_views"
 
 
-def _parse_temperature_key(key) -> tuple[str, int | None] | None:
+def temperature_key(rule: str, frames: int | None = None, tta: bool = False) -> str:
+    """Key of a calibration temperature: "product" for any frame count, "product@1" for 1 frame;
+    prefixed "tta:" ("tta:product@5") for reading with TTA views, whose voted log-probabilities
+    are distributed differently from one view's."""
+    return (TTA_PREFIX if tta else "") + (rule if frames is None else f"{rule}@{frames}")
+
+
+def parse_temperature_key(key) -> tuple[str, int | None, bool] | None:
+    """(rule, frames or None, tta) of a key written by temperature_key; None if it is not one."""
     if not isinstance(key, str):
         return None
-    rule, _, frames = key.partition("@")
+    tta = key.startswith(TTA_PREFIX)
+    rule, _, frames = key.removeprefix(TTA_PREFIX).partition("@")
     if rule not in FUSIONS:
         return None
     if not frames:
-        return rule, None
-    return (rule, int(frames)) if frames.isdigit() and int(frames) >= 1 else None
+        return (rule, None, tta) if "@" not in key else None
+    return (rule, int(frames), tta) if frames.isdigit() and int(frames) >= 1 else None
 
 
-def _checked_temperatures(temperatures: dict[str, float] | None) -> dict[str, float]:
+def checked_temperatures(temperatures: dict[str, float] | None) -> dict[str, float]:
     temperatures = dict(temperatures or {})
     bad = {k: v for k, v in temperatures.items()
-           if _parse_temperature_key(k) is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+           if parse_temperature_key(k) is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
     if bad:
-        raise ValueError(f"temperatures must map fusion rules (optionally rule@frames) to positive numbers, got {bad}")
+        raise ValueError("temperatures must map fusion rules (optionally rule@frames, and tta:rule[@frames] for "
+                         f"TTA reading) to positive numbers, got {bad}")
     return temperatures
 
 
-def pick_temperature(temperatures: dict[str, float], rule: str, frames: int) -> float:
-    """The temperature fitted for this rule at this frame count, else the rule's general one, else 1.
-    Fusing more frames compounds over-confidence differently (product fusion multiplies per-frame
-    probabilities), so one temperature cannot serve F=1 and F=5 alike."""
-    return float(temperatures.get(temperature_key(rule, frames), temperatures.get(rule, 1.0)))
+def pick_calibration(table: dict, rule: str, frames: int | None, tta: bool = False, default=None):
+    """The entry of a calibration table (temperatures, confidence maps) for this rule and frame
+    count: the one fitted at that count, else the rule's general one. Reading with TTA looks for
+    the TTA entries first ("tta:rule@F", "tta:rule") and falls back to the plain ones, fitted for
+    one view: the closest calibration there is."""
+    keys = [temperature_key(rule, frames, True), temperature_key(rule, None, True)] if tta else []
+    keys += [temperature_key(rule, frames), rule]
+    return next((table[k] for k in keys if k in table), default)
+
+
+def pick_temperature(temperatures: dict[str, float], rule: str, frames: int, tta: bool = False) -> float:
+    """The temperature fitted for this rule at this frame count, else the rule's general one, else 1
+    (TTA: its own first, see pick_calibration). Fusing more frames compounds over-confidence
+    differently (product fusion multiplies per-frame probabilities), so one temperature cannot serve
+    F=1 and F=5 alike."""
+    return float(pick_calibration(temperatures, rule, frames, tta, 1.0))
+
+
+def reader_temperatures(meta: dict, tta_views: Sequence[str] | None = None,
+                        key: str = "temperature") -> tuple[dict[str, float] | None, str | None]:
+    """The temperatures a Reader over a model with this metadata should use, and a note for the user
+    when reading with TTA is not calibrated for these views: without "tta:" temperatures, or with
+    ones fitted for other views (those are then dropped), the plain ones serve (pick_calibration)."""
+    raw = meta.get(key)
+    if not tta_views or not isinstance(raw, dict):
+        return raw, None  # none, or a bad value the Reader refuses
+    temperatures = dict(raw)
+    tta_keys = [k for k in temperatures if isinstance(k, str) and k.startswith(TTA_PREFIX)]
+    if not tta_keys:
+        return temperatures, ("no TTA temperatures stored for this model: TTA readings use the plain "
+                              "temperatures (fit them with `ksrnet calibrate --tta`)")
+    fitted = meta.get(TTA_VIEWS_KEY)
+    if fitted is not None and sorted(fitted) != sorted(tta_views):
+        plain = {k: v for k, v in temperatures.items() if k not in tta_keys}
+        return plain, (f"the TTA temperatures were fitted for views {','.join(fitted)}, not "
+                       f"{','.join(tta_views)}: these readings use the plain temperatures")
+    return temperatures, None
 
 
 def _check_fusions(fusions: Iterable[str]) -> list[str]:
@@ -86,12 +128,14 @@ class Reader:
                  temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
         """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
         calibration temperature dividing the per-frame logits before fusion (ksrnet.calibration;
-        rules without one use 1). tta_views: read every frame
-        under these views (ksrnet.tta.VIEWS) and vote; None = the frame as it is."""
+        rules without one use 1). tta_views: read every frame under these views (ksrnet.tta.VIEWS)
+        and vote; None = the frame as it is. With views, the "tta:" temperatures are used where
+        present, else the plain ones (pick_calibration; reader_temperatures drops "tta:" ones
+        fitted for other views)."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
         self.tta_views = check_views(tta_views) if tta_views else None
-        self.temperatures = _checked_temperatures(temperatures)
+        self.temperatures = checked_temperatures(temperatures)
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.mode = mode
@@ -149,7 +193,7 @@ class Reader:
         counts = list(frames_used) if frames_used is not None else [c.shape[0] for c, _ in logits]
         for track, (char_logits, layout_logits), n in zip(tracks, logits, counts):
             for rule in fusions:
-                t = pick_temperature(self.temperatures, rule, n)
+                t = pick_temperature(self.temperatures, rule, n, tta=self.tta_views is not None)
                 r = fuse(rule, char_logits / t, layout_logits / t, self.masks, topk)
                 results[rule].append(TrackReading(
                     track_id=track.track_id,
@@ -188,15 +232,25 @@ class EnsembleReader(Reader):
     model's. rule "vote": each member fuses on its own; the reading most members give wins (ties go
     to the most confident), with confidence = the agreeing members' confidences summed over all
     members, so a split vote cannot come out confident.
+
+    calibration (ksrnet.ensemble_calibration.EnsembleCalibration, fitted for these members and this
+    rule): "logit" divides the averaged log-probabilities by its temperatures before fusion; "vote"
+    passes the vote's confidence through its monotone maps. Keys are "rule" / "rule@F" (see
+    pick_calibration); without one, a rule or frame count is left as it is.
     """
 
-    def __init__(self, readers: Sequence[Reader], rule: str = "logit", temperatures: dict[str, float] | None = None):
+    def __init__(self, readers: Sequence[Reader], rule: str = "logit", calibration=None):
         if len(readers) < 2:
             raise ValueError("an ensemble needs at least two models")
         if rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble rule must be one of {', '.join(ENSEMBLE_RULES)}, got {rule!r}")
-        self.readers, self.rule = list(readers), rule
-        self.temperatures = _checked_temperatures(temperatures)
+        if calibration is not None and calibration.rule != rule:
+            raise ValueError(f"this ensemble calibration was fitted for the {calibration.rule!r} rule, not {rule!r}")
+        self.readers, self.rule, self.calibration = list(readers), rule, calibration
+        self.temperatures = checked_temperatures(calibration.temperatures if calibration else None)
+        self.confidence_maps = dict(calibration.confidence_maps) if calibration else {}
+        # The ensemble's own keys are plain: its calibration file records the TTA views it was fitted with.
+        self.tta_views = None
         self.masks = self.readers[0].masks
 
     def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -221,7 +275,8 @@ class EnsembleReader(Reader):
                 readings = [m[rule][i] for m in members]
                 votes = Counter(r.text for r in readings)
                 best = max(readings, key=lambda r: (votes[r.text], r.confidence))
-                agreeing = sum(r.confidence for r in readings if r.text == best.text)
-                rows.append(replace(best, confidence=agreeing / len(readings)))
+                confidence = sum(r.confidence for r in readings if r.text == best.text) / len(readings)
+                mapping = pick_calibration(self.confidence_maps, rule, best.frames_used)
+                rows.append(replace(best, confidence=mapping(confidence) if mapping else confidence))
             results[rule] = rows
         return results
