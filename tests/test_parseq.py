@@ -16,10 +16,12 @@ from ksrnet.models.parseq import (
     MASKED_LOGP,
     Parseq,
     ParseqConfig,
+    adapt_to_input_size,
     build_perm_attention_mask,
     cloze_mask,
     decode_constrained,
     layout_log_probs,
+    resize_pos_embed,
     sample_permutations,
     topk_alternatives,
 )
@@ -477,3 +479,37 @@ def test_encoder_without_vit_blocks_reads_and_exposes_stem_features():
     assert len(model.blocks) == 0 and memory.shape == (2, config.num_patches, config.embed_dim)
     assert len(feats) == 1 and feats[0].shape == memory.shape  # a perceptual loss still has features
     assert model(x, mode="ar").char_logits.shape == (2, 7, 36)
+
+
+def test_resize_pos_embed_keeps_smooth_tables_and_refuses_wrong_shapes():
+    rows, cols, dim = 4, 8, 6
+    # A table linear in the column index is resampled to the same linear ramp over the new grid.
+    col = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
+    table = col[None, :, None].expand(rows, cols, dim).reshape(1, rows * cols, dim)
+    out = resize_pos_embed(table, (rows, cols), (rows, 6))
+    assert out.shape == (1, rows * 6, dim)
+    new_col = (torch.arange(6, dtype=torch.float32) + 0.5) / 6
+    expected = new_col[None, :, None].expand(rows, 6, dim).reshape(1, rows * 6, dim)
+    # Bilinear resampling is exact on a ramp away from the borders (it clamps at the edges).
+    inner = torch.zeros(rows, 6, dtype=torch.bool)
+    inner[:, 1:-1] = True
+    assert torch.allclose(out[0][inner.reshape(-1)], expected[0][inner.reshape(-1)], atol=1e-5)
+    assert resize_pos_embed(table, (rows, cols), (rows, cols)) is table
+    with pytest.raises(ValueError):
+        resize_pos_embed(table, (rows, cols + 1), (rows, 6))
+
+
+def test_adapt_to_input_size_keeps_every_weight_but_the_position_table():
+    torch.manual_seed(0)
+    model = Parseq(micro_config(img_w=64)).eval()
+    with torch.no_grad():
+        model.pos_embed.normal_()
+    narrow = adapt_to_input_size(model, micro_config(img_w=48)).eval()
+    assert narrow.config.grid == (4, 6) and narrow.pos_embed.shape[1] == 24
+    for (name, a), (_, b) in zip(model.state_dict().items(), narrow.state_dict().items()):
+        if name != "pos_embed":
+            assert torch.equal(a, b), name
+    out = narrow(images(2, narrow.config))
+    assert out.char_logits.shape == (2, S, C)
+    with pytest.raises(ValueError, match="more than the input size"):
+        adapt_to_input_size(model, micro_config(img_w=48, embed_dim=64))

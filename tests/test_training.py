@@ -627,3 +627,27 @@ def test_time_cosine_scale_warms_up_then_decays_to_the_floor():
     assert time_cosine_scale(330.0, 10, 0.1, 1e-3) == pytest.approx(0.5)  # cosine midpoint
     assert time_cosine_scale(600.0, 10, 0.1, 0.01) == 0.01
     assert time_cosine_scale(9999.0, 10, 0.0, 0.0) == pytest.approx(0.0)  # past the budget: stays at the end
+
+
+def test_init_weights_from_another_input_size(trained_run, tmp_path, monkeypatch):
+    # A 32x96 run starting from the 32x128 weights: every weight carried over, the position table
+    # resampled to the narrower grid. Stop at the start of fit and look at the model it got.
+    class Started(Exception):
+        pass
+
+    def fit(self, module, *args, **kwargs):
+        raise Started(module.model)
+
+    monkeypatch.setattr(training.L.Trainer, "fit", fit)
+    config = TrainConfig.from_dict({**micro(model={"img_w": 96}), "init_weights": str(trained_run)})
+    with pytest.raises(Started) as started:
+        training.train(config, tmp_path / "narrow", progress=False)
+    model = started.value.args[0]
+    source, _ = load_model(trained_run)
+    assert model.config.img_w == 96 and model.pos_embed.shape[1] == source.pos_embed.shape[1] * 96 // 128
+    for (name, a), (_, b) in zip(source.state_dict().items(), model.state_dict().items()):
+        if name != "pos_embed":
+            assert torch.equal(a, b), name
+    bad = TrainConfig.from_dict({**micro(model={"embed_dim": 64}), "init_weights": str(trained_run)})
+    with pytest.raises(ValueError, match="only img_h / img_w may differ"):
+        training.train(bad, tmp_path / "bad", progress=False)

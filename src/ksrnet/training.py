@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.models.baselines import fuse_product
-from ksrnet.models.parseq import Parseq, ParseqConfig, layout_log_probs, decode_constrained, sample_permutations
+from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.train_config import TrainConfig
@@ -302,7 +302,11 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
 
         start, meta = load_model(config.init_weights)
         if ParseqConfig.from_dict(meta["config"]) != config.model:
-            raise ValueError(f"init_weights {config.init_weights} were built with another model config")
+            try:  # a model of another input size keeps its weights; its position table is resampled
+                start = adapt_to_input_size(start, config.model)
+            except ValueError:
+                raise ValueError(f"init_weights {config.init_weights} were built with another model config "
+                                 "(only img_h / img_w may differ)") from None
         module.model.load_state_dict(start.state_dict())
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
     if not trainer.interrupted:

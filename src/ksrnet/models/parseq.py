@@ -321,6 +321,33 @@ class DecoderLayer(nn.Module):
         return query + self.drop(self.mlp(self.norm_m(query)))
 
 
+def resize_pos_embed(pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Resample a learnt (1, rows * cols, dim) position embedding to another patch grid (bilinear
+    over the grid), so a model trained at one input size can start training at another: the CNN
+    and ViT weights do not depend on the image size, only the position table does."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    (r0, c0), (r1, c1) = old_grid, new_grid
+    if pos_embed.ndim != 3 or pos_embed.shape[1] != r0 * c0:
+        raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} is not a {r0}x{c0} grid")
+    table = pos_embed.reshape(1, r0, c0, -1).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=(r1, c1), mode="bilinear", align_corners=False)
+    return table.permute(0, 2, 3, 1).reshape(1, r1 * c1, -1).contiguous()
+
+
+def adapt_to_input_size(model: "Parseq", config: "ParseqConfig") -> "Parseq":
+    """A copy of ``model`` for ``config``, which may differ from the model's own config in the input
+    size (img_h, img_w) only; the position embedding is resampled (resize_pos_embed)."""
+    same_apart_from_size = asdict(model.config) | {"img_h": config.img_h, "img_w": config.img_w}
+    if same_apart_from_size != asdict(config):
+        raise ValueError("the model and the config differ in more than the input size")
+    state = dict(model.state_dict())
+    state["pos_embed"] = resize_pos_embed(state["pos_embed"], model.config.grid, config.grid)
+    out = Parseq(config)
+    out.load_state_dict(state)
+    return out
+
+
 def slot_position_prior(num_slots: int, rows: int, cols: int, sigma: float) -> Tensor:
     """(num_slots, rows * cols) additive attention bias: slot i prefers the columns around the centre
     of the i-th of num_slots equal cells spanning the middle 90 % of the width (any row)."""
