@@ -98,9 +98,10 @@ def fused_confidences(track_logits, texts, rule: str, masks, temperature: float)
 
 
 @dataclass(frozen=True)
-class CalibrationFit:
+class FitFigures:
+    """How one fusion rule's confidences fared before and after a calibration fit."""
+
     fusion: str
-    temperature: float
     tracks: int
     recognition_rate: float
     ece_before: float
@@ -109,6 +110,23 @@ class CalibrationFit:
     gap_after: float | None
     nll_before: float
     nll_after: float
+
+    @staticmethod
+    def measure(rule: str, before: np.ndarray, after: np.ndarray, right: np.ndarray, right_before=None) -> dict:
+        """The figures as keyword arguments, from confidences before and after the fit (``right_before``:
+        the correctness behind ``before`` when the readings differ, else ``right``)."""
+        right_before = right if right_before is None else right_before
+        return dict(
+            fusion=rule, tracks=int(np.size(right)), recognition_rate=float(np.mean(right)),
+            ece_before=expected_calibration_error(before, right_before), ece_after=expected_calibration_error(after, right),
+            gap_before=confidence_gap(before, right_before), gap_after=confidence_gap(after, right),
+            nll_before=_bce(before, right_before), nll_after=_bce(after, right),
+        )
+
+
+@dataclass(frozen=True)
+class CalibrationFit(FitFigures):
+    temperature: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -136,12 +154,7 @@ def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
     for step in FINE_STEPS:
         consider(centre * step)
     loss, t, conf, right = best
-    return CalibrationFit(
-        fusion=rule, temperature=float(t), tracks=len(texts), recognition_rate=float(right.mean()),
-        ece_before=expected_calibration_error(conf1, right1), ece_after=expected_calibration_error(conf, right),
-        gap_before=confidence_gap(conf1, right1), gap_after=confidence_gap(conf, right),
-        nll_before=_bce(conf1, right1), nll_after=loss,
-    )
+    return CalibrationFit(temperature=float(t), **FitFigures.measure(rule, conf1, conf, right, right1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,19 +243,10 @@ def isotonic_map(confidence, correct, end_weight: float = 1.0) -> ConfidenceMap:
 
 
 @dataclass(frozen=True)
-class MapFit:
+class MapFit(FitFigures):
     """The figures of a confidence-map fit, like CalibrationFit's (the map instead of a temperature)."""
 
-    fusion: str
     confidence_map: ConfidenceMap
-    tracks: int
-    recognition_rate: float
-    ece_before: float
-    ece_after: float
-    gap_before: float | None
-    gap_after: float | None
-    nll_before: float
-    nll_after: float
 
     def as_dict(self) -> dict:
         return {**asdict(self), "confidence_map": self.confidence_map.as_dict()}
@@ -255,9 +259,4 @@ def fit_confidence_map(confidence, correct, rule: str) -> MapFit:
     right = np.asarray(correct, dtype=np.float64)
     mapping = isotonic_map(conf, right)
     after = mapping(conf)
-    return MapFit(
-        fusion=rule, confidence_map=mapping, tracks=int(conf.size), recognition_rate=float(right.mean()),
-        ece_before=expected_calibration_error(conf, right), ece_after=expected_calibration_error(after, right),
-        gap_before=confidence_gap(conf, right), gap_after=confidence_gap(after, right),
-        nll_before=_bce(conf, right), nll_after=_bce(after, right),
-    )
+    return MapFit(confidence_map=mapping, **FitFigures.measure(rule, conf, after, right))
