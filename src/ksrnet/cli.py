@@ -386,10 +386,17 @@ def _ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_v
     return EnsembleReader(readers, rule, calibration=fitted)
 
 
+def _model_label(model: Optional[str]) -> str:
+    """How a --model value is named to the user: the shipped model's name when none was given."""
+    from ksrnet.weights import DEFAULT_MODEL
+
+    return str(model or DEFAULT_MODEL)
+
+
 def _members(models: list, readers: list, backend: str) -> list:
     """The identity of each ensemble member: which weights file, read how, with which temperatures."""
     from ksrnet.ensemble_calibration import Member, file_sha256
-    from ksrnet.weights import DEFAULT_MODEL, ModelLoadError, resolve, resolve_ksrnet
+    from ksrnet.weights import ModelLoadError, resolve, resolve_ksrnet
 
     out = []
     for model, reader in zip(models, readers):
@@ -404,7 +411,7 @@ def _members(models: list, readers: list, backend: str) -> list:
             digest = file_sha256(path)
         except (ModelLoadError, OSError) as exc:
             fail(f"cannot identify the model {model}: {exc}")
-        out.append(Member(str(model or DEFAULT_MODEL), kind, digest, dict(reader.temperatures)))
+        out.append(Member(_model_label(model), kind, digest, dict(reader.temperatures)))
     return out
 
 
@@ -417,7 +424,7 @@ def _temperatures_for(meta: dict, model: Optional[str], tta_views, key: str = "t
 
     temperatures, note = reader_temperatures(meta, tta_views, key)
     if note:
-        err_console.print(f"[yellow]note:[/yellow] {escape(str(model or 'parseq-tiny'))}: {escape(note)}",
+        err_console.print(f"[yellow]note:[/yellow] {escape(_model_label(model))}: {escape(note)}",
                           soft_wrap=True)
     return temperatures
 
@@ -671,7 +678,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
     if len(models) == 1 and calibration is not None:
         fail("--calibration is for the ensemble row (several --model)")
     recognizer, recognizer_meta = _make_reader(models[0], device, mode)
-    methods = Methods(recognizer, str(models[0] or "parseq-tiny"))
+    methods = Methods(recognizer, _model_label(models[0]))
     notes = []
     if views:  # the same network, read under the views
         methods.tta = Reader(recognizer.model, device=device, mode=mode, tta_views=views,
@@ -953,8 +960,8 @@ def calibrate(
     else:
         masks = torch.from_numpy(layout_masks())
         fits = [(c, fit_temperature(logits[c], texts, rule, masks)) for c in counts for rule in fusion_list]
-    what = ("ensemble " + ensemble + " of " + ", ".join(str(m or "parseq-tiny") for m in models)
-            if len(models) > 1 else str(models[0] or "parseq-tiny")) + (f", TTA {','.join(views)}" if views else "")
+    what = ("ensemble " + ensemble + " of " + ", ".join(_model_label(m) for m in models)
+            if len(models) > 1 else _model_label(models[0])) + (f", TTA {','.join(views)}" if views else "")
     table = Table(title=f"calibration of {what} on {source}")
     for col in ("fusion", "F", "T / map", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
