@@ -1,5 +1,5 @@
 """Accuracy of every late fusion at F=1/3/5 on a fixed synthetic test set, on the real LR samples,
-and CPU inference speed. Prints markdown tables for benchmarks/RESULTS.md.
+and inference speed (CPU, or --device cuda). Prints markdown tables for benchmarks/RESULTS.md.
 
 Usage: python benchmarks/recognizer.py [--model parseq-tiny] [--tracks 2000] [--preset hard]
 The test tracks use a seed no training run uses (TEST_SEED), so they are never seen in training.
@@ -100,12 +100,13 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=2000)
     ap.add_argument("--preset", default="hard")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the speed figures say which)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)
     temperatures = meta.get("temperature") or {}
-    reader = Reader(model, temperatures=temperatures)
+    reader = Reader(model, temperatures=temperatures, device=args.device)
     print(f"calibration temperatures: {temperatures or 'none (raw confidences)'}")
     start = time.perf_counter()
     tracks = synthetic_tracks(args.tracks, args.preset)
@@ -132,7 +133,8 @@ def main() -> None:
     for batch in (1, 64):
         n = min(len(tracks), 256 if batch > 1 else 64)
         tps = speed(reader, tracks[:n], batch)
-        print(f"speed, batch {batch} tracks x 5 frames, {args.threads} threads: {tps:.1f} tracks/s")
+        where = f"{args.threads} threads" if args.device == "cpu" else args.device
+        print(f"speed, batch {batch} tracks x 5 frames, {where}: {tps:.1f} tracks/s")
         out[f"tracks_per_s_batch{batch}"] = tps
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

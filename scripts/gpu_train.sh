@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Trains the shipped recognizer on a lent GPU machine (no network there; python3 there has torch,
-# lightning, opencv). PyAV and the font packages travel as wheels in .whl/ (see benchmarks/RESULTS.md).
-# Usage: OUT=/some/dir scripts/gpu_train.sh [config] [minutes-of-hard-timeout]
+# lightning, opencv), then measures it on the fixed hard test set with GPU timings.
+# PyAV and the font packages travel as wheels in .whl/ (see benchmarks/RESULTS.md).
+# Usage: OUT=/some/dir scripts/gpu_train.sh [config] [hard timeout of training, s] [test tracks]
+# The whole script takes the training's max_minutes plus about 2 minutes.
 set -u
 config=${1:-configs/parseq-tiny-gpu.yaml}
-limit=${2:-520}
+limit=${2:-480}
+test_tracks=${3:-2000}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
@@ -21,4 +24,10 @@ fi
 cp "$run"/model.safetensors "$run"/model.json "$run"/config.yaml "$OUT"/ 2>/dev/null
 cp "$run"/logs/version_0/metrics.csv "$OUT"/ 2>/dev/null
 tail -5 "$OUT/train.log"
+if [ -f "$run/model.safetensors" ] && [ "$test_tracks" -gt 0 ]; then
+  device=cpu; python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && device=cuda
+  timeout 90 python3 benchmarks/recognizer.py --model "$run" --tracks "$test_tracks" --device "$device" \
+    --threads 8 --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
+  echo "benchmark exit: $?"; grep -E "^\| product|error /|speed" "$OUT/bench.txt"
+fi
 ls -la "$OUT"
