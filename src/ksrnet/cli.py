@@ -8,9 +8,27 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from ksrnet.cli_console import console, err_console, fail, progress_bar
+from ksrnet.cli_readers import (
+    CALIBRATION_HELP,
+    ENSEMBLE_HELP,
+    RESTORATION_MODEL_HELP,
+    TTA_HELP,
+    TTA_VIEWS_HELP,
+    check_fusions_and_mode,
+    discover_or_fail,
+    ensemble_members,
+    make_ensemble_reader,
+    make_reader,
+    make_readers,
+    model_label,
+    parse_tta_views,
+    read_track_batches,
+    restoration_model,
+    temperatures_for,
+)
 
 app = typer.Typer(
     help="ksrnet: read license plates from tracks of tiny low-resolution frames (LRLPR-26 layout).",
@@ -18,24 +36,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def progress_bar(transient: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=transient,
-    )
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
 
 
 def _fmt(value: Optional[float], pct: bool = True) -> str:
@@ -289,215 +289,6 @@ def train_ksrnet_cmd(
     console.print(f"weights: {out}")
 
 
-def _read_track_batches(paths, batch_tracks: int, description: str):
-    """Yield lists of (path, Track | TrackError) with a progress bar over all tracks."""
-    from ksrnet.tracks import iter_track_results
-
-    with progress_bar() as progress:
-        task = progress.add_task(description, total=len(paths))
-        batch = []
-        for item in iter_track_results(paths):
-            batch.append(item)
-            if len(batch) == batch_tracks:
-                yield batch
-                progress.advance(task, len(batch))
-                batch = []
-        if batch:
-            yield batch
-            progress.advance(task, len(batch))
-
-
-def _check_choices(fusions: list[str], mode: str) -> None:
-    from ksrnet.models.baselines import FUSIONS
-
-    unknown = [f for f in fusions if f not in FUSIONS]
-    if unknown or not fusions:
-        fail(f"unknown fusion {', '.join(unknown) or '(none given)'}; choose from {', '.join(FUSIONS)}")
-    if mode not in ("nar", "ar"):
-        fail(f"--decode must be nar or ar, got {mode!r}")
-
-
-def _tta_views(tta: bool, views: Optional[str]):
-    from ksrnet.tta import DEFAULT_VIEWS, check_views
-
-    if views is None:
-        return DEFAULT_VIEWS if tta else None
-    try:
-        return check_views(v.strip() for v in views.split(",") if v.strip())
-    except ValueError as exc:
-        fail(str(exc))
-
-
-TTA_HELP = ("Test-time augmentation: vote over identity, zoom 0.9/1.1 and gamma 0.8/1.2 views of every frame "
-            "(the flip hurt this model; add it with --tta-views).")
-TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2 (implies --tta)."
-
-
-RESTORATION_MODEL_HELP = ("KSR-Net weights (a train-ksrnet run dir or ksrnet.safetensors) read each track as "
-                          "one restored image; mflpr2:RUN reads it through the MF-LPR²-style fusion built on "
-                          "that run's flow estimator and recognizer.")
-ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
-                 "of their readings).")
-
-
-CALIBRATION_HELP = ("With several --model: the ensemble calibration file written by `ksrnet calibrate --model A "
-                    "--model B --ensemble RULE --out FILE`; refused if its members, rule or TTA views differ.")
-
-
-def _make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
-                  backend: str = "torch", calibration: Optional[Path] = None, warn_uncalibrated: bool = True):
-    """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE)."""
-    from ksrnet.infer import ENSEMBLE_RULES
-
-    if ensemble not in ENSEMBLE_RULES:
-        fail(f"--ensemble must be one of {', '.join(ENSEMBLE_RULES)}, got {ensemble!r}")
-    if backend not in ("torch", "onnx"):
-        fail(f"--backend must be torch or onnx, got {backend!r}")
-    models = list(models or [None])
-    if len(models) == 1 and calibration is not None:
-        fail("--calibration is for ensembles (several --model); a single model's temperatures live in its JSON "
-             "(`ksrnet calibrate --model M`)")
-    make = _make_onnx_reader if backend == "onnx" else _make_reader
-    readers = [make(m, device, mode, tta_views)[0] for m in models]
-    if len(readers) == 1:
-        return readers[0]
-    return _ensemble_reader(readers, models, ensemble, backend, tta_views, calibration, warn_uncalibrated)
-
-
-def _ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_views, calibration: Optional[Path],
-                     warn_uncalibrated: bool = True):
-    """The EnsembleReader over loaded member readers, with the calibration file checked against them."""
-    from rich.markup import escape
-
-    from ksrnet.ensemble_calibration import EnsembleCalibration, EnsembleCalibrationError
-    from ksrnet.infer import EnsembleReader
-
-    fitted = None
-    if calibration is not None:
-        try:
-            fitted = EnsembleCalibration.load(calibration)
-            fitted.check(_members(models, readers, backend), rule, tta_views, name=str(calibration))
-        except EnsembleCalibrationError as exc:
-            fail(escape(str(exc)))
-    elif warn_uncalibrated:
-        err_console.print("[yellow]note:[/yellow] this ensemble's confidences are not calibrated; fit them with "
-                          f"`ksrnet calibrate` and the same --model options, --ensemble {rule} --out FILE, then "
-                          "pass --calibration FILE", soft_wrap=True)
-    return EnsembleReader(readers, rule, calibration=fitted)
-
-
-def _model_label(model: Optional[str]) -> str:
-    """How a --model value is named to the user: the shipped model's name when none was given."""
-    from ksrnet.weights import DEFAULT_MODEL
-
-    return str(model or DEFAULT_MODEL)
-
-
-def _members(models: list, readers: list, backend: str) -> list:
-    """The identity of each ensemble member: which weights file, read how, with which temperatures."""
-    from ksrnet.ensemble_calibration import Member, file_sha256
-    from ksrnet.weights import ModelLoadError, resolve, resolve_ksrnet
-
-    out = []
-    for model, reader in zip(models, readers):
-        restoration, baseline = _restoration_model(model) if backend == "torch" else (None, False)
-        try:
-            if backend == "onnx":
-                kind, path = "parseq-onnx", Path(model)
-            elif restoration is not None:
-                kind, path = ("mflpr2" if baseline else "ksrnet"), resolve_ksrnet(restoration)
-            else:
-                kind, path = "parseq", resolve(model)
-            digest = file_sha256(path)
-        except (ModelLoadError, OSError) as exc:
-            fail(f"cannot identify the model {model}: {exc}")
-        out.append(Member(_model_label(model), kind, digest, dict(reader.temperatures)))
-    return out
-
-
-def _temperatures_for(meta: dict, model: Optional[str], tta_views, key: str = "temperature"):
-    """The temperatures to read with (see infer.reader_temperatures), telling the user when TTA falls
-    back to the plain ones."""
-    from rich.markup import escape
-
-    from ksrnet.infer import reader_temperatures
-
-    temperatures, note = reader_temperatures(meta, tta_views, key)
-    if note:
-        err_console.print(f"[yellow]note:[/yellow] {escape(_model_label(model))}: {escape(note)}",
-                          soft_wrap=True)
-    return temperatures
-
-
-def _make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None):
-    from ksrnet.infer import Reader
-
-    if model is None or not str(model).endswith(".onnx"):
-        fail("--backend onnx needs --model FILE.onnx (written by `ksrnet export --onnx`)")
-    if mode != "nar":
-        fail("the ONNX backend decodes NAR only (--decode nar)")
-    try:
-        from ksrnet.export_onnx import OnnxParseq
-
-        net = OnnxParseq(model)
-        reader = Reader(net, device=device, temperatures=_temperatures_for(net.meta, model, tta_views),
-                        tta_views=tta_views)
-    except ImportError:
-        fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
-    except Exception as exc:  # onnxruntime raises its own types for a missing or corrupt file
-        fail(f"cannot use {model} with onnxruntime: {exc}")
-    return reader, net.meta
-
-
-MFLPR2_PREFIX = "mflpr2:"
-
-
-def _restoration_model(model: Optional[str]) -> tuple[Optional[str], bool]:
-    """(weights path, baseline?) when --model names a restoration reader: KSR-Net weights, or
-    "mflpr2:PATH" for the MF-LPR²-style baseline built on those weights' flow and recognizer;
-    (None, False) for a recognizer."""
-    from ksrnet.restoration_reader import is_ksrnet_weights
-
-    if model is not None and str(model).startswith(MFLPR2_PREFIX):
-        path = str(model)[len(MFLPR2_PREFIX):]
-        if not is_ksrnet_weights(path):
-            fail(f"{model}: {path} holds no KSR-Net weights (ksrnet.safetensors from `ksrnet train-ksrnet`)")
-        return path, True
-    return (str(model), False) if is_ksrnet_weights(model) else (None, False)
-
-
-def _make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
-    from ksrnet.infer import Reader
-    from ksrnet.weights import ModelLoadError, load_model
-
-    restoration, baseline = _restoration_model(model)
-    if restoration is not None:
-        from ksrnet.restoration_reader import load_restoration_reader
-
-        if tta_views:
-            fail("TTA reads frames one by one under each view; KSR-Net and MF-LPR² read one restored image")
-        try:
-            return load_restoration_reader(restoration, device=device, mode=mode, baseline=baseline)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            fail(f"cannot load the restoration model {restoration}: {exc}")
-    try:
-        net, meta = load_model(model, device=device)
-        reader = Reader(net, device=device, mode=mode, temperatures=_temperatures_for(meta, model, tta_views),
-                        tta_views=tta_views)
-    except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
-        fail(str(exc))
-    return reader, meta
-
-
-def _discover(tracks: Path):
-    from ksrnet.tracks import DatasetError, discover_tracks
-
-    try:
-        return discover_tracks(tracks)
-    except DatasetError as exc:
-        fail(str(exc))
-
-
 @app.command()
 def predict(
     tracks: Path = typer.Argument(..., help="LRLPR-26 folder (nested or flat test/track_N)."),
@@ -531,12 +322,12 @@ def predict(
     """
     from ksrnet.submission import Prediction, write_predictions
 
-    _check_choices([fusion], mode)
-    views = _tta_views(tta, tta_views)
-    paths = _discover(tracks)
-    reader = _make_readers(model, device, mode, views, ensemble, backend, calibration)
+    check_fusions_and_mode([fusion], mode)
+    views = parse_tta_views(tta, tta_views)
+    paths = discover_or_fail(tracks)
+    reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
     preds, extra, failures, abstained = [], [], [], 0
-    for batch in _read_track_batches(paths, batch_size, "reading plates"):
+    for batch in read_track_batches(paths, batch_size, "reading plates"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
         for path, t in batch:
             if isinstance(t, Exception):
@@ -606,7 +397,7 @@ def eval_cmd(
 
     if ablation:
         _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
-                  _tta_views(tta, tta_views), ensemble, as_json, calibration)
+                  parse_tta_views(tta, tta_views), ensemble, as_json, calibration)
         return
     if tracks is None:
         fail("eval needs TRACKS (an annotated folder) unless --ablation is given")
@@ -615,12 +406,12 @@ def eval_cmd(
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     counts = _frame_counts(frame_counts)
-    _check_choices(fusion_list, mode)
-    views = _tta_views(tta, tta_views)
-    paths = _discover(tracks)
-    reader = _make_readers(model, device, mode, views, ensemble, backend, calibration)
+    check_fusions_and_mode(fusion_list, mode)
+    views = parse_tta_views(tta, tta_views)
+    paths = discover_or_fail(tracks)
+    reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
-    for batch in _read_track_batches(paths, batch_size, "evaluating"):
+    for batch in read_track_batches(paths, batch_size, "evaluating"):
         good = []
         for path, t in batch:
             if isinstance(t, Exception):
@@ -673,21 +464,21 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
     if tracks is None and (synth_tracks == 0 or not preset_list):
         fail("--ablation needs tracks: --synth-tracks > 0 with --presets, or a TRACKS folder")
     models = list(models or [None])
-    if any(_restoration_model(m)[0] for m in models):
+    if any(restoration_model(m)[0] for m in models):
         fail("with --ablation, --model names recognizers; give KSR-Net weights with --ksrnet")
     if len(models) == 1 and calibration is not None:
         fail("--calibration is for the ensemble row (several --model)")
-    recognizer, recognizer_meta = _make_reader(models[0], device, mode)
-    methods = Methods(recognizer, _model_label(models[0]))
+    recognizer, recognizer_meta = make_reader(models[0], device, mode)
+    methods = Methods(recognizer, model_label(models[0]))
     notes = []
     if views:  # the same network, read under the views
         methods.tta = Reader(recognizer.model, device=device, mode=mode, tta_views=views,
-                             temperatures=_temperatures_for(recognizer_meta, models[0], views))
+                             temperatures=temperatures_for(recognizer_meta, models[0], views))
     else:
         notes.append("no TTA row: add --tta (or --tta-views)")
     if len(models) > 1:
-        members = [recognizer] + [_make_reader(m, device, mode)[0] for m in models[1:]]
-        methods.ensemble = _ensemble_reader(members, models, ensemble_rule, "torch", None, calibration)
+        members = [recognizer] + [make_reader(m, device, mode)[0] for m in models[1:]]
+        methods.ensemble = make_ensemble_reader(members, models, ensemble_rule, "torch", None, calibration)
         notes.append(f"ensemble row: rule {ensemble_rule}, " + (f"calibrated by {calibration}" if calibration
                                                                  else "uncalibrated (no --calibration)"))
     else:
@@ -733,7 +524,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
             targets = sr_targets(test_set, up.lr_size, up.upscale, up.ref_index)
             rows += ablation_rows(methods, test_set, f"synthetic {preset}, seed {ABLATION_SEED}", targets, advance)
         if tracks is not None:
-            folder = [t for batch in _read_track_batches(_discover(tracks), batch_size, "loading tracks")
+            folder = [t for batch in read_track_batches(discover_or_fail(tracks), batch_size, "loading tracks")
                       for _, t in batch if not isinstance(t, Exception) and t.text is not None]
             if not folder:
                 fail(f"no annotated, readable tracks under {tracks}")
@@ -780,10 +571,10 @@ def bench_cmd(
     from ksrnet.synth.dataset import generate_track
 
     sizes = _positive_ints(batches, "--batches", "sizes")
-    _check_choices([fusion], mode)
-    if _restoration_model(model)[0] is not None:
+    check_fusions_and_mode([fusion], mode)
+    if restoration_model(model)[0] is not None:
         fail("bench times per-frame recognizers; for KSR-Net see benchmarks/ksrnet_cost.py or eval --ablation")
-    reader = _make_readers([model] if model else None, device, mode, None, "logit", backend)
+    reader = make_readers([model] if model else None, device, mode, None, "logit", backend)
     tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
     previous = torch.get_num_threads()
     used = threads or previous
@@ -908,15 +699,15 @@ def calibrate(
     from ksrnet.plates import layout_masks
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
-    _check_choices(fusion_list, mode)
+    check_fusions_and_mode(fusion_list, mode)
     counts = _frame_counts(frames) if frames is not None else [None]
-    views = _tta_views(tta, tta_views)
+    views = parse_tta_views(tta, tta_views)
     models = list(model or [None])
     if len(models) > 1 and out is None and write:
         fail("an ensemble's calibration goes into a file of its own: give --out FILE (or --dry-run)")
     if len(models) == 1 and out is not None:
         fail("--out is for ensembles (several --model); a single model's temperatures go into its JSON")
-    reader = _make_readers(models, device, mode, views, ensemble, warn_uncalibrated=False)
+    reader = make_readers(models, device, mode, views, ensemble, warn_uncalibrated=False)
     # The vote's confidence is not a softmax of logits: it is mapped as read. Everything else: logits.
     by_reading = len(models) > 1 and ensemble == "vote"
     logits = {c: [] for c in counts}
@@ -934,7 +725,7 @@ def calibrate(
 
     if tracks is not None:
         source = str(tracks)
-        for batch in _read_track_batches(_discover(tracks), batch_size, "reading validation tracks"):
+        for batch in read_track_batches(discover_or_fail(tracks), batch_size, "reading validation tracks"):
             good = [t for _, t in batch if not isinstance(t, Exception) and t.text is not None]
             if good:
                 take(good)
@@ -960,8 +751,8 @@ def calibrate(
     else:
         masks = torch.from_numpy(layout_masks())
         fits = [(c, fit_temperature(logits[c], texts, rule, masks)) for c in counts for rule in fusion_list]
-    what = ("ensemble " + ensemble + " of " + ", ".join(_model_label(m) for m in models)
-            if len(models) > 1 else _model_label(models[0])) + (f", TTA {','.join(views)}" if views else "")
+    what = ("ensemble " + ensemble + " of " + ", ".join(model_label(m) for m in models)
+            if len(models) > 1 else model_label(models[0])) + (f", TTA {','.join(views)}" if views else "")
     table = Table(title=f"calibration of {what} on {source}")
     for col in ("fusion", "F", "T / map", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
@@ -989,7 +780,7 @@ def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: li
     params = {temperature_key(f.fusion, c): (f.confidence_map if isinstance(f, MapFit) else f.temperature)
               for c, f in fits}
     calibration = EnsembleCalibration(
-        rule=reader.rule, members=_members(models, reader.readers, "torch"), tta_views=views,
+        rule=reader.rule, members=ensemble_members(models, reader.readers, "torch"), tta_views=views,
         temperatures={} if reader.rule == "vote" else params,
         confidence_maps=params if reader.rule == "vote" else {},
         fits=[{**f.as_dict(), "frames": c} for c, f in fits], source=source)
@@ -1006,7 +797,7 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str) ->
     from ksrnet.infer import TTA_PREFIX, TTA_VIEWS_KEY, temperature_key
     from ksrnet.weights import ModelLoadError, resolve, update_metadata
 
-    restoration, baseline = _restoration_model(model)
+    restoration, baseline = restoration_model(model)
     # The MF-LPR²-style reader lives in its KSR-Net's weights file: its own keys there.
     key, record_key = ("temperature_mflpr2", "calibration_mflpr2") if baseline else ("temperature", "calibration")
     tta = views is not None

@@ -1,0 +1,218 @@
+"""How the `ksrnet` verbs turn --model / --tta / --ensemble options into readers, with the user's
+mistakes turned into one-line errors (ksrnet.cli_console.fail) instead of tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+from ksrnet.cli_console import err_console, fail, progress_bar
+
+
+def read_track_batches(paths, batch_tracks: int, description: str):
+    """Yield lists of (path, Track | TrackError) with a progress bar over all tracks."""
+    from ksrnet.tracks import iter_track_results
+
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=len(paths))
+        batch = []
+        for item in iter_track_results(paths):
+            batch.append(item)
+            if len(batch) == batch_tracks:
+                yield batch
+                progress.advance(task, len(batch))
+                batch = []
+        if batch:
+            yield batch
+            progress.advance(task, len(batch))
+
+
+def check_fusions_and_mode(fusions: list[str], mode: str) -> None:
+    from ksrnet.models.baselines import FUSIONS
+
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown or not fusions:
+        fail(f"unknown fusion {', '.join(unknown) or '(none given)'}; choose from {', '.join(FUSIONS)}")
+    if mode not in ("nar", "ar"):
+        fail(f"--decode must be nar or ar, got {mode!r}")
+
+
+def parse_tta_views(tta: bool, views: Optional[str]):
+    from ksrnet.tta import DEFAULT_VIEWS, check_views
+
+    if views is None:
+        return DEFAULT_VIEWS if tta else None
+    try:
+        return check_views(v.strip() for v in views.split(",") if v.strip())
+    except ValueError as exc:
+        fail(str(exc))
+
+
+TTA_HELP = ("Test-time augmentation: vote over identity, zoom 0.9/1.1 and gamma 0.8/1.2 views of every frame "
+            "(the flip hurt this model; add it with --tta-views).")
+TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2 (implies --tta)."
+
+
+RESTORATION_MODEL_HELP = ("KSR-Net weights (a train-ksrnet run dir or ksrnet.safetensors) read each track as "
+                          "one restored image; mflpr2:RUN reads it through the MF-LPR²-style fusion built on "
+                          "that run's flow estimator and recognizer.")
+ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
+                 "of their readings).")
+
+
+CALIBRATION_HELP = ("With several --model: the ensemble calibration file written by `ksrnet calibrate --model A "
+                    "--model B --ensemble RULE --out FILE`; refused if its members, rule or TTA views differ.")
+
+
+def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
+                  backend: str = "torch", calibration: Optional[Path] = None, warn_uncalibrated: bool = True):
+    """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE)."""
+    from ksrnet.infer import ENSEMBLE_RULES
+
+    if ensemble not in ENSEMBLE_RULES:
+        fail(f"--ensemble must be one of {', '.join(ENSEMBLE_RULES)}, got {ensemble!r}")
+    if backend not in ("torch", "onnx"):
+        fail(f"--backend must be torch or onnx, got {backend!r}")
+    models = list(models or [None])
+    if len(models) == 1 and calibration is not None:
+        fail("--calibration is for ensembles (several --model); a single model's temperatures live in its JSON "
+             "(`ksrnet calibrate --model M`)")
+    make = make_onnx_reader if backend == "onnx" else make_reader
+    readers = [make(m, device, mode, tta_views)[0] for m in models]
+    if len(readers) == 1:
+        return readers[0]
+    return make_ensemble_reader(readers, models, ensemble, backend, tta_views, calibration, warn_uncalibrated)
+
+
+def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_views, calibration: Optional[Path],
+                     warn_uncalibrated: bool = True):
+    """The EnsembleReader over loaded member readers, with the calibration file checked against them."""
+    from rich.markup import escape
+
+    from ksrnet.ensemble_calibration import EnsembleCalibration, EnsembleCalibrationError
+    from ksrnet.infer import EnsembleReader
+
+    fitted = None
+    if calibration is not None:
+        try:
+            fitted = EnsembleCalibration.load(calibration)
+            fitted.check(ensemble_members(models, readers, backend), rule, tta_views, name=str(calibration))
+        except EnsembleCalibrationError as exc:
+            fail(escape(str(exc)))
+    elif warn_uncalibrated:
+        err_console.print("[yellow]note:[/yellow] this ensemble's confidences are not calibrated; fit them with "
+                          f"`ksrnet calibrate` and the same --model options, --ensemble {rule} --out FILE, then "
+                          "pass --calibration FILE", soft_wrap=True)
+    return EnsembleReader(readers, rule, calibration=fitted)
+
+
+def model_label(model: Optional[str]) -> str:
+    """How a --model value is named to the user: the shipped model's name when none was given."""
+    from ksrnet.weights import DEFAULT_MODEL
+
+    return str(model or DEFAULT_MODEL)
+
+
+def ensemble_members(models: list, readers: list, backend: str) -> list:
+    """The identity of each ensemble member: which weights file, read how, with which temperatures."""
+    from ksrnet.ensemble_calibration import Member, file_sha256
+    from ksrnet.weights import ModelLoadError, resolve, resolve_ksrnet
+
+    out = []
+    for model, reader in zip(models, readers):
+        restoration, baseline = restoration_model(model) if backend == "torch" else (None, False)
+        try:
+            if backend == "onnx":
+                kind, path = "parseq-onnx", Path(model)
+            elif restoration is not None:
+                kind, path = ("mflpr2" if baseline else "ksrnet"), resolve_ksrnet(restoration)
+            else:
+                kind, path = "parseq", resolve(model)
+            digest = file_sha256(path)
+        except (ModelLoadError, OSError) as exc:
+            fail(f"cannot identify the model {model}: {exc}")
+        out.append(Member(model_label(model), kind, digest, dict(reader.temperatures)))
+    return out
+
+
+def temperatures_for(meta: dict, model: Optional[str], tta_views, key: str = "temperature"):
+    """The temperatures to read with (see infer.reader_temperatures), telling the user when TTA falls
+    back to the plain ones."""
+    from rich.markup import escape
+
+    from ksrnet.infer import reader_temperatures
+
+    temperatures, note = reader_temperatures(meta, tta_views, key)
+    if note:
+        err_console.print(f"[yellow]note:[/yellow] {escape(model_label(model))}: {escape(note)}",
+                          soft_wrap=True)
+    return temperatures
+
+
+def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None):
+    from ksrnet.infer import Reader
+
+    if model is None or not str(model).endswith(".onnx"):
+        fail("--backend onnx needs --model FILE.onnx (written by `ksrnet export --onnx`)")
+    if mode != "nar":
+        fail("the ONNX backend decodes NAR only (--decode nar)")
+    try:
+        from ksrnet.export_onnx import OnnxParseq
+
+        net = OnnxParseq(model)
+        reader = Reader(net, device=device, temperatures=temperatures_for(net.meta, model, tta_views),
+                        tta_views=tta_views)
+    except ImportError:
+        fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
+    except Exception as exc:  # onnxruntime raises its own types for a missing or corrupt file
+        fail(f"cannot use {model} with onnxruntime: {exc}")
+    return reader, net.meta
+
+
+MFLPR2_PREFIX = "mflpr2:"
+
+
+def restoration_model(model: Optional[str]) -> tuple[Optional[str], bool]:
+    """(weights path, baseline?) when --model names a restoration reader: KSR-Net weights, or
+    "mflpr2:PATH" for the MF-LPR²-style baseline built on those weights' flow and recognizer;
+    (None, False) for a recognizer."""
+    from ksrnet.restoration_reader import is_ksrnet_weights
+
+    if model is not None and str(model).startswith(MFLPR2_PREFIX):
+        path = str(model)[len(MFLPR2_PREFIX):]
+        if not is_ksrnet_weights(path):
+            fail(f"{model}: {path} holds no KSR-Net weights (ksrnet.safetensors from `ksrnet train-ksrnet`)")
+        return path, True
+    return (str(model), False) if is_ksrnet_weights(model) else (None, False)
+
+
+def make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
+    from ksrnet.infer import Reader
+    from ksrnet.weights import ModelLoadError, load_model
+
+    restoration, baseline = restoration_model(model)
+    if restoration is not None:
+        from ksrnet.restoration_reader import load_restoration_reader
+
+        if tta_views:
+            fail("TTA reads frames one by one under each view; KSR-Net and MF-LPR² read one restored image")
+        try:
+            return load_restoration_reader(restoration, device=device, mode=mode, baseline=baseline)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            fail(f"cannot load the restoration model {restoration}: {exc}")
+    try:
+        net, meta = load_model(model, device=device)
+        reader = Reader(net, device=device, mode=mode, temperatures=temperatures_for(meta, model, tta_views),
+                        tta_views=tta_views)
+    except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
+        fail(str(exc))
+    return reader, meta
+
+
+def discover_or_fail(tracks: Path):
+    from ksrnet.tracks import DatasetError, discover_tracks
+
+    try:
+        return discover_tracks(tracks)
+    except DatasetError as exc:
+        fail(str(exc))
