@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
+from ksrnet.synth import npfast
 from ksrnet.synth.rand import uniform
 
 Range = tuple[float, float]
@@ -172,11 +173,21 @@ def canonical_corners(size: tuple[int, int]) -> np.ndarray:
 def plate_aspect(corners: np.ndarray) -> float:
     """Height over width of a plate quad, from the mean lengths of its opposite edges."""
     c = np.asarray(corners, dtype=np.float64)
-    width = 0.5 * (np.linalg.norm(c[1] - c[0]) + np.linalg.norm(c[2] - c[3]))
-    height = 0.5 * (np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1]))
+    width = 0.5 * (_length(c[1] - c[0]) + _length(c[2] - c[3]))
+    height = 0.5 * (_length(c[3] - c[0]) + _length(c[2] - c[1]))
     if width <= 0 or height <= 0:
         raise ValueError(f"degenerate plate corners {c.tolist()}")
     return float(height / width)
+
+
+def _length(v: np.ndarray) -> np.float64:
+    # np.linalg.norm's own arithmetic for a real vector (sqrt of v.dot(v)), without its wrapper.
+    return np.sqrt(v.dot(v))
+
+
+def _row_lengths(v: np.ndarray) -> np.ndarray:
+    # np.linalg.norm(v, axis=-1)'s own arithmetic for real arrays, without its wrapper.
+    return np.sqrt(np.add.reduce(v * v, axis=-1))
 
 
 def _translation(tx: float, ty: float) -> np.ndarray:
@@ -260,8 +271,9 @@ def sample_trajectory(
         (1.0 + growth) ** dt, skew,
     ) @ to_unit
     unit_quads = _apply_batch(shapes, scene_corners)
-    box_w = np.ptp(unit_quads[..., 0], axis=1)
-    box_h = np.ptp(unit_quads[..., 1], axis=1)
+    # max - min is what np.ptp computes, without its Python-level wrapper (a few us a call).
+    box_w = np.maximum.reduce(unit_quads[..., 0], axis=1) - np.minimum.reduce(unit_quads[..., 0], axis=1)
+    box_h = np.maximum.reduce(unit_quads[..., 1], axis=1) - np.minimum.reduce(unit_quads[..., 1], axis=1)
 
     base_w = int(round(_uniform(rng, p.crop_width)))
     base_h = int(round(_uniform(rng, p.crop_height)))
@@ -281,8 +293,8 @@ def sample_trajectory(
     scale = _uniform(rng, p.plate_fill) * widths[ref] / box_w[ref]
     scale = min(
         scale,
-        float(np.min((widths - 2 * margin - 1.0) / box_w)),
-        float(np.min((heights - 2 * margin - 1.0) / box_h)),
+        float(np.minimum.reduce((widths - 2 * margin - 1.0) / box_w)),
+        float(np.minimum.reduce((heights - 2 * margin - 1.0) / box_h)),
     )
     if scale <= 0:
         raise ValueError("crop too small for the requested margin")
@@ -301,7 +313,7 @@ def sample_trajectory(
     # Corners must stay in [margin - 0.5, size - 0.5 - margin] in crop coordinates.
     crop_min = np.ceil(hi - size + 0.5 + margin - 1e-9)
     crop_max = np.floor(lo - margin + 0.5 + 1e-9)
-    crop = np.clip(crop, crop_min, crop_max)
+    crop = npfast.clip(crop, crop_min, crop_max)
     shift = centres - crop
     place = np.zeros((n, 3, 3))
     place[:, 0, 0] = place[:, 1, 1] = scale
@@ -429,7 +441,7 @@ def render_frames(
 
     # Scene region any frame sees, plus a margin so reflections and later blurs see real content.
     inv = np.linalg.inv(fine)
-    frame_corners = np.stack(
+    frame_corners = np.array(
         [canonical_corners((w * supersample, h * supersample)) for w, h in traj.sizes]
     )
     seen = np.einsum("tij,tpj->tpi", inv[:, :, :2], frame_corners) + inv[:, None, :, 2]
@@ -438,9 +450,9 @@ def render_frames(
     c = traj.scene_corners
     q = _apply_batch(fine, c)
     a_idx, b_idx = np.array([0, 3, 0, 1]), np.array([1, 2, 3, 2])
-    fine_len = np.linalg.norm(q[:, b_idx] - q[:, a_idx], axis=-1)
-    scene_len = np.maximum(np.linalg.norm(c[b_idx] - c[a_idx], axis=-1), 1e-9)
-    ratio = float(np.max(fine_len / scene_len))
+    fine_len = _row_lengths(q[:, b_idx] - q[:, a_idx])
+    scene_len = np.maximum(_row_lengths(c[b_idx] - c[a_idx]), 1e-9)
+    ratio = float(np.maximum.reduce(fine_len / scene_len, axis=None))
     k = int(round(1.0 / ratio)) if ratio < 0.67 else 1
 
     pad = 4.0 * k

@@ -26,6 +26,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
+from ksrnet.synth import npfast
 from ksrnet.synth.camera import Trajectory, render_frames
 from ksrnet.synth.rand import choice, choice_cdf, uniform
 
@@ -55,7 +56,7 @@ def to_float(img: np.ndarray) -> np.ndarray:
 def to_uint8(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
-    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return npfast.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +120,12 @@ def _gaussian_axis(offsets: np.ndarray, centres: np.ndarray, sigma: float) -> np
 
 def disc_kernel(radius: float) -> np.ndarray:
     """Defocus PSF: a uniform disc of ``radius`` px with anti-aliased rim, sum 1, odd size."""
+    return _disc_kernel(radius).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _disc_kernel(radius: float) -> np.ndarray:
+    # Cached (read-only): a defocused track asks for the same disc for each of its frames.
     r = int(math.ceil(radius)) + 1
     sub = 4
     ax = (np.arange((2 * r + 1) * sub) + 0.5) / sub - (r + 0.5)
@@ -126,7 +133,9 @@ def disc_kernel(radius: float) -> np.ndarray:
     k = inside.reshape(2 * r + 1, sub, 2 * r + 1, sub).mean(axis=(1, 3))
     if k.sum() <= 0:
         k[r, r] = 1.0
-    return k / k.sum()
+    k = k / k.sum()
+    k.flags.writeable = False
+    return k
 
 
 def blur_kernel(path: np.ndarray, psf: str = "gaussian", psf_size: float = 0.0) -> np.ndarray:
@@ -147,7 +156,7 @@ def blur_kernel(path: np.ndarray, psf: str = "gaussian", psf_size: float = 0.0) 
     gy = _gaussian_axis(offsets, pts[:, 1], sigma)
     k = gy.T @ gx  # rows are y, columns x: sum over path points of separable Gaussians
     if psf == "defocus" and psf_size > 0:
-        disc = disc_kernel(psf_size)
+        disc = _disc_kernel(psf_size)
         pad = disc.shape[0] // 2
         k = np.pad(k, pad)
         k = cv2.filter2D(k, -1, disc, borderType=cv2.BORDER_CONSTANT)
@@ -260,13 +269,13 @@ def adjust_contrast(x: np.ndarray, contrast: float) -> np.ndarray:
     stack of frames the pivot is the track's mean, so all frames get the same tone curve."""
     if contrast == 1.0:
         return x
-    m = x.mean(dtype=np.float64)
+    m = npfast.mean(x, dtype=np.float64)
     return (x - np.float32(m)) * np.float32(contrast) + np.float32(m)
 
 
 def adjust_gamma(x: np.ndarray, gamma: float) -> np.ndarray:
     """``y = x ** gamma`` on [0, 1]: gamma < 1 brightens mid-tones, > 1 darkens them."""
-    y = np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
+    y = npfast.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
     if gamma == 1.0:
         return y
     # cv2.pow is ~5x faster than np.power on float32; it wants at most 2-D with <= 4 channels.
@@ -299,7 +308,7 @@ def plate_mask(size: tuple[int, int], corners: np.ndarray) -> np.ndarray:
     c = np.asarray(corners, np.float64).reshape(4, 2)
     # OpenCV fills polygons inclusively through their vertices' pixels: pull the outer boundary
     # in by half a pixel so the filled area matches the quad's.
-    c = c - 0.5 * np.sign(c - c.mean(axis=0))
+    c = c - 0.5 * np.sign(c - npfast.mean(c, axis=0))
     pts = np.rint(c * 16).astype(np.int32)
     cv2.fillConvexPoly(m, pts, 255, cv2.LINE_AA, 4)
     return m.astype(np.float32) * np.float32(1.0 / 255.0)
@@ -350,7 +359,7 @@ def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     in ``rng``. Shapes over a quarter of the bank are drawn fresh.
     """
     global _noise_bank
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if size > _NOISE_BANK_SIZE // 4:
         return rng.standard_normal(shape, dtype=np.float32)
     if _noise_bank is None:
@@ -371,10 +380,10 @@ def sensor_noise(
     """
     if a <= 0 and b <= 0:
         return x
-    std = np.sqrt(np.maximum(np.float32(a) * np.clip(x, 0.0, 1.0) + np.float32(b), 0.0))
+    std = np.sqrt(np.maximum(np.float32(a) * npfast.clip(x, 0.0, 1.0) + np.float32(b), 0.0))
     noise = standard_normal(rng, x.shape)
     if channel_corr > 0 and x.ndim >= 3 and x.shape[-1] == 3:
-        shared = standard_normal(rng, (int(np.prod(x.shape[:-2])), x.shape[-2]))
+        shared = standard_normal(rng, (math.prod(x.shape[:-2]), x.shape[-2]))
         # GRAY2RGB replicates channels ~3x faster than numpy broadcasting over a 3-long axis.
         shared = cv2.cvtColor(shared, cv2.COLOR_GRAY2RGB).reshape(x.shape)
         own = np.float32(math.sqrt(1.0 - channel_corr**2))
@@ -392,6 +401,8 @@ def sharpen(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
     """
     if amount <= 0:
         return x
+    if x.ndim == 4 and x.shape[-1] == 3:
+        return _sharpen_stack(x, amount, sigma)
     if x.ndim == 4:
         return np.stack([sharpen(f, amount, sigma) for f in x])
     y = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x
@@ -400,6 +411,22 @@ def sharpen(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
     if x.ndim == 3:
         detail = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB)
     return x + detail
+
+
+def _sharpen_stack(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
+    """`sharpen` of a (T, h, w, 3) stack, the same per-pixel arithmetic: only the blur runs per
+    frame (its borders are each frame's own); the colour conversions and the arithmetic run once
+    over the stack seen as one tall image."""
+    t, h, w, _ = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = cv2.cvtColor(x.reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY)
+    blurred = np.empty_like(y)
+    for i in range(t):
+        cv2.GaussianBlur(y[i * h:(i + 1) * h], (0, 0), float(sigma), dst=blurred[i * h:(i + 1) * h],
+                         borderType=cv2.BORDER_REFLECT101)
+    detail = y - blurred
+    detail *= np.float32(amount)
+    return x + cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB).reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,8 +546,23 @@ class _H264Session:
             # Set on every frame: a reused frame must not keep the first frame's forced I type.
             vf.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
             for packet in self.enc.encode(vf):
-                out.extend(cv2.cvtColor(d.to_ndarray(), cv2.COLOR_YUV2RGB_I420) for d in self.dec.decode(packet))
+                out.extend(cv2.cvtColor(self._i420(d), cv2.COLOR_YUV2RGB_I420) for d in self.dec.decode(packet))
         return out if len(out) == len(frames) else None
+
+    def _i420(self, frame) -> np.ndarray:
+        """A decoded yuv420p picture as one (3 h / 2, w) I420 array, the layout
+        ``VideoFrame.to_ndarray()`` returns; copied plane by plane here, which costs a third of
+        to_ndarray's generic path at this size."""
+        w, h = self.width, self.height
+        out = np.empty((h * 3 // 2, w), np.uint8)
+        flat = out.reshape(-1)
+        start = 0
+        for plane, (pw, ph) in zip(frame.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2))):
+            # Rows of a plane may be padded for alignment: take the first pw bytes of each.
+            rows = np.ndarray((ph, pw), np.uint8, buffer=plane, strides=(plane.line_size, 1))
+            flat[start:start + pw * ph].reshape(ph, pw)[:] = rows
+            start += pw * ph
+        return out
 
 
 _SESSIONS: OrderedDict[tuple, _H264Session] = OrderedDict()
@@ -950,7 +992,11 @@ def blur_frame(
     """
     size = params.psf_size * factor
     if params.psf == "defocus":
-        return apply_kernel(x, blur_kernel(_motion_path(params, t, factor, rng), "defocus", size))
+        if params.motion_kind == "none":
+            kernel = _still_defocus_kernel(size)  # every frame of the track has this one
+        else:
+            kernel = blur_kernel(_motion_path(params, t, factor, rng), "defocus", size)
+        return apply_kernel(x, kernel)
     if motion_kernel is None and params.motion_kind != "none":
         motion_kernel = blur_kernel(_motion_path(params, t, factor, rng), "gaussian", 0.0)
     rest = size * size - (MIN_KERNEL_SIGMA**2 if motion_kernel is not None else 0.0)
@@ -961,6 +1007,15 @@ def blur_frame(
     return x
 
 
+@functools.lru_cache(maxsize=16)
+def _still_defocus_kernel(size: float) -> np.ndarray:
+    """``blur_kernel`` of a still camera (no motion path) with a defocus disc of radius ``size``,
+    kept read-only: building it costs several times the filtering."""
+    k = blur_kernel(np.zeros((1, 2)), "defocus", size)
+    k.flags.writeable = False
+    return k
+
+
 def compress_track(
     frames: list[np.ndarray], params: DegradationParams, rng: np.random.Generator
 ) -> list[np.ndarray]:
@@ -969,10 +1024,10 @@ def compress_track(
     if params.codec == "none":
         return frames
     bx, by = rng.integers(0, 16, size=2).tolist()
-    offsets = []
-    for _ in frames:
-        dx, dy = rng.integers(-2, 3, size=2).tolist()
-        offsets.append((min(max(bx + dx, 0), 15), min(max(by + dy, 0), 15)))
+    # One draw for all frames: numpy keeps the 32-bit draws' buffer in the bit generator, so this
+    # is the same stream as one size-2 draw per frame, at a fifth of the call overhead.
+    drift = rng.integers(-2, 3, size=(len(frames), 2)).tolist()
+    offsets = [(min(max(bx + dx, 0), 15), min(max(by + dy, 0), 15)) for dx, dy in drift]
     if params.codec == "jpeg":
         return [jpeg_roundtrip(f, params.jpeg_quality, o) for f, o in zip(frames, offsets)]
     out = h264_roundtrip(frames, params.h264_qp, offsets, deblock=params.h264_deblock)
@@ -1024,7 +1079,7 @@ def degrade_track(
         lr.append(area_downsample(x, lr_sizes[t]))
     # The LR stages are per-pixel: one vectorised pass over the stacked track when sizes agree.
     same = all(f.shape == lr[0].shape for f in lr)
-    groups = [np.stack(lr)] if same else [f[None] for f in lr]
+    groups = [np.array(lr)] if same else [f[None] for f in lr]
     out: list[np.ndarray] = []
     for x in groups:
         x = apply_exposure(

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ksrnet.plates import DIGITS, LETTERS, NUM_SLOTS, Layout, validate_text
+from ksrnet.synth import npfast
 from ksrnet.synth.fonts import FontFace, load_font, plate_fonts
 from ksrnet.synth.rand import choice, choice_cdf, uniform
 
@@ -508,14 +509,15 @@ def _draw_small_print(
     canvas: np.ndarray, text: str, path: str, weight: int | None, *, center_x: float, top: float,
     height: float, squeeze: float = 1.0, tracking: float = 0.0, max_width: float | None = None,
     cache: bool = False,
-) -> None:
+) -> Region | None:
     """Small print (city line, BRASIL, BR) with capitals `height` px tall, centred at `center_x`,
     squeezed further when it would be wider than `max_width`.
 
     A handful of pixels tall, it needs no sub-pixel care: cached character bitmaps at about twice
     the size are laid on a line, which one area resize brings down (smoother than hinting at 5 px).
     `tracking` adds letter spacing in capital heights. `cache` keeps the laid-out line of a text
-    that recurs (never the random city names).
+    that recurs (never the random city names). Returns the canvas region written (None if none):
+    the print covers nothing outside it.
     """
     H, W = canvas.shape
     ratio = _cap_ratio(path, weight)
@@ -534,11 +536,13 @@ def _draw_small_print(
     if cx1 > cx0 and cy1 > cy0:
         dst = canvas[cy0:cy1, cx0:cx1]
         np.maximum(dst, small[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], out=dst)
+        return slice(cy0, cy1), slice(cx0, cx1)
+    return None
 
 
 def _clip(x: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     # One fused pass (minimum(maximum()) takes two and a temporary); float32 bounds keep float32.
-    return np.clip(x, np.float32(lo), np.float32(hi))
+    return npfast.clip(x, np.float32(lo), np.float32(hi))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,14 +653,6 @@ def _grain(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return tex[y:y + h, x:x + w]
 
 
-def _ink_region(canvas: np.ndarray) -> Region | None:
-    rows = np.flatnonzero(canvas.any(axis=1))
-    cols = np.flatnonzero(canvas.any(axis=0))
-    if rows.size == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Plate
 
@@ -735,9 +731,9 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
     room = boxes[0][0] - 0.05 * H  # between the printed outline and the first character
     if layout is Layout.MERCOSUR and style.br_mark and room > 0.025 * W:
         mark = np.zeros((H, W), np.float32)
-        _draw_small_print(mark, "BR", style.font_path, style.font_weight, center_x=0.05 * H + room / 2,
-                          top=0.80 * H, height=0.075 * H, max_width=room - 1.0, cache=True)
-        region = _ink_region(mark)
+        # The box written, not the ink's: outside the ink the coverage is 0, which blends as a no-op.
+        region = _draw_small_print(mark, "BR", style.font_path, style.font_weight, center_x=0.05 * H + room / 2,
+                                   top=0.80 * H, height=0.075 * H, max_width=room - 1.0, cache=True)
         if region is not None:
             _blend(img, mark[region], (0.1, 0.1, 0.12), 0.9, region)
 
@@ -774,7 +770,7 @@ def render_plate(text: str, style: PlateStyle, *, size: tuple[int, int] = CANONI
             _blend(img, 1.0 - plate_cov[rows, cols], (0.12, 0.12, 0.13), region=(rows, cols))
     return RenderedPlate(
         image=_to_hwc_uint8(img),
-        alpha=_to_uint8(plate_cov),
+        alpha=_plate_alpha(H, W, radius),
         text_mask=_to_uint8(letters),
         text=text,
         layout=layout,
@@ -795,6 +791,18 @@ def _to_hwc_uint8(img: np.ndarray) -> np.ndarray:
 
 def _plate_coverage(H: int, W: int, radius: float) -> np.ndarray:
     return _plate_coverage_cached(H, W, round(radius, 1))
+
+
+def _plate_alpha(H: int, W: int, radius: float) -> np.ndarray:
+    """`_plate_coverage` as uint8 (read-only, cached with it: plates share a few radii)."""
+    return _plate_alpha_cached(H, W, round(radius, 1))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plate_alpha_cached(H: int, W: int, radius: float) -> np.ndarray:
+    alpha = _to_uint8(_plate_coverage_cached(H, W, radius))
+    alpha.flags.writeable = False
+    return alpha
 
 
 @functools.lru_cache(maxsize=1024)
@@ -870,9 +878,12 @@ def _draw_mercosur_band(img: np.ndarray, style: PlateStyle, H: int, W: int, radi
 
     white = np.zeros((H, W), np.float32)
     word_h = band_h * 0.42
-    _draw_small_print(white, "BRASIL", style.font_path, style.font_weight,
-                      center_x=W / 2, top=band_h / 2 - word_h / 2, height=word_h, tracking=0.25, cache=True)
-    _blend(img, white[rows], (0.95, 0.95, 0.97), region=rows)
+    word = _draw_small_print(white, "BRASIL", style.font_path, style.font_weight,
+                             center_x=W / 2, top=band_h / 2 - word_h / 2, height=word_h, tracking=0.25, cache=True)
+    # Blended over the word's box within the band only: elsewhere its coverage is 0, a no-op.
+    if word is not None and word[0].start < rows[0].stop:
+        region = (slice(word[0].start, min(word[0].stop, rows[0].stop)), word[1])
+        _blend(img, white[region], (0.95, 0.95, 0.97), region=region)
 
     patch_h = band_h * 0.62
     patch_w = patch_h * 1.45
@@ -905,7 +916,7 @@ def _draw_bolt(img: np.ndarray, cx: float, cy: float, r: float, rgb) -> None:
     cov, region = _ellipse(H, W, cx, cy, r, r)
     _blend(img, cov, base, 1.0, region)
     cov, region = _ellipse(H, W, cx - r * 0.3, cy - r * 0.3, r * 0.35, r * 0.35)
-    _blend(img, cov, np.clip(base + 0.25, 0, 1), 0.7, region)
+    _blend(img, cov, npfast.clip(base + 0.25, 0, 1), 0.7, region)
 
 
 # ---------------------------------------------------------------------------------------------
