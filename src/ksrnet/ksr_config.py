@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ksrnet.models.ksrnet import KSRNetConfig, PRESET_NAMES, _SUBCONFIGS
-from ksrnet.train_config import PRESETS, ConfigError, build_section, load_yaml_mapping, mapping_section
+from ksrnet.train_config import ConfigError, build_section, check_track_source, load_yaml_mapping, mapping_section
 
 STAGES: tuple[str, ...] = ("1", "1b", "2", "3")
 SCHEDULES = ("cosine", "cosine_restarts", "constant", "time_cosine")
@@ -57,14 +57,9 @@ class KSRDataConfig:
     target_supersample: int = 2
 
     def __post_init__(self):
-        if self.preset not in PRESETS or self.val_preset not in PRESETS:
-            raise ValueError(f"presets must be one of {PRESETS}")
-        if self.tracks_per_epoch < 0 or self.val_tracks < 0:
-            raise ValueError("tracks_per_epoch and val_tracks must be >= 0")
-        if self.tracks_per_epoch == 0 and not self.lrlpr_root:
-            raise ValueError("no training data: set tracks_per_epoch > 0 or lrlpr_root")
-        if self.num_workers < 0 or not 1 <= self.num_frames <= 16:
-            raise ValueError("num_workers must be >= 0 and num_frames in 1..16")
+        check_track_source(self, tracks="tracks_per_epoch", preset="preset", frames="num_frames")
+        if self.val_tracks < 0:
+            raise ValueError("val_tracks must be >= 0")
         if self.target_supersample < 1:
             raise ValueError("target_supersample must be >= 1")
 

@@ -82,6 +82,21 @@ def build_section(cls, data: dict | None, where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def check_track_source(data, *, tracks: str, preset: str, frames: str) -> None:
+    """Checks shared by the recognizer's and KSR-Net's data sections, which name the same ideas
+    differently (the field names are passed in, so the message names the user's key): known presets,
+    some training data, workers and frames per track in range."""
+    if getattr(data, preset) not in PRESETS or data.val_preset not in PRESETS:
+        raise ValueError(f"{preset} and val_preset must be one of {PRESETS}, got {getattr(data, preset)!r} and "
+                         f"{data.val_preset!r}")
+    if getattr(data, tracks) < 0:
+        raise ValueError(f"{tracks} must be >= 0")
+    if getattr(data, tracks) == 0 and not data.lrlpr_root:
+        raise ValueError(f"no training data: set {tracks} > 0 or lrlpr_root")
+    if data.num_workers < 0 or not 1 <= getattr(data, frames) <= 16:
+        raise ValueError(f"num_workers must be >= 0 and {frames} in 1..16")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # Synthetic tracks are generated on the fly; an LRLPR-26 folder can be mixed in or used alone.
@@ -97,14 +112,9 @@ class DataConfig:
     frames_per_track: int = 5
 
     def __post_init__(self):
-        if self.synth_preset not in PRESETS or self.val_preset not in PRESETS:
-            raise ValueError(f"presets must be one of {PRESETS}")
-        if self.synth_tracks_per_epoch < 0 or self.val_tracks < 1:
-            raise ValueError("synth_tracks_per_epoch must be >= 0 and val_tracks >= 1")
-        if self.synth_tracks_per_epoch == 0 and not self.lrlpr_root:
-            raise ValueError("no training data: set synth_tracks_per_epoch > 0 or lrlpr_root")
-        if self.num_workers < 0 or not 1 <= self.frames_per_track <= 16:
-            raise ValueError("num_workers must be >= 0 and frames_per_track in 1..16")
+        check_track_source(self, tracks="synth_tracks_per_epoch", preset="synth_preset", frames="frames_per_track")
+        if self.val_tracks < 1:
+            raise ValueError("val_tracks must be >= 1")
 
 
 @dataclass(frozen=True)
