@@ -393,7 +393,8 @@ def sensor_noise(
 
 def sharpen(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
     """In-camera sharpening: an unsharp mask on luma, ``x + amount * (Y - blur_sigma(Y))`` added
-    to every channel, per frame of an ``(h, w, 3)`` or ``(T, h, w, 3)`` float image.
+    to every channel, per frame of an ``(h, w, 3)`` or ``(T, h, w, 3)`` float image, or of one
+    ``(h, w)`` grey frame.
 
     Surveillance ISPs sharpen after demosaicing and denoising, at the sensor's own pixel grid,
     which is the crop's grid here: edges get a dark/bright halo and the noise is amplified too.
@@ -401,32 +402,27 @@ def sharpen(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
     """
     if amount <= 0:
         return x
-    if x.ndim == 4 and x.shape[-1] == 3:
-        return _sharpen_stack(x, amount, sigma)
-    if x.ndim == 4:
-        return np.stack([sharpen(f, amount, sigma) for f in x])
-    y = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x
-    detail = y - cv2.GaussianBlur(y, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT101)
-    detail *= np.float32(amount)
-    if x.ndim == 3:
-        detail = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB)
-    return x + detail
+    if x.ndim == 2:
+        return x + _luma_detail(x, x.shape[0], amount, sigma)
+    # Colour frames: the colour conversions and the arithmetic run once over the stack seen as one
+    # tall image; only the blur runs per frame (its borders are each frame's own).
+    stack = np.ascontiguousarray(x if x.ndim == 4 else x[None], dtype=np.float32)
+    t, h, w, _ = stack.shape
+    y = cv2.cvtColor(stack.reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY)
+    out = stack + cv2.cvtColor(_luma_detail(y, h, amount, sigma), cv2.COLOR_GRAY2RGB).reshape(stack.shape)
+    return out if x.ndim == 4 else out[0]
 
 
-def _sharpen_stack(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
-    """`sharpen` of a (T, h, w, 3) stack, the same per-pixel arithmetic: only the blur runs per
-    frame (its borders are each frame's own); the colour conversions and the arithmetic run once
-    over the stack seen as one tall image."""
-    t, h, w, _ = x.shape
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    y = cv2.cvtColor(x.reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY)
+def _luma_detail(y: np.ndarray, frame_h: int, amount: float, sigma: float) -> np.ndarray:
+    """``amount * (y - blur_sigma(y))`` of a float32 luma image made of frames ``frame_h`` rows tall
+    stacked vertically, each blurred with its own borders."""
     blurred = np.empty_like(y)
-    for i in range(t):
-        cv2.GaussianBlur(y[i * h:(i + 1) * h], (0, 0), float(sigma), dst=blurred[i * h:(i + 1) * h],
+    for top in range(0, y.shape[0], frame_h):
+        cv2.GaussianBlur(y[top:top + frame_h], (0, 0), float(sigma), dst=blurred[top:top + frame_h],
                          borderType=cv2.BORDER_REFLECT101)
     detail = y - blurred
     detail *= np.float32(amount)
-    return x + cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB).reshape(x.shape)
+    return detail
 
 
 # ---------------------------------------------------------------------------------------------
