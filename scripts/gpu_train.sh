@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # Trains the shipped recognizer on a lent GPU machine (no network there; python3 there has torch,
 # lightning, opencv), then measures it on the fixed hard test set with GPU timings.
-# PyAV and the font packages travel as wheels in .whl/ (see benchmarks/RESULTS.md).
+# PyAV and the font packages travel as wheels in .whl/ (scripts/gpu_env.sh, benchmarks/RESULTS.md).
 # Usage: OUT=/some/dir scripts/gpu_train.sh [config] [hard timeout of training, s] [test tracks]
 # The whole script takes the training's max_minutes plus about 2 minutes.
 set -u
 config=${1:-configs/parseq-tiny-gpu.yaml}
 limit=${2:-480}
 test_tracks=${3:-2000}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, lightning, av, cv2; print('torch', torch.__version__, 'lightning', lightning.__version__, 'av', av.__version__, 'cv2', cv2.__version__, 'cpus', __import__('os').cpu_count())"
+source scripts/gpu_env.sh
 python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
 run=/tmp/run
 timeout "$limit" python3 -m ksrnet.cli train "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" | tail -c 20000 > "$OUT/train.log"
@@ -25,7 +21,6 @@ cp "$run"/model.safetensors "$run"/model.json "$run"/config.yaml "$OUT"/ 2>/dev/
 cp "$run"/logs/version_0/metrics.csv "$OUT"/ 2>/dev/null
 tail -5 "$OUT/train.log"
 if [ -f "$run/model.safetensors" ] && [ "$test_tracks" -gt 0 ]; then
-  device=cpu; python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && device=cuda
   timeout 90 python3 benchmarks/recognizer.py --model "$run" --tracks "$test_tracks" --device "$device" \
     --threads 8 --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
   echo "benchmark exit: $?"; grep -E "^\| product|error /|speed" "$OUT/bench.txt"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Trains KSR-Net (all four stages) on a lent GPU machine, then measures it there: calibration, GPU
+# cost (ksrnet_cost.py) and the ablation against late fusion on the fixed hard test tracks.
+# Two phases, so each fits one device call (600 s at most) on the same warm machine:
+#   OUT=/dir scripts/gpu_train_ksrnet.sh train   [config] [hard timeout of training, s]
+#   OUT=/dir scripts/gpu_train_ksrnet.sh measure [ablation tracks]
+# or both in one call: ... all [config] [timeout] [ablation tracks]. The run lives in runs/ksr-gpu
+# (ignored by git, kept between calls on a warm machine); weights, logs and tables go to $OUT.
+# configs/ksrnet-tiny-gpu.yaml trains for 7.5 minutes; with each stage's start and validation the
+# train phase takes about 9.
+set -u
+phase=${1:-all}
+run=runs/ksr-gpu
+source scripts/gpu_env.sh
+
+train() {
+  local config=${1:-configs/ksrnet-tiny-gpu.yaml} limit=${2:-570}
+  timeout "$limit" python3 -m ksrnet.cli train-ksrnet "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" \
+    | tail -c 20000 > "$OUT/train.log"
+  echo "train exit: ${PIPESTATUS[0]}"
+  tail -5 "$OUT/train.log"
+  for s in 1 1b 2 3; do
+    [ -f "$run/stage-$s/logs/version_0/metrics.csv" ] && cp "$run/stage-$s/logs/version_0/metrics.csv" "$OUT/metrics-$s.csv"
+  done
+  cp "$run"/ksrnet.safetensors "$run"/ksrnet.json "$run"/config.yaml "$OUT"/ 2>/dev/null
+  ls "$run"
+}
+
+measure() {
+  local tracks=${1:-500}
+  [ -f "$run/ksrnet.safetensors" ] || { echo "no $run/ksrnet.safetensors: run the train phase first"; return 1; }
+  python3 -m ksrnet.cli calibrate --model "$run" --synth 200 --preset mix --fusions product --device "$device" \
+    2>&1 | tail -3
+  cp "$run"/ksrnet.json "$OUT"/
+  timeout 120 python3 benchmarks/ksrnet_cost.py --device "$device" --batch 64 --threads 8 > "$OUT/cost.txt" 2>&1
+  echo "cost exit: $?"; cat "$OUT/cost.txt"
+  timeout 240 python3 -m ksrnet.cli eval --ablation --ksrnet "$run" --synth-tracks "$tracks" --presets hard \
+    --device "$device" --batch-size 64 --markdown "$OUT/ablation.md" > "$OUT/ablation.txt" 2>&1
+  echo "ablation exit: $?"; cat "$OUT/ablation.md" 2>/dev/null || tail -20 "$OUT/ablation.txt"
+}
+
+case "$phase" in
+  train) train "${2:-}" "${3:-}" ;;
+  measure) measure "${2:-}" ;;
+  all) train "${2:-}" "${3:-}" && measure "${4:-}" ;;
+  *) echo "usage: OUT=DIR $0 train [config] [timeout s] | measure [tracks] | all [config] [timeout s] [tracks]"; exit 2 ;;
+esac
+ls -la "$OUT"
