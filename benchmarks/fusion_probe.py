@@ -1,0 +1,145 @@
+"""Can a smarter late fusion, or KSR-Net's restored image added to it, beat plain product fusion?
+
+Reads a development set of hard synthetic tracks (DEV_SEED: neither the benchmark's TEST_SEED nor
+any training or validation seed, so nothing here is tuned on the test set) once with the shipped
+recognizer, keeps every frame's logits, and decodes them under several fusion rules:
+
+- product: the sum of per-frame log-probabilities (the shipped rule), at temperature 1 and at the
+  shipped product temperature. A temperature cannot change product's reading: each frame's
+  log-softmax differs from its logits/T by a per-slot constant, so the per-slot argmax of the sum is
+  that of the summed logits (only the clamped floor and the layout choice could differ);
+- quality-weighted product: frame f weighted by softmax_f(beta * its own best joint log-prob);
+- entropy-weighted product: slot s of frame f weighted by softmax_f(-g * its entropy);
+- product without the least sure frame, floored per-frame log-probs, the sum rule (mean of
+  probabilities), and the last k frames only;
+- with --ksrnet RUN: KSR-Net's single restored-plate reading added to the product with weight w.
+
+Usage: python benchmarks/fusion_probe.py [--tracks 3000] [--ksrnet runs/ksr-cpu-final-f --ksr-tracks 1500]
+(one thread; ~1 min per 1,000 tracks for the recognizer, ~3 min per 1,000 for KSR-Net on this CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from ksrnet.infer import Reader
+from ksrnet.models.parseq import decode_constrained, layout_log_probs
+from ksrnet.plates import Tokenizer, layout_masks
+from ksrnet.synth.dataset import generate_track
+from ksrnet.weights import load_model
+
+DEV_SEED = 424_242
+_TOKENIZER = Tokenizer()
+_MASKS = torch.from_numpy(layout_masks())
+
+
+def hard_tracks(start: int, stop: int) -> list:
+    return [generate_track(DEV_SEED, i, preset="hard") for i in range(start, stop)]
+
+
+def per_frame_log_probs(char_logits: torch.Tensor, layout_logits: torch.Tensor, temperature: float = 1.0):
+    """(N, F, 7, C) / (N, F, L) logits -> (N, F, L, 7, C) per-layout char log-probs, (N, F, L)."""
+    n, f = char_logits.shape[:2]
+    lp, llp = layout_log_probs((char_logits / temperature).flatten(0, 1), (layout_logits / temperature).flatten(0, 1),
+                               _MASKS)
+    return lp.unflatten(0, (n, f)), llp.unflatten(0, (n, f))
+
+
+def recognition_rate(per_layout: torch.Tensor, layout: torch.Tensor, texts: list[str]) -> float:
+    r = decode_constrained(per_layout, layout)
+    right = sum(_TOKENIZER.decode(tuple(int(x) for x in row)) == t for row, t in zip(r.indices, texts))
+    return 100.0 * right / len(texts)
+
+
+def weighted(lp: torch.Tensor, llp: torch.Tensor, w: torch.Tensor):
+    """Frame-weighted sums: w (N, F) per frame, or (N, F, L, 7) per frame and slot (layout term unweighted)."""
+    if w.ndim == 2:
+        return (lp * w[..., None, None, None]).sum(1), (llp * w[..., None]).sum(1)
+    return (lp * w[..., None]).sum(1), llp.sum(1)
+
+
+def fusion_rows(chars: torch.Tensor, layouts: torch.Tensor, texts: list[str], product_t: float) -> list[tuple[str, float]]:
+    lp, llp = per_frame_log_probs(chars, layouts)
+    frames = lp.shape[1]
+    rr = lambda a, b: recognition_rate(a, b, texts)  # noqa: E731
+    rows = [("product, T = 1", rr(lp.sum(1), llp.sum(1)))]
+    lpt, llpt = per_frame_log_probs(chars, layouts, product_t)
+    rows.append((f"product, shipped T = {product_t:.2f}", rr(lpt.sum(1), llpt.sum(1))))
+    rows.append(("last frame only (F=1)", rr(lp[:, -1], llp[:, -1])))
+    sure = (lp.max(-1).values.sum(-1) + llp).max(-1).values  # (N, F): each frame's best joint log-prob
+    for beta in (0.25, 0.5, 1.0, 2.0):
+        rows.append((f"quality-weighted, beta {beta}", rr(*weighted(lp, llp, torch.softmax(beta * sure, 1) * frames))))
+    entropy = -(lp.exp() * lp.clamp(min=-30)).sum(-1)  # (N, F, L, 7)
+    for g in (0.5, 1.0, 2.0):
+        rows.append((f"entropy-weighted, g {g}", rr(*weighted(lp, llp, torch.softmax(-g * entropy, 1) * frames))))
+    keep = torch.ones_like(sure).scatter_(1, sure.argmin(1, keepdim=True), 0.0)
+    rows.append(("product without the least sure frame", rr(*weighted(lp, llp, keep))))
+    for floor in (-2.0, -4.0, -6.0):
+        rows.append((f"product of log-probs floored at {floor}", rr(lp.clamp(min=floor).sum(1), llp.clamp(min=floor).sum(1))))
+    log_f = math.log(frames)
+    rows.append(("sum rule (mean of probabilities)", rr(torch.logsumexp(lp, 1) - log_f, torch.logsumexp(llp, 1) - log_f)))
+    for k in range(2, frames):
+        rows.append((f"product of the last {k} frames", rr(lp[:, -k:].sum(1), llp[:, -k:].sum(1))))
+    return rows
+
+
+def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: list[str]) -> list[tuple[str, float]]:
+    from ksrnet.restoration_reader import load_restoration_reader
+
+    reader, _ = load_restoration_reader(path)
+    sr_chars, sr_layouts = [], []
+    for start in range(0, len(texts), 50):
+        _, c, l = reader.restore_and_read(hard_tracks(start, min(len(texts), start + 50)))
+        sr_chars.append(c)
+        sr_layouts.append(l)
+    slp, sllp = layout_log_probs(torch.cat(sr_chars), torch.cat(sr_layouts), _MASKS)
+    lp, llp = per_frame_log_probs(chars, layouts)
+    rr = lambda a, b: recognition_rate(a, b, texts)  # noqa: E731
+    rows = [("product of the frames (same tracks)", rr(lp.sum(1), llp.sum(1))), ("KSR-Net restored plate alone", rr(slp, sllp))]
+    for w in (0.5, 1.0, 2.0, 3.0, 5.0):
+        rows.append((f"product + {w} x restored plate", rr(lp.sum(1) + w * slp, llp.sum(1) + w * sllp)))
+    return rows
+
+
+def print_table(title: str, rows: list[tuple[str, float]]) -> None:
+    print(f"\n**{title}**\n\n| rule | RR % |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="recognizer (default: the shipped parseq-tiny)")
+    ap.add_argument("--tracks", type=int, default=3000)
+    ap.add_argument("--ksrnet", default=None, help="KSR-Net run or weights whose restored reading to add")
+    ap.add_argument("--ksr-tracks", type=int, default=1500, help="the first N dev tracks for the KSR-Net rows")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if args.tracks < 1 or not 1 <= args.ksr_tracks <= args.tracks:
+        ap.error("need --tracks >= 1 and 1 <= --ksr-tracks <= --tracks")
+    torch.set_num_threads(args.threads)
+    model, meta = load_model(args.model)
+    reader = Reader(model)
+    texts, chars, layouts = [], [], []
+    for start in range(0, args.tracks, 100):
+        tracks = hard_tracks(start, min(args.tracks, start + 100))
+        for track, (c, l) in zip(tracks, reader.track_logits(tracks)):
+            texts.append(track.text)
+            chars.append(c)
+            layouts.append(l)
+    chars, layouts = torch.stack(chars), torch.stack(layouts)
+    temperatures = meta.get("temperature") or {}
+    product_t = float(temperatures.get("product@5", temperatures.get("product", 1.0)))
+    print_table(f"late fusion rules, {args.tracks} hard dev tracks (seed {DEV_SEED})",
+                fusion_rows(chars, layouts, texts, product_t))
+    if args.ksrnet:
+        n = args.ksr_tracks
+        print_table(f"adding KSR-Net's reading ({args.ksrnet}), first {n} dev tracks",
+                    ksrnet_rows(args.ksrnet, chars[:n], layouts[:n], texts[:n]))
+
+
+if __name__ == "__main__":
+    main()
