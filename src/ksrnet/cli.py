@@ -850,6 +850,101 @@ def _frame_counts(text: str) -> list[int]:
     return _positive_ints(text, "--frames", "frame counts")
 
 
+def command_line(ctx: typer.Context) -> str:
+    """The command as parsed, every option spelled out (defaults too), so that it reruns the same
+    way whatever the shell, aliases or test harness that started it."""
+    import shlex
+
+    words = ["ksrnet", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif isinstance(value, bool):
+            flag = param.opts[0] if value else (param.secondary_opts or [None])[0]
+            words += [flag] if flag else []
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                words += [param.opts[0], str(item)]
+        elif value is not None:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    tracks: Path = typer.Argument(..., help="A track folder or any LRLPR-26 folder (nested or flat)."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Shipped model name, .safetensors file or run "
+                                              "dir (default: the shipped parseq-tiny); repeat for an ensemble."),
+    ensemble: str = typer.Option("logit", "--ensemble", help=ENSEMBLE_HELP),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+    fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
+                               "string_majority."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use only the last N frames of each track."),
+    min_confidence: Optional[float] = typer.Option(0.9, "--min-confidence", min=0.0, max=1.0,
+                                                   help="Mark readings below this confidence ILLEGIBLE (their "
+                                                   "best guess is still shown)."),
+    sort: str = typer.Option("input", "--sort", help="input (as found) or confidence (least sure first)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Report only the first N tracks found."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Tracks per inference batch."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
+    mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
+    tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
+) -> None:
+    """Write an HTML reading report for analysts: per track, the reading with each character's
+    probability and alternatives, every frame with what it reads alone, and which model and
+    settings produced it.
+
+    Frames are embedded with their own pixels (the browser enlarges them without smoothing). Tracks
+    whose frames cannot be read are listed with the reason, never dropped.
+    """
+    import platform
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from ksrnet.report import Provenance, UnreadableTrack, build_reports, render_html, sort_reports
+    from ksrnet.weights import atomic_write
+
+    check_fusions_and_mode([fusion], mode)
+    if sort not in ("input", "confidence"):
+        fail(f"--sort must be input or confidence, got {sort!r}")
+    if any(restoration_model(m)[0] is not None for m in model or []):
+        fail("the report shows what each frame reads alone; KSR-Net and MF-LPR² read one restored image, so they "
+             "have no per-frame readings to show: report with a recognizer (the default)")
+    views = parse_tta_views(tta, tta_views)
+    paths = discover_or_fail(tracks)[:limit]
+    reader = make_readers(model, device, mode, views, ensemble, "torch", calibration)
+    members = ensemble_members(list(model or [None]), getattr(reader, "readers", [reader]), "torch")
+    reports, unreadable = [], []
+    for batch in read_track_batches(paths, batch_size, "reading plates"):
+        good = [t for _, t in batch if not isinstance(t, Exception)]
+        unreadable += [UnreadableTrack(path.name, str(t)) for path, t in batch if isinstance(t, Exception)]
+        if good:
+            reports += build_reports(reader, good, fusion, frames, min_confidence)
+    try:
+        ksrnet_version = version("ksrnet")
+    except PackageNotFoundError:
+        ksrnet_version = "unknown"
+    provenance = Provenance(
+        models=[{"model": m.model, "kind": m.kind, "sha256": m.sha256} for m in members],
+        fusion=fusion + (f" (ensemble of {len(members)}, {ensemble})" if len(members) > 1 else ""),
+        frames=frames, tta_views=list(views) if views else None, min_confidence=min_confidence,
+        versions={"ksrnet": ksrnet_version, "torch": torch.__version__, "python": platform.python_version()},
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=command_line(ctx))
+    page = render_html(sort_reports(reports, sort), unreadable, provenance)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    illegible = sum(r.illegible for r in reports)
+    console.print(f"wrote {out}: {len(reports)} tracks read ({illegible} below {min_confidence} marked illegible)"
+                  + (f", {len(unreadable)} unreadable" if unreadable else ""))
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Folder for the demo tracks and predictions."),

@@ -1,0 +1,238 @@
+"""Reading reports for analysts: for every track, what was read, how sure the model is of each
+character and of the whole plate, what each frame says on its own, and which model and settings
+produced it, in one self-contained HTML file (images embedded, no scripts, no network).
+
+A reading is only as defensible as the evidence shown beside it, so the report shows the frames as
+they are (their own pixels, enlarged by the browser with nearest-neighbour sampling: nothing is
+sharpened or restored), and the per-frame readings, which tell whether the frames agree or one
+frame carries the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ksrnet.infer import TrackReading
+
+# Character probability bands of the report's colours (and of its words for them).
+SURE, DOUBTFUL = 0.9, 0.5
+
+
+@dataclass(frozen=True)
+class FrameEvidence:
+    """One frame read alone (its own calibrated single-frame confidence)."""
+
+    name: str
+    image: np.ndarray  # RGB uint8, as read from disk
+    text: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class TrackReport:
+    track_id: str
+    reading: TrackReading
+    frames: list[FrameEvidence]
+    truth: str | None = None
+    illegible: bool = False  # confidence below the report's threshold
+
+
+@dataclass(frozen=True)
+class UnreadableTrack:
+    track_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced the readings: enough to reproduce them and to tell two reports apart."""
+
+    models: list[dict]  # {"model", "kind", "sha256"} per model
+    fusion: str
+    frames: int | None  # the last N frames of each track; None = all
+    tta_views: list[str] | None
+    min_confidence: float | None
+    versions: dict[str, str]
+    created_utc: str
+    command: str
+    notes: list[str] = field(default_factory=list)
+
+
+def frame_evidence(reader, tracks: list, frame_count: int | None, names: Sequence[Sequence[str]]) -> list[list[FrameEvidence]]:
+    """Each chosen frame of each track read on its own by the same reader (its temperature for one
+    frame), as (frame name, image, text, confidence)."""
+    from ksrnet.infer import select_frames
+
+    out = []
+    for track, logits, frame_names in zip(tracks, reader.track_logits(tracks, frame_count), names):
+        chars, layouts = logits
+        images = select_frames(track.lr, frame_count)
+        if chars.shape[0] != len(images):
+            raise ValueError("the report needs one row of logits per frame (a late-fusion reader)")
+        single = [(chars[f:f + 1], layouts[f:f + 1]) for f in range(chars.shape[0])]
+        readings = reader.readings_from_logits([track] * len(single), single, ["product"])["product"]
+        out.append([FrameEvidence(n, img, r.text, r.confidence) for n, img, r in zip(frame_names, images, readings)])
+    return out
+
+
+def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = None,
+                  min_confidence: float | None = None) -> list[TrackReport]:
+    """Read a batch of tracks (objects with .track_id, .lr, optional .text and .lr_names) and gather
+    the evidence the report shows."""
+    from ksrnet.infer import select_frames
+
+    fused = reader.read(tracks, [fusion], frame_count=frame_count)[fusion]
+    names = []
+    for t in tracks:
+        all_names = list(getattr(t, "lr_names", None) or [f"frame {i + 1}" for i in range(len(t.lr))])
+        names.append(select_frames(all_names, frame_count))
+    evidence = frame_evidence(reader, tracks, frame_count, names)
+    return [TrackReport(track_id=t.track_id, reading=r, frames=e, truth=getattr(t, "text", None),
+                        illegible=min_confidence is not None and r.confidence < min_confidence)
+            for t, r, e in zip(tracks, fused, evidence)]
+
+
+def sort_reports(reports: list[TrackReport], order: str) -> list[TrackReport]:
+    """"input": as read; "confidence": least sure first (what an analyst should look at first)."""
+    if order == "input":
+        return list(reports)
+    if order == "confidence":
+        return sorted(reports, key=lambda r: r.reading.confidence)
+    raise ValueError(f"sort order must be input or confidence, got {order!r}")
+
+
+def frames_agreeing(report: TrackReport) -> int:
+    return sum(f.text == report.reading.text for f in report.frames)
+
+
+def _band(p: float) -> str:
+    return "sure" if p >= SURE else "doubtful" if p >= DOUBTFUL else "weak"
+
+
+def _png_data_uri(rgb: np.ndarray) -> str:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode a frame as PNG")
+    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: middle; }
+th { background: #f2f2f2; }
+.plate { font-family: ui-monospace, monospace; font-size: 1.15em; letter-spacing: 0.1em; }
+.sure { background: #d9f2d9; } .doubtful { background: #fff0c2; } .weak { background: #f7c9c9; }
+.illegible { color: #a00; font-weight: bold; }
+.differs { background: #f7c9c9; }
+img.frame { image-rendering: pixelated; image-rendering: crisp-edges; height: 68px; border: 1px solid #999; }
+section { border-top: 2px solid #888; margin-top: 1.5em; padding-top: 0.5em; }
+.alt { color: #555; font-size: 0.85em; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dt { font-weight: bold; }
+"""
+
+
+def _verdict(report: TrackReport, threshold: float | None) -> str:
+    if report.illegible:
+        return f'<span class="illegible">ILLEGIBLE</span> (below {threshold:g}; best guess {_esc(report.reading.text)})'
+    return f'<span class="plate">{_esc(report.reading.text) or "(none)"}</span>'
+
+
+def _truth_cell(report: TrackReport) -> str:
+    if report.truth is None:
+        return "-"
+    right = report.reading.text == report.truth
+    return f'<span class="plate">{_esc(report.truth)}</span> ({"right" if right else "WRONG"})'
+
+
+def _summary(reports: list[TrackReport], unreadable: list[UnreadableTrack], provenance: Provenance) -> str:
+    has_truth = any(r.truth is not None for r in reports)
+    head = "<tr><th>track</th><th>reading</th><th>confidence</th><th>least sure character</th><th>frames that read the same</th>"
+    rows = [head + ("<th>annotation</th>" if has_truth else "") + "</tr>"]
+    for r in reports:
+        weakest = min(r.reading.char_probs, default=0.0)
+        rows.append(
+            f'<tr><td><a href="#{_esc(r.track_id)}">{_esc(r.track_id)}</a></td>'
+            f"<td>{_verdict(r, provenance.min_confidence)}</td><td>{r.reading.confidence:.3f}</td>"
+            f'<td class="{_band(weakest)}">{weakest:.3f}</td><td>{frames_agreeing(r)} of {len(r.frames)}</td>'
+            + (f"<td>{_truth_cell(r)}</td>" if has_truth else "") + "</tr>")
+    for u in unreadable:
+        rows.append(f"<tr><td>{_esc(u.track_id)}</td><td colspan=\"4\" class=\"illegible\">unreadable: {_esc(u.error)}</td>"
+                    + ("<td></td>" if has_truth else "") + "</tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _characters(reading: TrackReading) -> str:
+    cells, alts = [], []
+    for ch, p, options in zip(reading.text, reading.char_probs, reading.alternatives or [[]] * len(reading.text)):
+        cells.append(f'<td class="plate {_band(p)}">{_esc(ch)}<br><small>{p:.2f}</small></td>')
+        others = ", ".join(f"{_esc(c)} {q:.2f}" for c, q in options if c != ch)
+        alts.append(f'<td class="alt">{others or "-"}</td>')
+    return ("<table><tr><th>character</th>" + "".join(cells) + "</tr>"
+            "<tr><th>alternatives</th>" + "".join(alts) + "</tr></table>")
+
+
+def _frames(report: TrackReport) -> str:
+    rows = ["<tr><th>frame</th><th>pixels (w x h)</th><th>image</th><th>read alone</th><th>confidence</th></tr>"]
+    for f in report.frames:
+        marked = "".join(c if c == r else f'<span class="differs">{_esc(c)}</span>'
+                         for c, r in zip(f.text, report.reading.text.ljust(len(f.text))))
+        h, w = f.image.shape[:2]
+        rows.append(f"<tr><td>{_esc(f.name)}</td><td>{w} x {h}</td>"
+                    f'<td><img class="frame" src="{_png_data_uri(f.image)}" alt="{_esc(f.name)}"></td>'
+                    f'<td class="plate">{marked}</td><td>{f.confidence:.3f}</td></tr>')
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _track_section(report: TrackReport, provenance: Provenance) -> str:
+    r = report.reading
+    layout = f"{_esc(r.layout)}" if r.layout else "-"
+    return (f'<section id="{_esc(report.track_id)}"><h2>{_esc(report.track_id)}</h2>'
+            f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {r.confidence:.3f} "
+            f"(layout {layout}; {r.frames_used} frames fused by {_esc(provenance.fusion)})"
+            + (f"; annotation {_truth_cell(report)}" if report.truth is not None else "") + "</p>"
+            + _characters(r) + _frames(report) + "</section>")
+
+
+def _provenance(p: Provenance) -> str:
+    models = "<br>".join(f"{_esc(m['model'])} ({_esc(m['kind'])}, sha256 {_esc(m['sha256'])})" for m in p.models)
+    items = [("models", models), ("fusion", _esc(p.fusion)),
+             ("frames", "all" if p.frames is None else f"the last {p.frames}"),
+             ("TTA views", _esc(", ".join(p.tta_views)) if p.tta_views else "none"),
+             ("illegible below", "no threshold" if p.min_confidence is None else f"{p.min_confidence:g}"),
+             ("software", _esc(", ".join(f"{k} {v}" for k, v in p.versions.items()))),
+             ("created (UTC)", _esc(p.created_utc)), ("command", f"<code>{_esc(p.command)}</code>")]
+    return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], provenance: Provenance) -> str:
+    read = [r for r in reports if not r.illegible]
+    lines = [f"{len(reports) + len(unreadable)} tracks: {len(read)} read, {len(reports) - len(read)} illegible"
+             + (f", {len(unreadable)} unreadable" if unreadable else "") + "."]
+    with_truth = [r for r in reports if r.truth is not None]
+    if with_truth:
+        right = sum(r.reading.text == r.truth for r in with_truth)
+        lines.append(f"Against the annotations: {right} of {len(with_truth)} readings right (illegible ones included "
+                     "with their best guess).")
+    explain = (
+        "The confidence of a reading is the model's calibrated probability that all seven characters are right. "
+        f"Character colours: green at least {SURE:g}, yellow at least {DOUBTFUL:g}, red below: a red character "
+        "is not supported by the frames, whatever the reading shows there. Frames are shown with their own pixels, "
+        "enlarged by the browser without smoothing; nothing is restored or sharpened. Each frame's own reading "
+        "(its differing characters in red) shows whether the frames agree.")
+    body = ("<h1>ksrnet reading report</h1>" + "".join(f"<p>{_esc(x)}</p>" for x in lines + provenance.notes)
+            + f"<p>{_esc(explain)}</p>" + _provenance(provenance)
+            + _summary(reports, unreadable, provenance) + "".join(_track_section(r, provenance) for r in reports))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ksrnet reading report</title>'
+            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")

@@ -1,0 +1,133 @@
+"""The analysts' reading report: the evidence it gathers, the HTML it writes, the `report` verb."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ksrnet.cli import app
+from ksrnet.infer import Reader, TrackReading
+from ksrnet.report import (
+    FrameEvidence,
+    Provenance,
+    TrackReport,
+    UnreadableTrack,
+    build_reports,
+    frames_agreeing,
+    render_html,
+    sort_reports,
+)
+from ksrnet.tracks import Track
+
+runner = CliRunner()
+
+
+def provenance(min_confidence=0.9) -> Provenance:
+    return Provenance(models=[{"model": "m", "kind": "parseq", "sha256": "ab" * 32}], fusion="product", frames=None,
+                      tta_views=None, min_confidence=min_confidence, versions={"ksrnet": "0"},
+                      created_utc="2026-01-01T00:00:00+00:00", command="ksrnet report x")
+
+
+def reading(text: str, confidence: float, probs=(0.99,) * 7) -> TrackReading:
+    return TrackReading("t", text, confidence, layout="Brazilian", char_probs=tuple(probs),
+                        alternatives=[[(c, p), ("8", 0.01)] for c, p in zip(text, probs)], frames_used=2)
+
+
+def frame(text: str, confidence: float, name: str = "lr-001.png") -> FrameEvidence:
+    return FrameEvidence(name, np.full((17, 48, 3), 128, np.uint8), text, confidence)
+
+
+def test_each_frame_is_read_as_a_one_frame_track_would_be(micro_parseq, noise_tracks):
+    reader = Reader(micro_parseq(), temperatures={"product@1": 0.7, "product": 2.0})
+    tracks = noise_tracks(n=2, frames=4)
+    reports = build_reports(reader, tracks, "product", frame_count=3)
+    for track, report in zip(tracks, reports):
+        assert report.reading == reader.read([track], ["product"], frame_count=3)["product"][0]
+        assert [f.name for f in report.frames] == ["frame 2", "frame 3", "frame 4"]  # the last three
+        for f, image in zip(report.frames, track.lr[1:]):
+            alone = reader.read([Track(track.track_id, [image])], ["product"])["product"][0]
+            assert (f.text, f.confidence) == (alone.text, pytest.approx(alone.confidence))
+            assert f.image is image  # the frame's own pixels, untouched
+
+
+def test_illegible_follows_the_threshold_and_frame_names_come_from_the_track(micro_parseq, noise_tracks):
+    reader = Reader(micro_parseq())
+    track = noise_tracks(n=1, frames=2)[0]
+    track.lr_names = ["lr-001.jpg", "lr-002.jpg"]
+    track.text = "ABC1234"
+    conf = reader.read([track])["product"][0].confidence
+    below, = build_reports(reader, [track], "product", min_confidence=min(1.0, conf + 1e-6))
+    above, = build_reports(reader, [track], "product", min_confidence=conf / 2)
+    unset, = build_reports(reader, [track], "product")
+    assert below.illegible and not above.illegible and not unset.illegible
+    assert [f.name for f in below.frames] == ["lr-001.jpg", "lr-002.jpg"] and below.truth == "ABC1234"
+
+
+def test_sort_puts_the_least_sure_first_and_counts_agreeing_frames():
+    a = TrackReport("a", reading("ABC1234", 0.8), [frame("ABC1234", 0.5), frame("ABC1284", 0.2)])
+    b = TrackReport("b", reading("XYZ9876", 0.3), [frame("XYZ9876", 0.4)])
+    assert [r.track_id for r in sort_reports([a, b], "confidence")] == ["b", "a"]
+    assert [r.track_id for r in sort_reports([a, b], "input")] == ["a", "b"]
+    assert frames_agreeing(a) == 1 and frames_agreeing(b) == 1
+    with pytest.raises(ValueError, match="input or confidence"):
+        sort_reports([a], "name")
+
+
+def test_html_escapes_names_marks_weak_characters_and_lists_unreadable_tracks():
+    weak = reading("ABC1234", 0.2, probs=(0.99, 0.99, 0.3, 0.99, 0.7, 0.99, 0.99))
+    reports = [TrackReport("<b>x</b>", weak, [frame("ABD1234", 0.1), frame("ABC1234", 0.15, "lr-002.png")],
+                           truth="ABC1234", illegible=True)]
+    page = render_html(reports, [UnreadableTrack("track_9", "lr-001.png: truncated")], provenance())
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert page.count('<img class="frame" src="data:image/png;base64,') == 2
+    assert '<td class="plate weak">C' in page and '<td class="plate doubtful">2' in page
+    assert 'AB<span class="differs">D</span>1234' in page  # the frame that disagrees, marked where
+    assert "ILLEGIBLE" in page and "best guess ABC1234" in page
+    assert "track_9" in page and "unreadable: lr-001.png: truncated" in page
+    assert "1 of 1 readings right" in page and "ab" * 32 in page
+    assert "<script" not in page.lower()  # nothing runs when an analyst opens it
+
+
+def test_no_threshold_means_no_illegible_verdicts():
+    reports = [TrackReport("t", reading("ABC1234", 0.1), [frame("ABC1234", 0.1)])]
+    page = render_html(reports, [], provenance(min_confidence=None))
+    assert "ILLEGIBLE" not in page and "no threshold" in page
+
+
+def synth_tree(tmp_path: Path, n: int = 2) -> Path:
+    result = runner.invoke(app, ["synth", str(tmp_path / "data"), "--tracks", str(n), "--seed", "3", "--preset", "easy"])
+    assert result.exit_code == 0, result.stdout
+    return tmp_path / "data"
+
+
+def test_report_cli_writes_every_track_and_the_unreadable_ones(tmp_path):
+    root = synth_tree(tmp_path)
+    broken = root / "test" / "track_00099"
+    broken.mkdir(parents=True)
+    (broken / "lr-001.png").write_bytes(b"not a png")
+    out = tmp_path / "r" / "report.html"
+    result = runner.invoke(app, ["report", str(root), "--out", str(out), "--frames", "3", "--sort", "confidence"])
+    assert result.exit_code == 0, result.stdout
+    page = out.read_text()
+    assert len(re.findall(r'<section id="track_0000[12]"', page)) == 2
+    assert page.count('<img class="frame"') == 6  # the last three frames of each track
+    assert "track_00099" in page and "unreadable" in page
+    # the command as parsed, so it reruns the same: every option spelled out
+    assert f"ksrnet report {root} --out {out}" in page and "--frames 3 --min-confidence 0.9 --sort confidence" in page
+    assert "sha256" in page
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sort", "name"], "--sort must be input or confidence"),
+    (["--fusion", "best"], "unknown fusion"),
+])
+def test_report_cli_refuses_bad_options(tmp_path, args, message):
+    root = synth_tree(tmp_path, n=1)
+    result = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "r.html"), *args])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert message in " ".join(result.stderr.split()) + " ".join(result.stdout.split())
+    assert not (tmp_path / "r.html").exists()
