@@ -28,8 +28,7 @@ runner = CliRunner()
 
 def provenance(min_confidence=0.9) -> Provenance:
     return Provenance(models=[{"model": "m", "kind": "parseq", "sha256": "ab" * 32}], fusion="product", frames=None,
-                      tta_views=None, min_confidence=min_confidence, versions={"ksrnet": "0"},
-                      created_utc="2026-01-01T00:00:00+00:00", command="ksrnet report x")
+                      tta_views=None, min_confidence=min_confidence, command="ksrnet report x")
 
 
 def reading(text: str, confidence: float, probs=(0.99,) * 7) -> TrackReading:

@@ -885,7 +885,7 @@ def report(
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use only the last N frames of each track."),
     min_confidence: Optional[float] = typer.Option(0.9, "--min-confidence", min=0.0, max=1.0,
                                                    help="Mark readings below this confidence ILLEGIBLE (their "
-                                                   "best guess is still shown)."),
+                                                   "best guess is still shown); 0 marks none."),
     sort: str = typer.Option("input", "--sort", help="input (as found) or confidence (least sure first)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Report only the first N tracks found."),
     batch_size: int = typer.Option(64, "--batch-size", help="Tracks per inference batch."),
@@ -901,12 +901,6 @@ def report(
     Frames are embedded with their own pixels (the browser enlarges them without smoothing). Tracks
     whose frames cannot be read are listed with the reason, never dropped.
     """
-    import platform
-    from datetime import datetime, timezone
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
     from ksrnet.report import Provenance, UnreadableTrack, build_reports, render_html, sort_reports
     from ksrnet.weights import atomic_write
 
@@ -926,16 +920,10 @@ def report(
         unreadable += [UnreadableTrack(path.name, str(t)) for path, t in batch if isinstance(t, Exception)]
         if good:
             reports += build_reports(reader, good, fusion, frames, min_confidence)
-    try:
-        ksrnet_version = version("ksrnet")
-    except PackageNotFoundError:
-        ksrnet_version = "unknown"
     provenance = Provenance(
         models=[{"model": m.model, "kind": m.kind, "sha256": m.sha256} for m in members],
         fusion=fusion + (f" (ensemble of {len(members)}, {ensemble})" if len(members) > 1 else ""),
         frames=frames, tta_views=list(views) if views else None, min_confidence=min_confidence,
-        versions={"ksrnet": ksrnet_version, "torch": torch.__version__, "python": platform.python_version()},
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         command=command_line(ctx))
     page = render_html(sort_reports(reports, sort), unreadable, provenance)
     out.parent.mkdir(parents=True, exist_ok=True)

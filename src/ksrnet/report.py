@@ -49,6 +49,25 @@ class UnreadableTrack:
     error: str
 
 
+def software_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    try:
+        ksrnet_version = version("ksrnet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ksrnet_version = "unknown"
+    return {"ksrnet": ksrnet_version, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class Provenance:
     """What produced the readings: enough to reproduce them and to tell two reports apart."""
@@ -58,10 +77,9 @@ class Provenance:
     frames: int | None  # the last N frames of each track; None = all
     tta_views: list[str] | None
     min_confidence: float | None
-    versions: dict[str, str]
-    created_utc: str
     command: str
-    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=software_versions)
+    created_utc: str = field(default_factory=utc_now)
 
 
 def frame_evidence(reader, tracks: list, frame_count: int | None, names: Sequence[Sequence[str]]) -> list[list[FrameEvidence]]:
@@ -200,7 +218,8 @@ def _track_section(report: TrackReport, provenance: Provenance) -> str:
     layout = f"{_esc(r.layout)}" if r.layout else "-"
     return (f'<section id="{_esc(report.track_id)}"><h2>{_esc(report.track_id)}</h2>'
             f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {r.confidence:.3f} "
-            f"(layout {layout}; {r.frames_used} frames fused by {_esc(provenance.fusion)})"
+            f"(layout {layout}; {r.frames_used} frame{'s' if r.frames_used != 1 else ''} fused by "
+            f"{_esc(provenance.fusion)})"
             + (f"; annotation {_truth_cell(report)}" if report.truth is not None else "") + "</p>"
             + _characters(r) + _frames(report) + "</section>")
 
@@ -231,7 +250,7 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
         "is not supported by the frames, whatever the reading shows there. Frames are shown with their own pixels, "
         "enlarged by the browser without smoothing; nothing is restored or sharpened. Each frame's own reading "
         "(its differing characters in red) shows whether the frames agree.")
-    body = ("<h1>ksrnet reading report</h1>" + "".join(f"<p>{_esc(x)}</p>" for x in lines + provenance.notes)
+    body = ("<h1>ksrnet reading report</h1>" + "".join(f"<p>{_esc(x)}</p>" for x in lines)
             + f"<p>{_esc(explain)}</p>" + _provenance(provenance)
             + _summary(reports, unreadable, provenance) + "".join(_track_section(r, provenance) for r in reports))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ksrnet reading report</title>'
