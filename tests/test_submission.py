@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ksrnet import atomic_files
 from ksrnet import submission as sub
 from ksrnet.submission import Prediction, PredictionsError, read_predictions, write_predictions
 
@@ -103,11 +104,17 @@ def test_failure_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(sub.os, "fsync", broken_fsync)
+    monkeypatch.setattr(atomic_files.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="Input/output"):
         write_predictions([Prediction("track_9", "ABC1234", 0.1)], path)
     assert path.read_text() == EXPECTED
     assert os.listdir(tmp_path) == ["predictions.txt"]  # the temporary file is gone too
+
+
+def test_written_files_are_readable_by_others_like_any_file(tmp_path):
+    # the temporary file is created 0600; a predictions file a colleague cannot read is a bug
+    write_predictions(PREDS, tmp_path / "predictions.txt", zip_path=tmp_path / "s.zip")
+    assert {oct((tmp_path / n).stat().st_mode & 0o777) for n in ("predictions.txt", "s.zip")} == {oct(0o644)}
 
 
 def test_failure_while_building_the_zip_changes_neither_file(tmp_path, monkeypatch):

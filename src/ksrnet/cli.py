@@ -902,7 +902,7 @@ def report(
     whose frames cannot be read are listed with the reason, never dropped.
     """
     from ksrnet.report import Provenance, UnreadableTrack, build_reports, render_html, sort_reports
-    from ksrnet.weights import atomic_write
+    from ksrnet.atomic_files import atomic_write
 
     check_fusions_and_mode([fusion], mode)
     if sort not in ("input", "confidence"):

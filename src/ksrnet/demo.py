@@ -9,15 +9,19 @@ from rich.table import Table
 
 DEMO_TRACKS = 12
 DEMO_SEED = 2026
+REPORT_MIN_CONFIDENCE = 0.9  # the report's ILLEGIBLE verdict, as `ksrnet report` has it by default
 
 
 def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, preset: str = "hard") -> dict:
+    from ksrnet.ensemble_calibration import file_sha256
     from ksrnet.infer import Reader
     from ksrnet.metrics import GroundTruth, Reading, score
     from ksrnet.submission import Prediction, write_predictions
     from ksrnet.synth.dataset import write_synthetic_dataset
     from ksrnet.tracks import iter_tracks
-    from ksrnet.weights import ModelLoadError, load_model
+    from ksrnet.report import Provenance, build_reports, render_html
+    from ksrnet.atomic_files import atomic_write
+    from ksrnet.weights import DEFAULT_MODEL, ModelLoadError, load_model, resolve
 
     out = Path(out)
     tracks_dir = out / "tracks"
@@ -40,7 +44,9 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
     if meta.get("provenance"):
         console.print(f"    model: {meta['provenance']}")
     # The stored calibration, as predict applies it: the confidences shown are the ones users get.
-    readings = Reader(model, temperatures=meta.get("temperature")).read(tracks, ["product"])["product"]
+    reader = Reader(model, temperatures=meta.get("temperature"))
+    reports = build_reports(reader, tracks, "product", min_confidence=REPORT_MIN_CONFIDENCE)
+    readings = [r.reading for r in reports]
     preds = [Prediction(r.track_id, r.text, r.confidence) for r in readings]
     write_predictions(preds, predictions_path)
     table = Table(title="demo readings")
@@ -57,4 +63,10 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
     gap = f"{100 * o.confidence_gap:.1f}" if o.confidence_gap is not None else "-"
     console.print(f"3/3 RR {100 * o.recognition_rate:.1f}%  CER {100 * o.cer:.1f}%  confidence gap {gap} points; "
                   f"predictions in {predictions_path}")
+    report_path = out / "report.html"
+    provenance = Provenance(models=[{"model": DEFAULT_MODEL, "kind": "parseq", "sha256": file_sha256(resolve(None))}],
+                            fusion="product", frames=None, tta_views=None, min_confidence=REPORT_MIN_CONFIDENCE,
+                            command=f"ksrnet demo --out {out}")
+    atomic_write(report_path, lambda p: Path(p).write_text(render_html(reports, [], provenance), encoding="utf-8"))
+    console.print(f"    the evidence behind each reading (frames, per-character probabilities): {report_path}")
     return report.as_dict()

@@ -102,7 +102,7 @@ class EnsembleCalibration:
                 "fits": self.fits, "source": self.source}
 
     def save(self, path: str | Path) -> Path:
-        from ksrnet.weights import atomic_write
+        from ksrnet.atomic_files import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import torch
 
 from ksrnet.models.parseq import Parseq, ParseqConfig, ParseqOutput, decode_constrained, layout_log_probs
 from ksrnet.plates import Tokenizer, layout_masks
-from ksrnet.weights import atomic_write
+from ksrnet.atomic_files import atomic_write
 
 OPSET = 17
 

@@ -58,7 +58,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig, StageConfig, stage_key
-from ksrnet.weights import KSRNET_WEIGHTS_NAME, atomic_write, load_ksrnet_state, resolve_ksrnet, save_ksrnet
+from ksrnet.atomic_files import atomic_write
+from ksrnet.weights import KSRNET_WEIGHTS_NAME, load_ksrnet_state, resolve_ksrnet, save_ksrnet
 from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, semantic_loss
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
                                 smoothness_loss, valid_mask)

@@ -7,17 +7,15 @@ the format and lenient about the reading itself: a wrong or short plate is still
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic_files import atomic_write_bytes
 from .plates import normalize_text
 from .tracks import natural_key
 
@@ -85,22 +83,6 @@ def format_predictions(preds: Iterable[Prediction] | Mapping[str, Prediction]) -
     return "".join(format_line(p) + "\n" for p in ordered)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace path with data in one rename; the old file survives any failure before that."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-
-
 def _zip_bytes(text: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -117,7 +99,7 @@ def write_predictions(preds: Iterable[Prediction] | Mapping[str, Prediction], pa
     if zip_path is not None:
         payloads[Path(zip_path)] = _zip_bytes(text)
     for target, data in payloads.items():
-        _atomic_write(target, data)
+        atomic_write_bytes(target, data)
     return Path(path)
 
 

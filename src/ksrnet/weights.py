@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ksrnet.atomic_files import atomic_write
 from ksrnet.models.parseq import Parseq, ParseqConfig
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
@@ -22,19 +21,6 @@ class ModelLoadError(RuntimeError):
 
 def config_path_for(weights: Path) -> Path:
     return weights.with_suffix(".json")
-
-
-def atomic_write(target: Path, write) -> None:
-    """Write target through a temporary file in its folder: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; shipped weights must be readable by all
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_weights(model: torch.nn.Module, config: dict, kind: str, path: str | Path,
