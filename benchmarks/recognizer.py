@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from ksrnet.calibration import confidence_and_correct, expected_calibration_error, risk_coverage
+from ksrnet.calibration import character_calibration, confidence_and_correct, expected_calibration_error, risk_coverage
 from ksrnet.infer import Reader
 from ksrnet.metrics import GroundTruth, Reading, score
 from ksrnet.models.baselines import FUSIONS
@@ -53,13 +53,15 @@ def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
     results = {}
     for c in counts:
         readings = {f: {} for f in fusions}
+        full = {f: {} for f in fusions}
         for s in range(0, len(tracks), batch):
             for rule, rs in reader.read(tracks[s:s + batch], fusions, frame_count=c).items():
                 readings[rule].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
+                full[rule].update({r.track_id: r for r in rs})
         for rule in fusions:
             conf, right = confidence_and_correct(truths, readings[rule])
             results[(rule, c)] = (score(truths, readings[rule]), expected_calibration_error(conf, right),
-                                  risk_coverage(conf, right))
+                                  risk_coverage(conf, right), character_calibration(truths, full[rule]))
     return results
 
 
@@ -76,13 +78,16 @@ def speed(reader: Reader, tracks, batch: int, repeats: int = 3) -> float:
 
 def table(results: dict, title: str) -> str:
     lines = [f"**{title}**", "",
-             "| fusion | F | RR % | CER % | conf gap (pts) | ECE (pts) | wrong with conf >= 0.9 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for (rule, c), (r, ece, _) in results.items():
+             "| fusion | F | RR % | CER % | conf gap (pts) | ECE (pts) | wrong with conf >= 0.9 | char ECE (pts) "
+             "| chars >= 0.9: share / wrong % |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (rule, c), (r, ece, _, chars) in results.items():
         o = r.overall
         gap = f"{100 * o.confidence_gap:.1f}" if o.confidence_gap is not None else "-"
+        sure = (f"{100 * chars['sure_share']:.1f} / {100 * chars['sure_error']:.2f}"
+                if chars["sure_error"] is not None else "-")
         lines.append(f"| {rule} | {c} | {100 * o.recognition_rate:.2f} | {100 * o.cer:.2f} | {gap} | {100 * ece:.1f} "
-                     f"| {o.confident_wrong} |")
+                     f"| {o.confident_wrong} | {100 * chars['ece']:.2f} | {sure} |")
     return "\n".join(lines)
 
 
@@ -118,7 +123,8 @@ def main() -> None:
     print(f"\nF=5 product error / F=1 error = {(1 - p5) / max(1e-9, 1 - p1):.3f}\n")
     print(risk_table(synth[("product", 5)][2], "abstention (--min-confidence), product F=5"))
     out = {"temperatures": temperatures,
-           "synthetic": {f"{k[0]}@{k[1]}": v[0].as_dict() | {"ece": v[1], "risk_coverage": v[2]}
+           "synthetic": {f"{k[0]}@{k[1]}": v[0].as_dict() | {"ece": v[1], "risk_coverage": v[2],
+                                                             "character_calibration": v[3]}
                          for k, v in synth.items()}}
     reals = real_tracks(REAL_LR) if REAL_LR.is_dir() else []
     if reals:

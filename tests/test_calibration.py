@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ksrnet.calibration import (confidence_gap, expected_calibration_error, fit_temperature, fused_confidences,
+from ksrnet.calibration import (character_calibration, confidence_gap, expected_calibration_error, fit_temperature, fused_confidences,
                                 risk_coverage)
 from ksrnet.infer import Reader
 from ksrnet.plates import CHARSET, LAYOUTS, Layout, layout_masks
@@ -24,6 +24,21 @@ def test_ece_of_hand_made_sets():
     assert expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 0, 0, 0]) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         expected_calibration_error([], [])
+
+
+def test_character_calibration_counts_each_read_character_against_the_truth():
+    from types import SimpleNamespace as NS
+
+    truths = [NS(track_id="a", text="ABC1234"), NS(track_id="b", text="XYZ9876"), NS(track_id="c", text="AAA1111")]
+    readings = {"a": NS(text="ABC1284", char_probs=(0.95,) * 7),  # one sure miss
+                "b": NS(text="XYZ9876", char_probs=(0.5,) * 7),
+                "c": NS(text="", char_probs=())}  # abstained: no characters
+    got = character_calibration(truths, readings)
+    assert got["characters"] == 14
+    assert got["sure_share"] == pytest.approx(0.5) and got["sure_error"] == pytest.approx(1 / 7)
+    # two bins of 7: conf 0.5 all right (0.5 off), conf 0.95 with 6 of 7 right (0.95 - 6/7 off)
+    assert got["ece"] == pytest.approx((7 * 0.5 + 7 * (0.95 - 6 / 7)) / 14)
+    assert character_calibration(truths, {})["ece"] is None
 
 
 def test_gap_and_risk_coverage():

@@ -392,6 +392,8 @@ def test_eval_with_the_run_dir(trained_run, synth_tracks):
         assert overall["tracks"] == 3 and overall["missing"] == 0
         assert overall["recognition_rate"] in (0.0, 1 / 3, 2 / 3, 1.0)
         assert 0.0 <= overall["cer"] <= 1.0
+        chars = scores[key]["character_calibration"]
+        assert chars["characters"] == 21 and 0.0 <= chars["ece"] <= 1.0  # 3 tracks x 7 characters
 
 
 def test_reader_with_the_trained_model(trained_run):

@@ -60,6 +60,30 @@ def readings_ece(truths, readings: dict) -> float:
     return expected_calibration_error(*confidence_and_correct(truths, readings))
 
 
+SURE_CHARACTER = 0.9  # the report's "sure" band: how often such a character is wrong is what analysts rely on
+
+
+def character_calibration(truths, readings: dict) -> dict:
+    """How far each character's probability can be trusted: the ECE of every read character's
+    probability against whether that character is right, and how often a character read at
+    >= SURE_CHARACTER is wrong. truths: objects with .track_id, .text; readings: track_id -> object
+    with .text and .char_probs (an infer.TrackReading). Tracks without a reading, or whose reading has
+    no per-character probabilities, have no characters to count."""
+    probs, right = [], []
+    for truth in truths:
+        r = readings.get(truth.track_id)
+        if r is None or not r.text or len(r.char_probs) != len(r.text):
+            continue
+        probs += [float(p) for p in r.char_probs]
+        right += [a == b for a, b in zip(r.text, truth.text.ljust(len(r.text)))]
+    if not probs:
+        return {"characters": 0, "ece": None, "sure_share": None, "sure_error": None}
+    p, ok = np.asarray(probs), np.asarray(right, dtype=bool)
+    sure = p >= SURE_CHARACTER
+    return {"characters": int(p.size), "ece": expected_calibration_error(p, ok), "sure_share": float(sure.mean()),
+            "sure_error": float(1 - ok[sure].mean()) if sure.any() else None}
+
+
 def confidence_gap(confidence, correct) -> float | None:
     """Mean confidence of right readings minus that of wrong ones (None if either group is empty)."""
     conf = np.asarray(confidence, dtype=np.float64)

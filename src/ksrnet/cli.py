@@ -392,7 +392,7 @@ def eval_cmd(
 
     With --ablation: every reading method on the same tracks instead, in one table (see --ablation).
     """
-    from ksrnet.calibration import readings_ece
+    from ksrnet.calibration import character_calibration, readings_ece
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
 
     if ablation:
@@ -411,6 +411,7 @@ def eval_cmd(
     paths = discover_or_fail(tracks)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
+    full = {key: {} for key in readings}  # the TrackReadings, with their per-character probabilities
     for batch in read_track_batches(paths, batch_size, "evaluating"):
         good = []
         for path, t in batch:
@@ -427,22 +428,28 @@ def eval_cmd(
         for c in counts:
             for rule, rs in reader.read(good, fusion_list, frame_count=c).items():
                 readings[(rule, c)].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
+                full[(rule, c)].update({r.track_id: r for r in rs})
     if not truths:
         fail(f"no annotated, readable tracks under {tracks}")
     results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
     eces = {f"{rule}@F={c}": readings_ece(truths, rs) for (rule, c), rs in readings.items()}
+    chars = {f"{rule}@F={c}": character_calibration(truths, rs) for (rule, c), rs in full.items()}
     if as_json:
-        print(json.dumps({k: v.as_dict() | {"ece": eces[k]} for k, v in results.items()}
+        print(json.dumps({k: v.as_dict() | {"ece": eces[k], "character_calibration": chars[k]} for k, v in results.items()}
                          | {"unreadable": failures}, indent=2))
         return
     table = Table(title=f"{tracks}: {len(truths)} tracks")
-    for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "ECE (pts)", "wrong@>=0.9"):
+    for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "ECE (pts)", "wrong@>=0.9", "char ECE (pts)",
+                "chars@>=0.9 wrong %"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
     for (rule, c) in readings:
-        s = results[f"{rule}@F={c}"].overall
+        key = f"{rule}@F={c}"
+        s = results[key].overall
         table.add_row(rule, str(c), _fmt(s.recognition_rate), _fmt(s.cer), _fmt(s.confidence_gap),
-                      _fmt(eces[f"{rule}@F={c}"]), str(s.confident_wrong))
+                      _fmt(eces[key]), str(s.confident_wrong), _fmt(chars[key]["ece"]), _fmt(chars[key]["sure_error"]))
     console.print(table)
+    console.print("char ECE: each read character's probability against whether it is right; chars@>=0.9 wrong: "
+                  "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
     for f in failures:
         err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {f}")
 
