@@ -392,3 +392,147 @@ def test_predict_and_eval_reject_unknown_fusion_and_decode_before_reading(tmp_pa
     assert result.exit_code == 2 and "unknown fusion median" in " ".join(result.output.split())
     result = runner.invoke(app, ["predict", str(tmp_path), "--decode", "beam"])
     assert result.exit_code == 2 and "--decode must be nar or ar" in " ".join(result.output.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths, track ids and messages a user can get wrong (refused in one line, before reading)
+
+
+@pytest.fixture
+def micro_model(micro_parseq, tmp_path: Path) -> Path:
+    from ksrnet.weights import save_model
+
+    model = micro_parseq()
+    return save_model(model, model.config, tmp_path / "micro" / "model.safetensors")
+
+
+@pytest.mark.parametrize("option", ["--out", "--details"])
+def test_predict_refuses_unwritable_outputs_before_reading(good_tree, micro_model, tmp_path, option):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    a_folder = tmp_path / "a_folder"
+    a_folder.mkdir()
+    base = ["predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt"]
+    for target, why in ((a_folder, "is a folder"), (a_file / "p.txt", "is a file")):
+        result = invoke(*base, option, target)
+        assert_exit(result, 2)
+        assert mentions(result.stderr, why), result.stderr
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_predict_refuses_track_ids_predictions_txt_cannot_hold(tmp_path, micro_model):
+    dupes = tmp_path / "dupes"
+    make_track(dupes / "Scenario-A" / "Brazilian" / "track_00001", n=1)
+    make_track(dupes / "Scenario-B" / "Brazilian" / "track_00001", n=1)
+    result = invoke("predict", dupes, "--model", micro_model, "--out", tmp_path / "p.txt")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "track_00001 in") and mentions(result.stderr, "Scenario-B")
+    spaced = tmp_path / "spaced"
+    make_track(spaced / "track 1", n=1)
+    make_track(spaced / "track_2", n=1)
+    result = invoke("predict", spaced, "--model", micro_model, "--out", tmp_path / "p.txt")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "whitespace")
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_predict_reads_a_track_whose_hr_frame_is_broken(tmp_path, micro_model):
+    track = make_track(tmp_path / "data" / "track_00001", n=2, hr_size=(96, 34))
+    (track / "hr-002.jpg").write_bytes(b"not an image")
+    out = tmp_path / "p.txt"
+    assert_exit(invoke("predict", tmp_path / "data", "--model", micro_model, "--out", out), 0)
+    line = out.read_text().strip()
+    assert line.startswith("track_00001,") and not line.startswith("track_00001,;"), line
+
+
+def test_predict_refuses_out_named_like_the_zip(good_tree, tmp_path):
+    result = invoke("predict", good_tree, "--out", tmp_path / "submission.zip", "--zip")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "would write the zip over the predictions file")
+
+
+def test_eval_says_how_many_unlabelled_tracks_it_left_out(good_tree, micro_model):
+    result = invoke("eval", good_tree, "--model", micro_model, "--fusions", "product", "--frames", "1")
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "1 readable track(s) without a plate_text left out"), result.stderr
+
+
+def test_predict_reads_a_track_whose_annotations_are_broken(tmp_path, micro_model):
+    track = make_track(tmp_path / "data" / "track_00001", n=2)
+    (track / "annotations.json").write_text("{not json")
+    out = tmp_path / "p.txt"
+    assert_exit(invoke("predict", tmp_path / "data", "--model", micro_model, "--out", out), 0)
+    line = out.read_text().strip()
+    assert line.startswith("track_00001,") and not line.startswith("track_00001,;"), line  # labels are not needed
+
+
+def test_messages_with_brackets_are_printed_verbatim_not_as_markup(tmp_path, micro_model):
+    track = make_track(tmp_path / "data[old]" / "track_00001", n=1, text=None)
+    (track / "annotations.json").write_text(json.dumps({"plate_text": "[/b]"}))
+    out = tmp_path / "data[old]" / "p.txt"
+    result = invoke("predict", tmp_path / "data[old]", "--model", micro_model, "--out", out)
+    assert_exit(result, 0)
+    assert mentions(result.stdout, "data[old]")
+    result = invoke("eval", tmp_path / "data[old]", "--model", micro_model)  # needs the labels: reports them
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # was a rich MarkupError traceback
+    assert mentions(result.stderr, "'[/b]'")
+    result = invoke("predict", tmp_path / "nowhere[old]")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "nowhere[old]")
+
+
+@pytest.mark.parametrize("verb", ["predict", "eval", "report", "calibrate"])
+def test_batch_size_must_be_positive(tmp_path, verb):
+    result = invoke(verb, tmp_path, "--batch-size", "0")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "--batch-size")
+
+
+def test_synth_refuses_bad_codec_seed_and_a_used_folder(tmp_path):
+    out = tmp_path / "synth"
+    for args, why in ((["--codec", "mpeg"], "unknown codec"), (["--seed", "-1"], "--seed")):
+        result = invoke("synth", out, "-n", "1", *args)
+        assert_exit(result, 2)
+        assert mentions(result.stderr, why), result.stderr
+    assert not out.exists()
+    assert_exit(invoke("synth", out, "-n", "1", "--seed", "1", "--no-hr"), 0)
+    result = invoke("synth", out, "-n", "1", "--seed", "2", "--no-hr")  # would mix two sets, one id twice
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "not empty")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert_exit(invoke("synth", a_file, "-n", "1"), 2)
+
+
+@pytest.mark.parametrize("device, message", [("foo", "not a device"), ("cuda:99", "cuda:99")])
+def test_predict_refuses_a_device_it_cannot_use(good_tree, tmp_path, device, message):
+    result = invoke("predict", good_tree, "--device", device, "--out", tmp_path / "p.txt")
+    assert_exit(result, 2)  # was a torch RuntimeError / AssertionError traceback
+    assert mentions(result.stderr, message), result.stderr
+
+
+def test_calibrate_refuses_a_frame_count_longer_than_the_tracks(micro_model):
+    # The tracks have 5 frames: "product@9" would be fitted on 5-frame readings, and never used.
+    result = invoke("calibrate", "--model", micro_model, "--synth", "10", "--frames", "9", "--fusions", "product",
+                    "--dry-run")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "--frames 9: only 0 of 10 tracks"), result.stderr
+
+
+def test_score_names_a_folder_given_as_the_predictions_file(scored_tree, tmp_path):
+    result = invoke("score", scored_tree, tmp_path)
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "is a folder"), result.stderr
+
+
+def test_calibrate_says_which_tracks_it_could_not_use(tmp_path, micro_model):
+    root = tmp_path / "val"
+    for i in range(1, 11):
+        make_track(root / f"track_{i:05d}", n=2, seed=i)
+    (make_track(root / "track_00011", n=2) / "lr-002.jpg").write_bytes(b"")
+    make_track(root / "track_00012", n=2, text=None)
+    result = invoke("calibrate", root, "--model", micro_model, "--fusions", "product", "--dry-run")
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "unreadable, not used: track_00011"), result.stderr
+    assert mentions(result.stderr, "1 unlabelled track(s) not used")
+    assert mentions(result.stdout, "10 of 12 tracks usable")

@@ -175,6 +175,21 @@ def test_with_hr_false_skips_hr_frames(tree):
     assert track.hr == [] and track.hr_names == [] and track.num_frames == 5
 
 
+@pytest.mark.parametrize("bad", ["{not json", '{"plate_text": null}', '{"plate_text": "ABC1234", "corners": 5}'])
+def test_lenient_labels_keep_the_frames_of_a_track_with_bad_annotations(tmp_path, bad):
+    path = tmp_path / "Mercosur" / "track_1"
+    written = make_track(path, n=2, hr=False)
+    (path / "annotations.json").write_text(bad)
+    with pytest.raises(TrackError, match="annotations.json"):
+        read_track(path)  # strict: scoring or training on it would need those labels
+    track = read_track(path, labels="lenient")
+    assert track.text is None and track.layout is Layout.MERCOSUR and track.corners == {}
+    assert np.array_equal(track.lr[0], written["lr"][0])
+    assert any(w.startswith("labels ignored: annotations.json") for w in track.warnings)
+    with pytest.raises(ValueError, match="labels must be"):
+        read_track(path, labels="none")
+
+
 def test_frames_sorted_by_number_not_by_name(tmp_path):
     path = tmp_path / "track_1"
     path.mkdir()

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ksrnet.cli_console import console, err_console, fail, progress_bar
+from ksrnet.cli_console import check_output_path, console, err_console, fail, progress_bar
 from ksrnet.cli_readers import (
     CALIBRATION_HELP,
     ENSEMBLE_HELP,
@@ -81,7 +81,7 @@ def load_ground_truth(tracks_root: Path):
     try:
         paths = discover_tracks(tracks_root)
     except DatasetError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     truths, problems = [], []
     with progress_bar() as progress:
         task = progress.add_task("reading annotations", total=len(paths))
@@ -118,7 +118,7 @@ def score(
     for problem in problems:
         err_console.print(f"[yellow]skipped:[/yellow] {escape(problem)}", soft_wrap=True)
     if not truths:
-        fail(f"no annotated tracks under {escape(str(tracks))}: nothing to score against")
+        fail(f"no annotated tracks under {tracks}: nothing to score against")
     # A prediction names a track by id only: an id annotated in two folders is scored twice against it.
     dupes = sorted((k for k, n in Counter(t.track_id for t in truths).items() if n > 1), key=natural_key)
     if dupes:
@@ -128,7 +128,7 @@ def score(
     try:
         preds = read_predictions(predictions)
     except (PredictionsError, OSError) as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     readings = {k: Reading(k, p.text, p.confidence) for k, p in preds.items()}
     report = score_readings(truths, readings)
     if as_json:
@@ -161,7 +161,7 @@ def check_data(
     try:
         paths = discover_tracks(tracks)
     except DatasetError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     stats = DatasetStats()
     with progress_bar() as progress:
         task = progress.add_task("checking tracks", total=len(paths))
@@ -180,7 +180,7 @@ def check_data(
 def synth(
     out: Path = typer.Argument(..., help="Folder to write (LRLPR-26 layout: OUT/Scenario-Synthetic/<Layout>/track_N)."),
     tracks: int = typer.Option(100, "--tracks", "-n", min=1, help="Number of tracks."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same tracks."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same tracks."),
     preset: str = typer.Option("mix", "--preset", help="Degradation difficulty: easy | medium | hard | mix."),
     fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg for the written frames."),
     codec: Optional[str] = typer.Option(None, "--codec", help="Force the simulated codec: none | jpeg | h264 | "
@@ -199,11 +199,22 @@ def synth(
         fail(f"unknown preset {preset!r}: use easy, medium, hard or mix")
     if fmt not in ("png", "jpg"):
         fail("--format must be png or jpg")
+    from ksrnet.synth.degrade import CODECS
+
+    if codec is not None and codec not in CODECS:
+        fail(f"unknown codec {codec!r}: use {', '.join(CODECS)}")
+    # Tracks are named track_00001.. under a folder per layout: written over an earlier set, they would
+    # replace some of its tracks, keep others and give one id two folders.
+    if out.exists() and not out.is_dir():
+        fail(f"{out} is a file: give a folder to write the tracks in")
+    if out.is_dir() and any(out.iterdir()):
+        fail(f"{out} is not empty: give a new or empty folder (an earlier synthetic set there would be mixed "
+             "with this one)")
     with progress_bar() as progress:
         task = progress.add_task("synthesising tracks", total=tracks)
         write_synthetic_dataset(out, tracks, seed=seed, preset=preset, fmt=fmt, with_hr=not no_hr, codec=codec,
                                 progress=lambda done, total: progress.update(task, completed=done))
-    console.print(f"wrote {tracks} tracks under {out}")
+    console.print(f"wrote {tracks} tracks under {out}", markup=False, highlight=False)
 
 
 @app.command("contact-sheet")
@@ -302,7 +313,7 @@ def predict(
     fusion: str = typer.Option("product", "--fusion", help="single | product | logit_mean | char_majority | "
                                "string_majority."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use only the last N frames of each track."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Tracks per inference batch."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Tracks per inference batch."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
     details: Optional[Path] = typer.Option(None, "--details", help="Also write per-character probabilities "
@@ -320,14 +331,24 @@ def predict(
     With --min-confidence, readings the model is not sure enough of are written empty (illegible)
     instead of as a guess; --details still holds the guess and its alternatives.
     """
+    from rich.markup import escape
+
+    from ksrnet.atomic_files import atomic_write
     from ksrnet.submission import Prediction, write_predictions
 
     check_fusions_and_mode([fusion], mode)
     views = parse_tta_views(tta, tta_views)
+    zip_path = out.with_name("submission.zip") if make_zip else None
+    if zip_path == out:
+        fail("--out submission.zip with --zip would write the zip over the predictions file: give --out a .txt name")
+    for path, option in ((out, "--out"), (zip_path, "--zip"), (details, "--details")):
+        if path is not None:
+            check_output_path(path, option)
     paths = discover_or_fail(tracks)
+    check_submittable_ids(paths)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
     preds, extra, failures, abstained = [], [], [], 0
-    for batch in read_track_batches(paths, batch_size, "reading plates"):
+    for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
         for path, t in batch:
             if isinstance(t, Exception):
@@ -339,14 +360,41 @@ def predict(
                 abstained += illegible
                 preds.append(Prediction(r.track_id, "" if illegible else r.text, r.confidence))
                 extra.append(r.__dict__ | {"illegible": illegible})
-    write_predictions(preds, out, zip_path=out.with_name("submission.zip") if make_zip else None)
-    for f in failures:
-        err_console.print(f"[yellow]unreadable, written empty:[/yellow] {f}")
+    try:
+        write_predictions(preds, out, zip_path=zip_path)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
     if details:
-        details.write_text("".join(json.dumps(r) + "\n" for r in extra))
-    console.print(f"wrote {len(preds)} predictions to {out}" + (" (+ submission.zip)" if make_zip else ""))
+        try:
+            atomic_write(details, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in extra),
+                                                               encoding="utf-8"))
+        except OSError as exc:
+            fail(f"cannot write --details {details}: {exc.strerror or exc}")
+    for f in failures:
+        err_console.print(f"[yellow]unreadable, written empty:[/yellow] {escape(f)}", soft_wrap=True)
+    console.print(f"wrote {len(preds)} predictions to {escape(str(out))}" + (" (+ submission.zip)" if make_zip else ""))
     if min_confidence is not None:
         console.print(f"{abstained} of {len(extra)} readings below confidence {min_confidence} written as illegible")
+
+
+def check_submittable_ids(paths: list) -> None:
+    """Refuse, before reading, track folders that predictions.txt cannot name: one line per track id,
+    so two folders of the same name, or a name with whitespace, a comma or a semicolon."""
+    from ksrnet.submission import Prediction, format_line
+    from ksrnet.tracks import natural_key
+
+    by_id: dict = {}
+    for path in paths:
+        by_id.setdefault(path.name, []).append(path)
+        try:
+            format_line(Prediction(path.name, "", 0.0))
+        except ValueError as exc:
+            fail(f"{path}: the folder name cannot be a track id in predictions.txt ({exc}); rename the folder")
+    dupes = sorted((k for k, v in by_id.items() if len(v) > 1), key=natural_key)
+    if dupes:
+        shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in by_id[k])}" for k in dupes[:5])
+        fail(f"{len(dupes)} track id(s) found in more than one folder, which predictions.txt cannot tell apart: "
+             f"{shown}{' ...' if len(dupes) > 5 else ''}; point predict at one split (e.g. the test folder)")
 
 
 def _truth_of_unreadable(path: Path):
@@ -380,7 +428,7 @@ def eval_cmd(
     fusions: str = typer.Option("single,product,logit_mean,char_majority,string_majority", "--fusions",
                                 help="Comma-separated fusion rules to compare."),
     frame_counts: str = typer.Option("1,3,5", "--frames", help="Comma-separated frame counts F (last F frames)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
     backend: str = typer.Option("torch", "--backend", help="torch, or onnx with --model FILE.onnx."),
@@ -392,6 +440,8 @@ def eval_cmd(
 
     With --ablation: every reading method on the same tracks instead, in one table (see --ablation).
     """
+    from rich.markup import escape
+
     from ksrnet.calibration import character_calibration, readings_ece
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
 
@@ -412,6 +462,7 @@ def eval_cmd(
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
     truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     full = {key: {} for key in readings}  # the TrackReadings, with their per-character probabilities
+    unlabelled = 0
     for batch in read_track_batches(paths, batch_size, "evaluating"):
         good = []
         for path, t in batch:
@@ -423,12 +474,19 @@ def eval_cmd(
             elif t.text is not None:
                 good.append(t)
                 truths.append(GroundTruth.of_track(t))
+            else:
+                unlabelled += 1
         if not good:
             continue
         for c in counts:
             for rule, rs in reader.read(good, fusion_list, frame_count=c).items():
                 readings[(rule, c)].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
                 full[(rule, c)].update({r.track_id: r for r in rs})
+    for f in failures:  # before any refusal below: when no track could be used, these say why
+        err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {escape(f)}", soft_wrap=True)
+    if unlabelled:
+        err_console.print(f"[yellow]note:[/yellow] {unlabelled} readable track(s) without a plate_text left out of "
+                          "the scores", soft_wrap=True)
     if not truths:
         fail(f"no annotated, readable tracks under {tracks}")
     results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
@@ -438,7 +496,7 @@ def eval_cmd(
         print(json.dumps({k: v.as_dict() | {"ece": eces[k], "character_calibration": chars[k]} for k, v in results.items()}
                          | {"unreadable": failures}, indent=2))
         return
-    table = Table(title=f"{tracks}: {len(truths)} tracks")
+    table = Table(title=escape(f"{tracks}: {len(truths)} tracks"))
     for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "ECE (pts)", "wrong@>=0.9", "char ECE (pts)",
                 "chars@>=0.9 wrong %"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
@@ -450,8 +508,6 @@ def eval_cmd(
     console.print(table)
     console.print("char ECE: each read character's probability against whether it is right; chars@>=0.9 wrong: "
                   "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
-    for f in failures:
-        err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {f}")
 
 
 def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models: Optional[List[str]],
@@ -470,6 +526,9 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
         fail(f"--presets: unknown {', '.join(bad)}; choose from {', '.join((*PRESETS, 'mix'))}")
     if tracks is None and (synth_tracks == 0 or not preset_list):
         fail("--ablation needs tracks: --synth-tracks > 0 with --presets, or a TRACKS folder")
+    if markdown is not None:
+        check_output_path(markdown, "--markdown")
+        check_output_path(markdown.with_suffix(".json"), "--markdown (its JSON)")
     models = list(models or [None])
     if any(restoration_model(m)[0] for m in models):
         fail("with --ablation, --model names recognizers; give KSR-Net weights with --ksrnet")
@@ -541,9 +600,13 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
                                           "synth_tracks": synth_tracks, "presets": preset_list,
                                           "seed": ABLATION_SEED, "tracks": str(tracks) if tracks else None})
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(result.to_markdown())
-        markdown.with_suffix(".json").write_text(result.to_json())
+        from ksrnet.atomic_files import atomic_write
+
+        for target, text in ((markdown, result.to_markdown()), (markdown.with_suffix(".json"), result.to_json())):
+            try:
+                atomic_write(target, lambda p, text=text: Path(p).write_text(text, encoding="utf-8"))
+            except OSError as exc:
+                fail(f"cannot write {target}: {exc.strerror or exc}")
     if as_json:
         print(result.to_json())
     else:
@@ -618,6 +681,7 @@ def export_cmd(
     import time
 
     import torch
+    from rich.markup import escape
 
     from ksrnet.preprocess import frames_to_tensor
     from ksrnet.synth.dataset import generate_track
@@ -627,16 +691,20 @@ def export_cmd(
         from ksrnet.export_onnx import OnnxParseq, check_parity, export_onnx
     except ImportError:
         fail("export needs onnx and onnxruntime: pip install 'ksrnet[onnx]'")
+    check_output_path(onnx, "--onnx")
     try:
         net, meta = load_model(model)
     except ModelLoadError as exc:
         fail(str(exc))
-    export_onnx(net, onnx, meta, refine_iters)
+    try:
+        export_onnx(net, onnx, meta, refine_iters)
+    except OSError as exc:
+        fail(f"cannot write {onnx}: {exc.strerror or exc}")
     runtime = OnnxParseq(onnx)
     frames = [f for i in range(check_tracks) for f in generate_track(BENCH_SEED, i, preset="mix").lr]
     images = frames_to_tensor(frames, net.config.img_h, net.config.img_w)
     parity = check_parity(net, runtime, images)
-    console.print(f"wrote {onnx} (+ {onnx.name}.json); parity on {parity.frames} frames: max |diff| char logits "
+    console.print(f"wrote {escape(str(onnx))} (+ {escape(onnx.name)}.json); parity on {parity.frames} frames: max |diff| char logits "
                   f"{parity.max_abs_char_logits:.2e}, layout logits {parity.max_abs_layout_logits:.2e}; "
                   f"readings that differ: {parity.readings_differ}")
     timings = {}
@@ -681,7 +749,7 @@ def calibrate(
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON "
                                "(ensembles: write --out)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
 ) -> None:
@@ -701,6 +769,7 @@ def calibrate(
     into the file --out, which predict and eval apply with --calibration FILE.
     """
     import torch
+    from rich.markup import escape
 
     from ksrnet.calibration import fit_confidence_map, fit_temperature
     from ksrnet.plates import layout_masks
@@ -714,28 +783,46 @@ def calibrate(
         fail("an ensemble's calibration goes into a file of its own: give --out FILE (or --dry-run)")
     if len(models) == 1 and out is not None:
         fail("--out is for ensembles (several --model); a single model's temperatures go into its JSON")
+    if out is not None and write:
+        check_output_path(out, "--out")
     reader = make_readers(models, device, mode, views, ensemble, warn_uncalibrated=False)
     # The vote's confidence is not a softmax of logits: it is mapped as read. Everything else: logits.
     by_reading = len(models) > 1 and ensemble == "vote"
     logits = {c: [] for c in counts}
     confidences = {(c, rule): [] for c in counts for rule in fusion_list}
     texts: list[str] = []
+    texts_at = {c: [] for c in counts}  # the tracks behind each count's fit
 
     def take(batch: list) -> None:
         for c in counts:
+            # A track of fewer than c frames reads with its own count's temperature (rule@n, n < c):
+            # its logits must not be fitted under rule@c.
+            chosen = batch if c is None else [t for t in batch if len(t.lr) >= c]
+            if not chosen:
+                continue
             if by_reading:
-                for rule, rows in reader.read(batch, fusion_list, frame_count=c).items():
-                    confidences[(c, rule)] += [(r.confidence, r.text == t.text) for r, t in zip(rows, batch)]
+                for rule, rows in reader.read(chosen, fusion_list, frame_count=c).items():
+                    confidences[(c, rule)] += [(r.confidence, r.text == t.text) for r, t in zip(rows, chosen)]
             else:
-                logits[c] += reader.track_logits(batch, c)
+                logits[c] += reader.track_logits(chosen, c)
+            texts_at[c].extend(t.text for t in chosen)
         texts.extend(t.text for t in batch)
 
     if tracks is not None:
         source = str(tracks)
+        skipped, unlabelled = [], 0
         for batch in read_track_batches(discover_or_fail(tracks), batch_size, "reading validation tracks"):
+            skipped += [str(t) for _, t in batch if isinstance(t, Exception)]
+            unlabelled += sum(1 for _, t in batch if not isinstance(t, Exception) and t.text is None)
             good = [t for _, t in batch if not isinstance(t, Exception) and t.text is not None]
             if good:
                 take(good)
+        for problem in skipped:
+            err_console.print(f"[yellow]unreadable, not used:[/yellow] {escape(problem)}", soft_wrap=True)
+        if unlabelled:
+            err_console.print(f"[yellow]note:[/yellow] {unlabelled} unlabelled track(s) not used")
+        if skipped or unlabelled:
+            source += f" ({len(texts)} of {len(texts) + len(skipped) + unlabelled} tracks usable)"
     else:
         from ksrnet.synth.dataset import generate_track
         from ksrnet.synth.degrade import PRESETS
@@ -752,15 +839,19 @@ def calibrate(
                 progress.advance(task, len(batch))
     if len(texts) < 10:
         fail(f"need at least 10 labelled, readable tracks to fit on, got {len(texts)}")
+    short = [c for c in counts if c is not None and len(texts_at[c]) < 10]
+    if short:
+        fail(f"--frames {short[0]}: only {len(texts_at[short[0]])} of {len(texts)} tracks have {short[0]} frames or "
+             "more; a temperature for F frames is fitted on tracks read with F frames (need at least 10)")
     if by_reading:
         pairs = {k: tuple(zip(*v)) for k, v in confidences.items()}  # (confidences, correct) per count and rule
         fits = [(c, fit_confidence_map(*pairs[(c, rule)], rule)) for c in counts for rule in fusion_list]
     else:
         masks = torch.from_numpy(layout_masks())
-        fits = [(c, fit_temperature(logits[c], texts, rule, masks)) for c in counts for rule in fusion_list]
+        fits = [(c, fit_temperature(logits[c], texts_at[c], rule, masks)) for c in counts for rule in fusion_list]
     what = ("ensemble " + ensemble + " of " + ", ".join(model_label(m) for m in models)
             if len(models) > 1 else model_label(models[0])) + (f", TTA {','.join(views)}" if views else "")
-    table = Table(title=f"calibration of {what} on {source}")
+    table = Table(title=escape(f"calibration of {what} on {source}"))
     for col in ("fusion", "F", "T / map", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
     for c, f in fits:
@@ -895,7 +986,7 @@ def report(
                                                    "best guess is still shown); 0 marks none."),
     sort: str = typer.Option("input", "--sort", help="input (as found) or confidence (least sure first)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Report only the first N tracks found."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Tracks per inference batch."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Tracks per inference batch."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
@@ -918,11 +1009,12 @@ def report(
         fail("the report shows what each frame reads alone; KSR-Net and MF-LPR² read one restored image, so they "
              "have no per-frame readings to show: report with a recognizer (the default)")
     views = parse_tta_views(tta, tta_views)
+    check_output_path(out, "--out")
     paths = discover_or_fail(tracks)[:limit]
     reader = make_readers(model, device, mode, views, ensemble, "torch", calibration)
     members = ensemble_members(list(model or [None]), getattr(reader, "readers", [reader]), "torch")
     reports, unreadable = [], []
-    for batch in read_track_batches(paths, batch_size, "reading plates"):
+    for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
         unreadable += [UnreadableTrack(path.name, str(t)) for path, t in batch if isinstance(t, Exception)]
         if good:
@@ -933,11 +1025,13 @@ def report(
         frames=frames, tta_views=list(views) if views else None, min_confidence=min_confidence,
         command=command_line(ctx))
     page = render_html(sort_reports(reports, sort), unreadable, provenance)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    try:
+        atomic_write(out, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
     illegible = sum(r.illegible for r in reports)
     console.print(f"wrote {out}: {len(reports)} tracks read ({illegible} below {min_confidence} marked illegible)"
-                  + (f", {len(unreadable)} unreadable" if unreadable else ""))
+                  + (f", {len(unreadable)} unreadable" if unreadable else ""), markup=False, highlight=False)
 
 
 @app.command()

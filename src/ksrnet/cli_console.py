@@ -22,5 +22,24 @@ def progress_bar(transient: bool = True) -> Progress:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
+    """Print "error: MESSAGE" and exit. The message is plain text, never markup: it carries paths,
+    labels and install hints ("ksrnet[onnx]") that rich would otherwise swallow or choke on."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("error:", "red"), " ", str(message)))
     raise typer.Exit(code)
+
+
+def check_output_path(path, option: str) -> None:
+    """Refuse, before any costly work, an output file that cannot be written: an existing folder, or
+    one whose parent is a file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        fail(f"{option} {path} is a folder: give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                fail(f"{option} {path}: {parent} is a file, not a folder")
+            break

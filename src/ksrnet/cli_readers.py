@@ -9,14 +9,17 @@ from typing import List, Optional
 from ksrnet.cli_console import err_console, fail, progress_bar
 
 
-def read_track_batches(paths, batch_tracks: int, description: str):
-    """Yield lists of (path, Track | TrackError) with a progress bar over all tracks."""
+def read_track_batches(paths, batch_tracks: int, description: str, labels: str = "strict"):
+    """Yield lists of (path, Track | TrackError) with a progress bar over all tracks. Only the LR
+    frames are read: every reader reads those, so a broken HR frame must not make a track unreadable.
+    labels: "strict" where the labels are needed (eval, calibrate), "lenient" where a plate is only
+    read (a bad annotations.json then costs the labels, not the reading; see tracks.read_track)."""
     from ksrnet.tracks import iter_track_results
 
     with progress_bar() as progress:
         task = progress.add_task(description, total=len(paths))
         batch = []
-        for item in iter_track_results(paths):
+        for item in iter_track_results(paths, with_hr=False, labels=labels):
             batch.append(item)
             if len(batch) == batch_tracks:
                 yield batch
@@ -87,8 +90,6 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
 def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_views, calibration: Optional[Path],
                      warn_uncalibrated: bool = True):
     """The EnsembleReader over loaded member readers, with the calibration file checked against them."""
-    from rich.markup import escape
-
     from ksrnet.ensemble_calibration import EnsembleCalibration, EnsembleCalibrationError
     from ksrnet.infer import EnsembleReader
 
@@ -98,7 +99,7 @@ def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, t
             fitted = EnsembleCalibration.load(calibration)
             fitted.check(ensemble_members(models, readers, backend), rule, tta_views, name=str(calibration))
         except EnsembleCalibrationError as exc:
-            fail(escape(str(exc)))
+            fail(str(exc))
     elif warn_uncalibrated:
         err_console.print("[yellow]note:[/yellow] this ensemble's confidences are not calibrated; fit them with "
                           f"`ksrnet calibrate` and the same --model options, --ensemble {rule} --out FILE, then "
@@ -149,8 +150,25 @@ def temperatures_for(meta: dict, model: Optional[str], tta_views, key: str = "te
     return temperatures
 
 
+def check_device(device: str) -> None:
+    """Refuse a --device torch cannot parse, or a GPU this machine does not have, in one line."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        fail(f"--device {device!r} is not a device: use cpu, cuda, cuda:1 ...")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            fail(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     from ksrnet.infer import Reader
+
+    check_device(device)
 
     if model is None or not str(model).endswith(".onnx"):
         fail("--backend onnx needs --model FILE.onnx (written by `ksrnet export --onnx`)")
@@ -190,6 +208,7 @@ def make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     from ksrnet.infer import Reader
     from ksrnet.weights import ModelLoadError, load_model
 
+    check_device(device)
     restoration, baseline = restoration_model(model)
     if restoration is not None:
         from ksrnet.restoration_reader import load_restoration_reader

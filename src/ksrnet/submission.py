@@ -120,6 +120,8 @@ def _zip_member(zf: zipfile.ZipFile, path: Path) -> str:
 
 
 def _read_raw(path: Path) -> bytes:
+    if path.is_dir():
+        raise PredictionsError(path, None, "is a folder, not a predictions file (predictions.txt or a zip)")
     if not path.is_file():
         raise PredictionsError(path, None, "file not found")
     if not zipfile.is_zipfile(path):

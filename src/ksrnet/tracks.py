@@ -475,8 +475,17 @@ def _warn_on_size_spread(kind: str, images: list[np.ndarray], warnings: list[str
         )
 
 
-def read_track(path: Path | str, *, with_hr: bool = True) -> Track:
-    """Read and check one track folder; TrackError names the track and the first problem found."""
+LABEL_MODES = ("strict", "lenient")
+
+
+def read_track(path: Path | str, *, with_hr: bool = True, labels: str = "strict") -> Track:
+    """Read and check one track folder; TrackError names the track and the first problem found.
+
+    labels "strict": a bad annotations.json makes the track unusable (scoring and training need its
+    labels); "lenient": the labels are dropped with a warning and the frames still read (reading a
+    plate does not need them)."""
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
     path = Path(path)
     track_id = path.name
 
@@ -493,7 +502,13 @@ def read_track(path: Path | str, *, with_hr: bool = True) -> Track:
                    f"no lr frames (found {', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''})")
     lr_names = _check_numbering("lr", listing.frames["lr"], fail)
     hr_names = _check_numbering("hr", listing.frames["hr"], fail) if with_hr and listing.frames["hr"] else []
-    annotation = read_annotations(path)
+    try:
+        annotation = read_annotations(path)
+    except TrackError as exc:
+        if labels == "strict":
+            raise
+        warnings.append(f"labels ignored: {exc.problem}")
+        annotation = Annotation(text=None, layout=layout_hint(path), corners={}, scenario=scenario_hint(path))
     warnings.extend(annotation.warnings)
     lr = _read_frames(path, "lr", lr_names, fail, warnings)
     hr = _read_frames(path, "hr", hr_names, fail, warnings)
@@ -514,13 +529,13 @@ def read_track(path: Path | str, *, with_hr: bool = True) -> Track:
 # Batch reading
 
 
-def iter_track_results(paths: Iterable[Path | str], *, with_hr: bool = True
+def iter_track_results(paths: Iterable[Path | str], *, with_hr: bool = True, labels: str = "strict"
                        ) -> Iterator[tuple[Path, Track | TrackError]]:
     """Each path with its Track or its TrackError; lets a caller show progress and keep going."""
     for path in paths:
         path = Path(path)
         try:
-            yield path, read_track(path, with_hr=with_hr)
+            yield path, read_track(path, with_hr=with_hr, labels=labels)
         except TrackError as exc:
             yield path, exc
 
