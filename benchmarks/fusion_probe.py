@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 
 import torch
 
@@ -86,6 +87,24 @@ def fusion_rows(chars: torch.Tensor, layouts: torch.Tensor, texts: list[str], pr
     return rows
 
 
+def confusions(chars: torch.Tensor, layouts: torch.Tensor, texts: list[str], top: int = 12) -> str:
+    """What the product reading gets wrong: characters missed per wrong track, the most frequent
+    (truth -> read) pairs, and wrong characters per position."""
+    lp, llp = per_frame_log_probs(chars, layouts)
+    r = decode_constrained(lp.sum(1), llp.sum(1))
+    misses, pairs, positions = Counter(), Counter(), Counter()
+    for row, truth in zip(r.indices, texts):
+        read = _TOKENIZER.decode(tuple(int(x) for x in row))
+        wrong = [(i, t, c) for i, (t, c) in enumerate(zip(truth, read)) if t != c]
+        if wrong:
+            misses[len(wrong)] += 1
+        pairs.update((t, c) for _, t, c in wrong)
+        positions.update(i for i, _, _ in wrong)
+    return (f"wrong tracks by characters missed: {dict(sorted(misses.items()))}\n"
+            f"wrong characters by position: {dict(sorted(positions.items()))}\n"
+            "most frequent (truth -> read): " + ", ".join(f"{t}->{c} {n}" for (t, c), n in pairs.most_common(top)))
+
+
 def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: list[str]) -> list[tuple[str, float]]:
     from ksrnet.restoration_reader import load_restoration_reader
 
@@ -135,6 +154,7 @@ def main() -> None:
     product_t = float(temperatures.get("product@5", temperatures.get("product", 1.0)))
     print_table(f"late fusion rules, {args.tracks} hard dev tracks (seed {DEV_SEED})",
                 fusion_rows(chars, layouts, texts, product_t))
+    print("\n" + confusions(chars, layouts, texts))
     if args.ksrnet:
         n = args.ksr_tracks
         print_table(f"adding KSR-Net's reading ({args.ksrnet}), first {n} dev tracks",
