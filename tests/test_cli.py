@@ -536,3 +536,35 @@ def test_calibrate_says_which_tracks_it_could_not_use(tmp_path, micro_model):
     assert mentions(result.stderr, "unreadable, not used: track_00011"), result.stderr
     assert mentions(result.stderr, "1 unlabelled track(s) not used")
     assert mentions(result.stdout, "10 of 12 tracks usable")
+
+
+# ---------------------------------------------------------------------------------------------
+# contact-sheet
+
+
+def test_contact_sheet_writes_one_row_per_track_and_the_real_frames(tmp_path):
+    import cv2
+
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.fromarray(np.full((19, 45, 3), 90, np.uint8)).save(real / "x_lr_ABC1234_45x19.png")
+    heights = []
+    for n in (1, 3):
+        out = tmp_path / f"sheet{n}.png"
+        assert_exit(invoke("contact-sheet", out, "-n", n, "--real", real), 0)
+        image = cv2.imread(str(out))
+        assert image is not None and image.shape[1] > 5 * 48  # five frames side by side, zoomed
+        heights.append(image.shape[0])
+    assert heights[1] > heights[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sheet.txt"], "give a .png"),
+    (["sheet.png", "--preset", "foo"], "unknown preset 'foo'"),
+    (["sheet.png", "--real", "nowhere"], "is not a folder"),
+])
+def test_contact_sheet_refuses_bad_options(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("contact-sheet", *args)
+    assert_exit(result, 2)
+    assert mentions(result.stderr, message), result.stderr

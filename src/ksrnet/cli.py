@@ -230,10 +230,20 @@ def contact_sheet_cmd(
     """Render synthetic tracks beside real LR frames in one PNG, at the same scale, to judge realism."""
     from ksrnet.synth.contact_sheet import write_contact_sheet
 
+    from ksrnet.synth.degrade import PRESETS
+
     if real is not None and not real.is_dir():
         fail(f"--real {real} is not a folder")
-    path = write_contact_sheet(out, num_tracks=tracks, seed=seed, preset=preset, real_dir=real, scale=scale)
-    console.print(f"wrote {path}")
+    if preset not in (*PRESETS, "mix"):
+        fail(f"unknown preset {preset!r}: use easy, medium, hard or mix")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        fail(f"{out}: the contact sheet is an image; give a .png (or .jpg) file name")
+    check_output_path(out, "OUT")
+    try:
+        path = write_contact_sheet(out, num_tracks=tracks, seed=seed, preset=preset, real_dir=real, scale=scale)
+    except OSError as exc:
+        fail(str(exc))
+    console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 @app.command("train")
