@@ -385,6 +385,36 @@ def test_interrupted_stage_resumes(tmp_path, recognizer_path, step_recorder):
         train_ksrnet(other, run, "2", progress=False)
 
 
+def test_bad_recognizer_or_foreign_run_dir_leave_the_run_dir_usable(tmp_path, recognizer_path):
+    from ksrnet.train_config import TrainConfig
+    from ksrnet.weights import ModelLoadError
+
+    run = tmp_path / "run"
+    # A mistyped recognizer_weights was saved in config.yaml first: the corrected config's rerun was
+    # then refused as "another model or recognizer".
+    with pytest.raises(ModelLoadError, match="recognizer_weights: no model at"):
+        train_ksrnet(micro(recognizer_path, recognizer_weights=str(tmp_path / "typo")), run, "1", progress=False)
+    assert not (run / "config.yaml").exists()
+    # A recognizer run dir: named as such, not "unknown section(s) ['optim']" alone.
+    other = tmp_path / "recognizer-run"
+    other.mkdir()
+    TrainConfig().save(other / "config.yaml")
+    with pytest.raises(ConfigError, match="holds a run this command cannot resume"):
+        train_ksrnet(micro(recognizer_path), other, "1", progress=False)
+
+
+def test_rerunning_an_earlier_stage_keeps_the_run_dirs_latest_weights(tmp_path, recognizer_path):
+    run = tmp_path / "run"
+    cfg = micro(recognizer_path, data={"val_tracks": 1})
+    run_stages(cfg, run, ["1", "1b"], progress=False)
+    stage1_meta = json.loads((run / "stage-1" / "ksrnet.json").read_text())
+    assert stage1_meta["metrics"]
+    out = run_stages(cfg, run, ["1"], progress=False)  # finished: reloaded and re-exported, nothing trained
+    assert out == run / "stage-1" / "ksrnet.safetensors"
+    assert json.loads((run / "ksrnet.json").read_text())["stage"] == "1b"  # was replaced by stage 1's
+    assert json.loads((run / "stage-1" / "ksrnet.json").read_text())["metrics"] == stage1_meta["metrics"]
+
+
 def test_stage3_requires_a_recognizer(tmp_path, recognizer_path):
     with pytest.raises(ConfigError, match="recognizer_weights"):
         train_ksrnet(micro(recognizer_path, recognizer_weights=None), tmp_path / "run", "3", progress=False)

@@ -147,6 +147,11 @@ def test_replace_keeps_other_sections():
     (micro(optim={"schedule": "time_cosine"}), ["time_cosine", "max_minutes"]),
     ({**MICRO, "data": [1, 2]}, ["data", "mapping"]),
     ({**MICRO, "model": "tiny"}, ["model", "mapping"]),
+    # Accepted before, then a traceback at the first step, or no last.ckpt ever (a crash lost the run).
+    (micro(optim={"label_smoothing": 2.0}), ["optim", "label_smoothing must be in [0, 1)"]),
+    (micro(trainer={"checkpoint_every_n_steps": 0}), ["trainer", "checkpoint_every_n_steps must be >= 1"]),
+    (micro(trainer={"gradient_clip": -1.0}), ["trainer", "gradient_clip must be >= 0"]),
+    ({**MICRO, "init_weights": 5}, ["init_weights", "expected a path or name", "5"]),
 ])
 def test_bad_configs_raise_config_error_naming_the_problem(tmp_path, data, needles):
     path = write_yaml(tmp_path / "bad.yaml", data)
@@ -179,6 +184,51 @@ def test_cli_train_refuses_a_bad_config(tmp_path):
     result = invoke("train", path, "--run-dir", tmp_path / "run")
     assert_refused(result, "unknown key(s) ['max_epoch']")
     assert not (tmp_path / "run").exists()
+
+
+def _unusable(kind: str, tmp_path: Path) -> dict:
+    """A config whose init_weights or lrlpr_root cannot be used (each was a Python traceback)."""
+    if kind == "init_missing":
+        return {**MICRO, "init_weights": str(tmp_path / "nope.safetensors")}
+    if kind == "init_ksrnet":  # KSR-Net weights where recognizer weights are expected
+        (tmp_path / "k.safetensors").write_bytes(b"")
+        (tmp_path / "k.json").write_text(json.dumps({"kind": "ksrnet", "config": {"lr_size": [16, 48]}}))
+        return {**MICRO, "init_weights": str(tmp_path / "k.safetensors")}
+    root = tmp_path / "lrlpr"
+    if kind == "root_empty":
+        root.mkdir()
+    elif kind == "root_unlabelled":  # e.g. the test split: every track skipped, 0 steps, "weights" written
+        assert_ok(invoke("synth", root, "--tracks", 2, "--no-hr"))
+        for ann in root.rglob("annotations.json"):
+            ann.unlink()
+    return micro(data={"synth_tracks_per_epoch": 0, "lrlpr_root": str(root)})
+
+
+@pytest.mark.parametrize("kind, needles", [
+    ("init_missing", ["init_weights", "no model at", "nope.safetensors"]),
+    ("init_ksrnet", ["init_weights", "holds 'ksrnet' weights, not a recognizer"]),
+    ("root_missing", ["dataset root", "does not exist"]),
+    ("root_empty", ["no tracks found under"]),
+    ("root_unlabelled", ["no labelled tracks under", "annotations.json"]),
+])
+def test_cli_train_refuses_unusable_weights_or_data_in_one_line(tmp_path, kind, needles):
+    config = write_yaml(tmp_path / "c.yaml", _unusable(kind, tmp_path))
+    result = invoke("train", config, "--run-dir", tmp_path / "run")
+    assert_refused(result, *needles)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_cli_train_refuses_a_run_dir_it_cannot_resume(tmp_path):
+    from ksrnet.ksr_config import KSRTrainConfig
+
+    config = write_yaml(tmp_path / "c.yaml", MICRO)
+    ksr_run = tmp_path / "ksr-run"
+    ksr_run.mkdir()
+    KSRTrainConfig().save(ksr_run / "config.yaml")
+    assert_refused(invoke("train", config, "--run-dir", ksr_run), str(ksr_run), "cannot resume", "new run dir")
+    assert "recognizer_weights" in (ksr_run / "config.yaml").read_text()  # left as it was
+    (tmp_path / "file").write_text("")
+    assert_refused(invoke("train", config, "--run-dir", tmp_path / "file"), "is a file, not a folder")
 
 
 def test_samples_length_is_per_ddp_rank(monkeypatch):
@@ -455,10 +505,14 @@ def test_resume_with_more_epochs_continues_the_run(trained_run, tmp_path, counte
     # Re-running the finished run is a no-op: nothing trained, same weights.
     counter.started_at.clear(), counter.batches.clear()
     weights = load_file(str(run / "model.safetensors"))
+    rr = json.loads((run / "model.json").read_text())["val_rr_track_product"]
+    assert rr is not None
     assert_ok(invoke("train", config, "--run-dir", run, "--max-epochs", 2))
     assert counter.batches == []
     again = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+    # It validated nothing: the figure saved beside the weights is kept (was overwritten with null).
+    assert json.loads((run / "model.json").read_text())["val_rr_track_product"] == rr
 
 
 def test_no_resume_starts_over(trained_run, tmp_path, counter):

@@ -246,6 +246,19 @@ def contact_sheet_cmd(
     console.print(f"wrote {path}", markup=False, highlight=False)
 
 
+def _training_errors() -> tuple:
+    """What `train` and `train-ksrnet` report in one line: config values (ValueError, ConfigError),
+    weights that cannot be loaded (ModelLoadError), a dataset root without usable tracks
+    (DatasetError), a run dir that cannot be made (OSError), settings Lightning refuses
+    (MisconfigurationException: an accelerator this machine lacks)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from ksrnet.tracks import DatasetError
+    from ksrnet.weights import ModelLoadError
+
+    return ValueError, ModelLoadError, DatasetError, OSError, MisconfigurationException
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML training config (see configs/parseq-tiny.yaml)."),
@@ -274,9 +287,11 @@ def train_cmd(
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     run_dir = run_dir or Path("runs") / config.stem
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(f"--run-dir {run_dir} is a file, not a folder")
     try:
         out = train(cfg, run_dir, resume=not no_resume)
-    except ValueError as exc:
+    except _training_errors() as exc:
         fail(str(exc))
     console.print(f"weights: {out}")
 
@@ -294,18 +309,21 @@ def train_ksrnet_cmd(
     """Train the KSR-Net restoration network stage by stage (the recognizer stays frozen).
 
     Each stage starts from the previous stage's weights in RUN_DIR and writes
-    RUN_DIR/stage-<s>/ksrnet.safetensors; the last one is also copied to RUN_DIR/ksrnet.safetensors.
+    RUN_DIR/stage-<s>/ksrnet.safetensors; RUN_DIR/ksrnet.safetensors is a copy of the latest stage's
+    (rerunning an earlier stage leaves it as it is).
     """
-    from ksrnet.ksr_config import ConfigError
     from ksrnet.ksr_training import run_stages
 
     wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
     if not wanted or any(s not in ("1", "1b", "2", "3") for s in wanted):
         fail(f"--stages takes 1, 1b, 2, 3 (comma-separated), got {stages!r}")
     overrides = {k: v for k, v in (("devices", devices), ("num_nodes", num_nodes)) if v is not None}
+    run_dir = run_dir or Path("runs") / config.stem
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(f"--run-dir {run_dir} is a file, not a folder")
     try:
-        out = run_stages(config, run_dir or Path("runs") / config.stem, wanted, **overrides)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        out = run_stages(config, run_dir, wanted, **overrides)
+    except _training_errors() as exc:
         fail(str(exc))
     console.print(f"weights: {out}")
 

@@ -29,7 +29,7 @@ Run directory::
     run_dir/stage-<s>/checkpoints/last.ckpt  resumable Lightning checkpoint (+ best-*.ckpt with validation)
     run_dir/stage-<s>/logs/                  CSV logs
     run_dir/stage-<s>/ksrnet.safetensors     the stage's weights (+ ksrnet.json: config, stage, metrics)
-    run_dir/ksrnet.safetensors               a copy of the last stage finished (+ ksrnet.json)
+    run_dir/ksrnet.safetensors               a copy of the latest stage's (in STAGES order; + ksrnet.json)
 
 Stage ``s`` starts from the weights of the latest earlier stage found in the run dir (in ``STAGES``
 order), else ``init_weights``, else random; then the recognizer is loaded from
@@ -69,7 +69,7 @@ from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_pr
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError
-from ksrnet.training import WallClockLR, _EpochSetter, _precision
+from ksrnet.training import WallClockLR, _EpochSetter, _precision, previous_metadata
 from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
@@ -379,9 +379,12 @@ def resolve_model_config(config: KSRTrainConfig) -> tuple[KSRNetConfig, Any]:
         return config.model, None
     import dataclasses
 
-    from ksrnet.weights import load_model
+    from ksrnet.weights import ModelLoadError, load_model
 
-    recognizer, meta = load_model(config.recognizer_weights)
+    try:
+        recognizer, meta = load_model(config.recognizer_weights)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"recognizer_weights: {exc}") from None
     rc = ParseqConfig.from_dict(meta["config"])
     try:
         model_config = dataclasses.replace(config.model, recognizer=rc)
@@ -449,7 +452,8 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
 
     Resumes from the stage's ``last.ckpt`` when ``resume`` and it exists; otherwise starts from the
     latest earlier stage's weights in ``run_dir`` (or ``config.init_weights``). Writes the stage's
-    ``ksrnet.safetensors`` + ``ksrnet.json`` and copies them to ``run_dir``. ``callbacks`` are added
+    ``ksrnet.safetensors`` + ``ksrnet.json`` and copies them to ``run_dir`` unless a later stage has
+    weights there (``run_dir``'s copy stays that of the latest stage). ``callbacks`` are added
     to the Trainer's."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -459,16 +463,20 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if config_path.exists() and resume:
-        saved = KSRTrainConfig.load(config_path)
+        try:
+            saved = KSRTrainConfig.load(config_path)
+        except ConfigError as exc:  # e.g. a recognizer run dir: "unknown section(s)" alone blamed the user's config
+            raise ConfigError(f"{run_dir} holds a run this command cannot resume ({exc}); use a new run dir") from None
         if saved.model != config.model or saved.recognizer_weights != config.recognizer_weights:
             raise ValueError(f"{run_dir} holds a run with another model or recognizer; use a new run dir")
+    if stage == "3" and config.recognizer_weights is None:
+        raise ConfigError("stage 3 needs recognizer_weights (its perceptual / semantic losses read the SR image)")
+    # Before config.yaml is written: a mistyped recognizer_weights saved there made the corrected
+    # config's rerun refused as "another model or recognizer".
+    model_config, recognizer = resolve_model_config(config)
     config.save(config_path)
     sdir = stage_dir(run_dir, stage)
     sdir.mkdir(parents=True, exist_ok=True)
-
-    if stage == "3" and config.recognizer_weights is None:
-        raise ConfigError("stage 3 needs recognizer_weights (its perceptual / semantic losses read the SR image)")
-    model_config, recognizer = resolve_model_config(config)
     L.seed_everything(config.data.seed + STAGES.index(stage), workers=True, verbose=False)
     module = KSRStageModule(config, stage, model_config)
     ckpt_dir = sdir / "checkpoints"
@@ -523,19 +531,28 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     out = sdir / KSRNET_WEIGHTS_NAME
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if not metrics and module.only_reloaded():  # a finished stage re-exported: keep its figures
+            metrics = previous_metadata(out).get("metrics") or {}
         extra = {"stage": stage, "global_step": int(trainer.global_step), "metrics": metrics,
                  "recognizer_weights": config.recognizer_weights}
         save_ksrnet(module.model, model_config, out, extra)
-        for src in (out, out.with_suffix(".json")):
-            atomic_write(run_dir / src.name, lambda p, src=src: shutil.copyfile(src, p))
+        if not _later_stage_weights(run_dir, stage):  # rerunning stage 1 replaced a finished run's stage 3
+            for src in (out, out.with_suffix(".json")):
+                atomic_write(run_dir / src.name, lambda p, src=src: shutil.copyfile(src, p))
     return out
+
+
+def _later_stage_weights(run_dir: Path, stage: str) -> list[str]:
+    """Stages after ``stage`` (in ``STAGES`` order) whose weights are in ``run_dir``."""
+    return [s for s in STAGES[STAGES.index(stage) + 1:] if (stage_dir(run_dir, s) / KSRNET_WEIGHTS_NAME).is_file()]
 
 
 def run_stages(config: KSRTrainConfig | str | Path, run_dir: str | Path,
                stages: Sequence[str] = STAGES, *, resume: bool = True, progress: bool = True,
                **trainer_overrides: Any) -> Path:
     """Run ``stages`` in order (each starts from the previous one's weights in ``run_dir``) and
-    return the final weights (``run_dir/ksrnet.safetensors``). ``config``: a KSRTrainConfig or a
+    return the final weights (``run_dir/ksrnet.safetensors``; the last stage run's own file when a
+    later stage's weights are in ``run_dir``). ``config``: a KSRTrainConfig or a
     YAML path; ``trainer_overrides`` replace fields of its ``trainer`` section (``devices=2,
     num_nodes=1``, ...) for the CLI's flags. A finished stage rerun with ``resume`` only reloads its
     last checkpoint and re-exports the same weights."""
@@ -552,4 +569,4 @@ def run_stages(config: KSRTrainConfig | str | Path, run_dir: str | Path,
         out = train_ksrnet(cfg, run_dir, s, resume=resume, progress=progress)
     if out is None:
         raise ConfigError("no stage to run")
-    return Path(run_dir) / KSRNET_WEIGHTS_NAME
+    return out if _later_stage_weights(Path(run_dir), stages[-1]) else Path(run_dir) / KSRNET_WEIGHTS_NAME

@@ -28,9 +28,13 @@ class FolderTrackDataset(IterableDataset):
     """Labelled tracks of an LRLPR-26 folder, reshuffled every epoch; unreadable tracks are skipped."""
 
     def __init__(self, root: str | Path, seed: int = 0, require_labels: bool = True):
-        from ksrnet.tracks import discover_tracks
+        from ksrnet.tracks import ANNOTATIONS_NAME, DatasetError, discover_tracks
 
         self.paths = discover_tracks(Path(root))
+        if require_labels and not any((p / ANNOTATIONS_NAME).is_file() for p in self.paths):
+            # Every track would be skipped: an epoch of no steps, and "trained" weights never trained.
+            raise DatasetError(f"no labelled tracks under {root}: none of its {len(self.paths)} track(s) "
+                               f"has an {ANNOTATIONS_NAME} (training needs plate_text)")
         self.seed = seed
         self.epoch = 0
         self.require_labels = require_labels

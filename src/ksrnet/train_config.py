@@ -138,6 +138,8 @@ class OptimConfig:
             raise ValueError("loss weights must be >= 0")
         if not (0 < self.lr < 1) or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr must be in (0, 1), weight_decay >= 0, warmup_fraction in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,10 @@ class TrainerConfig:
             raise ValueError("max_epochs, batch_tracks, accumulate_grad_batches, devices, num_nodes must be >= 1")
         if self.precision not in ("auto", "32", "bf16-mixed", "16-mixed"):
             raise ValueError("precision must be auto, 32, bf16-mixed or 16-mixed")
+        if self.checkpoint_every_n_steps < 1:  # 0 would write no last.ckpt at all: a crash lost the run
+            raise ValueError("checkpoint_every_n_steps must be >= 1")
+        if self.gradient_clip < 0:
+            raise ValueError("gradient_clip must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ class TrainConfig:
         unknown = sorted(set(data) - {"model", "data", "optim", "trainer", "init_weights"})
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}")
+        if data.get("init_weights") is not None and not isinstance(data["init_weights"], str):
+            raise ConfigError(f"init_weights: expected a path or name, got {data['init_weights']!r}")
         model = mapping_section(data.get("model"), "model")
         preset = model.pop("preset", "tiny")
         try:

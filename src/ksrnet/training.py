@@ -17,7 +17,7 @@ from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
-from ksrnet.train_config import TrainConfig
+from ksrnet.train_config import ConfigError, TrainConfig
 
 
 class RecognizerSamples(IterableDataset):
@@ -100,6 +100,25 @@ class WallClockLR:
 
     def on_load_checkpoint(self, checkpoint):
         self._elapsed_at_resume = float(checkpoint.get("ksrnet_elapsed_s", 0.0))
+        self._restored_step = int(checkpoint.get("global_step", -1))
+
+    _restored_step: int | None = None
+
+    def only_reloaded(self) -> bool:
+        """True after a fit that resumed a checkpoint and trained no step (a finished run run again):
+        it validated nothing, so the figures saved beside its weights are still those to keep."""
+        return self._restored_step is not None and self._restored_step == self.trainer.global_step
+
+
+def previous_metadata(weights: Path) -> dict:
+    """The JSON beside weights written earlier ({} when absent or unreadable)."""
+    import json
+
+    try:
+        meta = json.loads(weights.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 class RecognizerModule(WallClockLR, L.LightningModule):
@@ -257,7 +276,10 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if config_path.exists() and resume:
-        saved = TrainConfig.load(config_path)
+        try:
+            saved = TrainConfig.load(config_path)
+        except ConfigError as exc:  # e.g. a KSR-Net run dir: "unknown section(s)" alone blamed the user's config
+            raise ConfigError(f"{run_dir} holds a run this command cannot resume ({exc}); use a new run dir") from None
         if saved.model != config.model:
             raise ValueError(f"{run_dir} holds a run with another model config; use a new run dir")
     config.save(config_path)
@@ -298,9 +320,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     )
     last = ckpt_dir / "last.ckpt"
     if config.init_weights and not (resume and last.exists()):
-        from ksrnet.weights import load_model
+        from ksrnet.weights import ModelLoadError, load_model
 
-        start, meta = load_model(config.init_weights)
+        try:
+            start, meta = load_model(config.init_weights)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"init_weights: {exc}") from None
         if ParseqConfig.from_dict(meta["config"]) != config.model:
             try:  # a model of another input size keeps its weights; its position table is resampled
                 start = adapt_to_input_size(start, config.model)
@@ -317,5 +342,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     out = run_dir / "model.safetensors"
     if trainer.is_global_zero:
         rr = trainer.callback_metrics.get("val/rr_track_product")  # a tensor: str() gave "tensor(0.)"
-        save_model(module.model, config.model, out, extra={"val_rr_track_product": None if rr is None else float(rr)})
+        rr = None if rr is None else float(rr)
+        if rr is None and module.only_reloaded():  # a finished run re-exported: keep its figure (was null)
+            rr = previous_metadata(out).get("val_rr_track_product")
+        save_model(module.model, config.model, out, extra={"val_rr_track_product": rr})
     return out

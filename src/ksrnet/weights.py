@@ -76,6 +76,8 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     meta_path = config_path_for(path)
     try:
         meta = json.loads(meta_path.read_text())
+        if isinstance(meta, dict) and meta.get("kind", "parseq") != "parseq":
+            raise ModelLoadError(f"{path} holds {meta['kind']!r} weights, not a recognizer (PARSeq)")
         config = ParseqConfig.from_dict(meta["config"])
     except (OSError, KeyError, TypeError, ValueError) as exc:  # TypeError: "config" not a mapping
         raise ModelLoadError(f"cannot read the config beside {path} ({meta_path}): {exc}") from exc
