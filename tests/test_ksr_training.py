@@ -98,6 +98,7 @@ def test_bad_configs_are_rejected(bad):
 @pytest.mark.parametrize("data, needle", [
     ({"preset": "nope"}, "preset and val_preset must be one of"), ({"num_frames": 17}, "num_frames in 1..16"),
     ({"tracks_per_epoch": -1}, "tracks_per_epoch must be >= 0"), ({"val_tracks": -1}, "val_tracks must be >= 0"),
+    ({"codec": "mpeg"}, "codec must be one of"),
 ])
 def test_bad_data_sections_name_the_ksrnet_key(data, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -412,6 +412,10 @@ def test_bench_reports_every_batch_size_and_component(trained_run):
         assert r["tracks_per_s"] > 0 and r["ms_per_track"] == pytest.approx(1000 / r["tracks_per_s"])
         assert all(r[k] > 0 for k in ("preprocess_ms", "network_ms", "encoder_ms", "decoder_ms", "fusion_ms"))
     assert_ok(invoke("bench", "--model", trained_run, "--batches", "2", "--repeats", 1))
+    for asked, used in ((3, 3), (9, 5)):  # the tracks have 5 frames: asking for more reads them all, and says so
+        result = invoke("bench", "--model", trained_run, "--batches", "1", "--repeats", 1, "--frames", asked, "--json")
+        assert_ok(result)
+        assert json.loads(result.stdout)["frames_per_track"] == used
     assert_refused(invoke("bench", "--model", trained_run, "--batches", "0"), "--batches")
     assert_refused(invoke("bench", "--model", trained_run, "--backend", "tf"), "--backend")
 

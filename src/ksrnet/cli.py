@@ -259,6 +259,13 @@ def _training_errors() -> tuple:
     return ValueError, ModelLoadError, DatasetError, OSError, MisconfigurationException
 
 
+def _training_message(exc: Exception) -> str:
+    """Lightning's own refusals ("No supported gpu backend found!") do not say which setting caused them."""
+    if type(exc).__name__ == "MisconfigurationException":
+        return f"the config's trainer section (accelerator, devices, precision) cannot run here: {exc}"
+    return str(exc)
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML training config (see configs/parseq-tiny.yaml)."),
@@ -292,7 +299,7 @@ def train_cmd(
     try:
         out = train(cfg, run_dir, resume=not no_resume)
     except _training_errors() as exc:
-        fail(str(exc))
+        fail(_training_message(exc))
     console.print(f"weights: {out}")
 
 
@@ -324,7 +331,7 @@ def train_ksrnet_cmd(
     try:
         out = run_stages(config, run_dir, wanted, **overrides)
     except _training_errors() as exc:
-        fail(str(exc))
+        fail(_training_message(exc))
     console.print(f"weights: {out}")
 
 
@@ -681,11 +688,15 @@ def bench_cmd(
         rows = bench(reader, tracks, sizes, fusion, frames, repeats)
     finally:
         torch.set_num_threads(previous)  # the caller's setting, e.g. when run inside a test session
+    from ksrnet.infer import select_frames
+
+    per_track = len(select_frames(tracks[0].lr, frames))  # --frames beyond a track's length reads them all
     if as_json:
         print(json.dumps({"threads": used, "device": device, "fusion": fusion, "backend": backend,
-                          "rows": [r.as_dict() for r in rows]}, indent=2))
+                          "frames_per_track": per_track, "rows": [r.as_dict() for r in rows]}, indent=2))
         return
-    table = Table(title=f"{fusion} fusion, {backend}, {used} threads on {device}; per-batch ms by component")
+    table = Table(title=f"{fusion} fusion of {per_track} frames a track, {backend}, {used} threads on {device}; "
+                        "per-batch ms by component")
     for col in ("batch", "tracks/s", "ms/track", "ms/batch", "preprocess", "network", "encoder", "decoder", "fusion"):
         table.add_column(col, justify="right")
     for r in rows:

@@ -62,6 +62,10 @@ class KSRDataConfig:
             raise ValueError("val_tracks must be >= 0")
         if self.target_supersample < 1:
             raise ValueError("target_supersample must be >= 1")
+        from ksrnet.synth.degrade import CODECS
+
+        if self.codec is not None and self.codec not in CODECS:  # else only refused once Lightning has started
+            raise ValueError(f"codec must be one of {CODECS} or null, got {self.codec!r}")
 
 
 @dataclass(frozen=True)
