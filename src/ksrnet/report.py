@@ -248,7 +248,7 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
         "The confidence of a reading is the model's calibrated probability that all seven characters are right. "
         f"Character colours: green at least {SURE:g}, yellow at least {DOUBTFUL:g}, red below: a red character "
         "is not supported by the frames, whatever the reading shows there. Judge the whole reading first: "
-        "inside a reading marked ILLEGIBLE even green characters can be wrong (on real frames they have been; "
+        "inside a reading of low confidence even green characters can be wrong (on real frames they have been; "
         "the probabilities were calibrated on synthetic tracks). Frames are shown with their own pixels, "
         "enlarged by the browser without smoothing; nothing is restored or sharpened. Each frame's own reading "
         "(its differing characters in red) shows whether the frames agree.")
