@@ -53,6 +53,17 @@ def test_each_frame_is_read_as_a_one_frame_track_would_be(micro_parseq, noise_tr
             assert f.image is image  # the frame's own pixels, untouched
 
 
+@pytest.mark.parametrize("rule", ["logit", "vote"])
+def test_an_ensemble_reports_the_reading_it_would_give(micro_parseq, noise_tracks, rule):
+    from ksrnet.infer import EnsembleReader
+
+    reader = EnsembleReader([Reader(micro_parseq(seed=1)), Reader(micro_parseq(seed=2))], rule)
+    tracks = noise_tracks(n=2, frames=3)
+    for track, report in zip(tracks, build_reports(reader, tracks, "product")):
+        assert report.reading == reader.read([track], ["product"])["product"][0]
+        assert len(report.frames) == 3
+
+
 def test_illegible_follows_the_threshold_and_frame_names_come_from_the_track(micro_parseq, noise_tracks):
     reader = Reader(micro_parseq())
     track = noise_tracks(n=1, frames=2)[0]

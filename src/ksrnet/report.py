@@ -82,13 +82,14 @@ class Provenance:
     created_utc: str = field(default_factory=utc_now)
 
 
-def frame_evidence(reader, tracks: list, frame_count: int | None, names: Sequence[Sequence[str]]) -> list[list[FrameEvidence]]:
+def frame_evidence(reader, tracks: list, track_logits: list, frame_count: int | None,
+                   names: Sequence[Sequence[str]]) -> list[list[FrameEvidence]]:
     """Each chosen frame of each track read on its own by the same reader (its temperature for one
-    frame), as (frame name, image, text, confidence)."""
+    frame), as (frame name, image, text, confidence); track_logits: the reader's ``track_logits``."""
     from ksrnet.infer import select_frames
 
     out = []
-    for track, logits, frame_names in zip(tracks, reader.track_logits(tracks, frame_count), names):
+    for track, logits, frame_names in zip(tracks, track_logits, names):
         chars, layouts = logits
         images = select_frames(track.lr, frame_count)
         if chars.shape[0] != len(images):
@@ -105,12 +106,16 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
     the evidence the report shows."""
     from ksrnet.infer import select_frames
 
-    fused = reader.read(tracks, [fusion], frame_count=frame_count)[fusion]
+    logits = reader.track_logits(tracks, frame_count)
+    if getattr(reader, "rule", None) == "vote":  # each member fuses alone: not a fusion of these logits
+        fused = reader.read(tracks, [fusion], frame_count=frame_count)[fusion]
+    else:  # what reader.read does, without running the network a second time
+        fused = reader.readings_from_logits(tracks, logits, [fusion])[fusion]
     names = []
     for t in tracks:
         all_names = list(getattr(t, "lr_names", None) or [f"frame {i + 1}" for i in range(len(t.lr))])
         names.append(select_frames(all_names, frame_count))
-    evidence = frame_evidence(reader, tracks, frame_count, names)
+    evidence = frame_evidence(reader, tracks, logits, frame_count, names)
     return [TrackReport(track_id=t.track_id, reading=r, frames=e, truth=getattr(t, "text", None),
                         illegible=min_confidence is not None and r.confidence < min_confidence)
             for t, r, e in zip(tracks, fused, evidence)]
