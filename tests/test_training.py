@@ -488,7 +488,8 @@ def test_resume_with_more_epochs_continues_the_run(trained_run, tmp_path, counte
     shutil.copytree(trained_run, run)
     before = ckpt(run)
     config = write_yaml(tmp_path / "micro.yaml", MICRO)
-    result = invoke("train", config, "--run-dir", run, "--max-epochs", 2)
+    with pytest.warns(UserWarning, match=r"changed config section\(s\) trainer"):  # said, not refused
+        result = invoke("train", config, "--run-dir", run, "--max-epochs", 2)
     assert_ok(result)
     # The second fit started where the first stopped and trained exactly one more epoch.
     assert counter.started_at == [STEPS_PER_EPOCH]

@@ -82,6 +82,22 @@ def build_section(cls, data: dict | None, where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def changed_sections(saved, config) -> list[str]:
+    """The top-level fields (sections) in which two configs of one dataclass differ."""
+    return [f.name for f in fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
+
+
+def note_resumed_changes(saved, config, run_dir) -> None:
+    """Warn (not refuse: extending --max-epochs is a change too) when a run resumes under other
+    values than it started with, since config.yaml is then replaced by the new ones."""
+    import warnings
+
+    changed = changed_sections(saved, config)
+    if changed:
+        warnings.warn(f"resuming {run_dir} with changed config section(s) {', '.join(changed)}: training "
+                      "continues under the new values, and its config.yaml now records them", stacklevel=3)
+
+
 def check_track_source(data, *, tracks: str, preset: str, frames: str) -> None:
     """Checks shared by the recognizer's and KSR-Net's data sections, which name the same ideas
     differently (the field names are passed in, so the message names the user's key): known presets,

@@ -17,7 +17,7 @@ from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
-from ksrnet.train_config import ConfigError, TrainConfig
+from ksrnet.train_config import ConfigError, TrainConfig, note_resumed_changes
 
 
 class RecognizerSamples(IterableDataset):
@@ -282,6 +282,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
             raise ConfigError(f"{run_dir} holds a run this command cannot resume ({exc}); use a new run dir") from None
         if saved.model != config.model:
             raise ValueError(f"{run_dir} holds a run with another model config; use a new run dir")
+        note_resumed_changes(saved, config, run_dir)
     config.save(config_path)
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     train_samples, val_samples = build_datasets(config)
