@@ -122,6 +122,14 @@ def main() -> None:
     p5 = synth[("product", 5)][0].overall.recognition_rate
     print(f"\nF=5 product error / F=1 error = {(1 - p5) / max(1e-9, 1 - p1):.3f}\n")
     print(risk_table(synth[("product", 5)][2], "abstention (--min-confidence), product F=5"))
+    print("\n**characters read at >= 0.9: how often wrong, by the whole reading's confidence (product)**\n")
+    bands = synth[("product", 5)][3]["sure_error_by_reading"]
+    print("| F | " + " | ".join(f"reading {b['from']:.1f}-{min(b['to'], 1.0):.1f}" for b in bands) + " |")
+    print("| --- |" + " --- |" * len(bands))
+    for c in (1, 3, 5):
+        cells = [f"{100 * b['sure_error']:.2f} % of {b['sure_characters']}" if b["sure_error"] is not None else "-"
+                 for b in synth[("product", c)][3]["sure_error_by_reading"]]
+        print(f"| {c} | " + " | ".join(cells) + " |")
     out = {"temperatures": temperatures,
            "synthetic": {f"{k[0]}@{k[1]}": v[0].as_dict() | {"ece": v[1], "risk_coverage": v[2],
                                                              "character_calibration": v[3]}

@@ -30,14 +30,17 @@ def test_character_calibration_counts_each_read_character_against_the_truth():
     from types import SimpleNamespace as NS
 
     truths = [NS(track_id="a", text="ABC1234"), NS(track_id="b", text="XYZ9876"), NS(track_id="c", text="AAA1111")]
-    readings = {"a": NS(text="ABC1284", char_probs=(0.95,) * 7),  # one sure miss
-                "b": NS(text="XYZ9876", char_probs=(0.5,) * 7),
-                "c": NS(text="", char_probs=())}  # abstained: no characters
+    readings = {"a": NS(text="ABC1284", char_probs=(0.95,) * 7, confidence=0.05),  # one sure miss
+                "b": NS(text="XYZ9876", char_probs=(0.5,) * 7, confidence=0.01),
+                "c": NS(text="", char_probs=(), confidence=0.0)}  # abstained: no characters
     got = character_calibration(truths, readings)
     assert got["characters"] == 14
     assert got["sure_share"] == pytest.approx(0.5) and got["sure_error"] == pytest.approx(1 / 7)
     # two bins of 7: conf 0.5 all right (0.5 off), conf 0.95 with 6 of 7 right (0.95 - 6/7 off)
     assert got["ece"] == pytest.approx((7 * 0.5 + 7 * (0.95 - 6 / 7)) / 14)
+    bands = got["sure_error_by_reading"]
+    assert bands[0]["sure_characters"] == 7 and bands[0]["sure_error"] == pytest.approx(1 / 7)  # reading at 0.05
+    assert all(b["sure_characters"] == 0 and b["sure_error"] is None for b in bands[1:])
     assert character_calibration(truths, {})["ece"] is None
 
 

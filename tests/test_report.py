@@ -95,6 +95,8 @@ def test_html_escapes_names_marks_weak_characters_and_lists_unreadable_tracks():
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
     assert page.count('<img class="frame" src="data:image/png;base64,') == 2
     assert '<td class="plate weak">C' in page and '<td class="plate doubtful">2' in page
+    assert '<td class="plate sure">' not in page  # the reading is below the threshold: no character looks sure
+    assert '<td class="plate doubtful">A' in page  # 0.99, capped
     assert 'AB<span class="differs">D</span>1234' in page  # the frame that disagrees, marked where
     assert "ILLEGIBLE" in page and "best guess ABC1234" in page
     assert "track_9" in page and "unreadable: lr-001.png: truncated" in page
@@ -106,6 +108,7 @@ def test_no_threshold_means_no_illegible_verdicts():
     reports = [TrackReport("t", reading("ABC1234", 0.1), [frame("ABC1234", 0.1)])]
     page = render_html(reports, [], provenance(min_confidence=None))
     assert "ILLEGIBLE" not in page and "no threshold" in page
+    assert page.count('<td class="plate sure">') == 7  # not in doubt: the probabilities speak
 
 
 def synth_tree(tmp_path: Path, n: int = 2) -> Path:

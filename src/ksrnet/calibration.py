@@ -61,27 +61,37 @@ def readings_ece(truths, readings: dict) -> float:
 
 
 SURE_CHARACTER = 0.9  # the report's "sure" band: how often such a character is wrong is what analysts rely on
+READING_BANDS = ((0.0, 0.1), (0.1, 0.5), (0.5, 0.9), (0.9, 1.0 + 1e-9))  # whole-reading confidence bands
 
 
 def character_calibration(truths, readings: dict) -> dict:
     """How far each character's probability can be trusted: the ECE of every read character's
     probability against whether that character is right, and how often a character read at
     >= SURE_CHARACTER is wrong. truths: objects with .track_id, .text; readings: track_id -> object
-    with .text and .char_probs (an infer.TrackReading). Tracks without a reading, or whose reading has
-    no per-character probabilities, have no characters to count."""
-    probs, right = [], []
+    with .text, .char_probs and .confidence (an infer.TrackReading). Tracks without a reading, or
+    whose reading has no per-character probabilities, have no characters to count.
+    "sure_error_by_reading": the same error rate of sure characters per band of the whole reading's
+    confidence (READING_BANDS)."""
+    probs, right, track_conf = [], [], []
     for truth in truths:
         r = readings.get(truth.track_id)
         if r is None or not r.text or len(r.char_probs) != len(r.text):
             continue
         probs += [float(p) for p in r.char_probs]
         right += [a == b for a, b in zip(r.text, truth.text.ljust(len(r.text)))]
+        track_conf += [float(r.confidence)] * len(r.text)
     if not probs:
-        return {"characters": 0, "ece": None, "sure_share": None, "sure_error": None}
-    p, ok = np.asarray(probs), np.asarray(right, dtype=bool)
+        return {"characters": 0, "ece": None, "sure_share": None, "sure_error": None, "sure_error_by_reading": []}
+    p, ok, conf = np.asarray(probs), np.asarray(right, dtype=bool), np.asarray(track_conf)
     sure = p >= SURE_CHARACTER
+    # A sure character inside an unsure reading is less sure than it looks: by the reading's confidence.
+    by_reading = []
+    for lo, hi in READING_BANDS:
+        sel = sure & (conf >= lo) & (conf < hi)
+        by_reading.append({"from": lo, "to": hi, "sure_characters": int(sel.sum()),
+                           "sure_error": float(1 - ok[sel].mean()) if sel.any() else None})
     return {"characters": int(p.size), "ece": expected_calibration_error(p, ok), "sure_share": float(sure.mean()),
-            "sure_error": float(1 - ok[sure].mean()) if sure.any() else None}
+            "sure_error": float(1 - ok[sure].mean()) if sure.any() else None, "sure_error_by_reading": by_reading}
 
 
 def confidence_gap(confidence, correct) -> float | None:

@@ -196,10 +196,14 @@ def _summary(reports: list[TrackReport], unreadable: list[UnreadableTrack], prov
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _characters(reading: TrackReading) -> str:
+def _characters(reading: TrackReading, in_doubt: bool) -> str:
+    """The reading's characters, coloured by probability; inside a reading below the threshold
+    (in_doubt) none is shown as sure: there a 0.9+ character is wrong several times as often as in a
+    confident reading (benchmarks/recognizer.py, by the reading's confidence)."""
     cells, alts = [], []
     for ch, p, options in zip(reading.text, reading.char_probs, reading.alternatives or [[]] * len(reading.text)):
-        cells.append(f'<td class="plate {_band(p)}">{_esc(ch)}<br><small>{p:.2f}</small></td>')
+        band = "doubtful" if in_doubt and _band(p) == "sure" else _band(p)
+        cells.append(f'<td class="plate {band}">{_esc(ch)}<br><small>{p:.2f}</small></td>')
         others = ", ".join(f"{_esc(c)} {q:.2f}" for c, q in options if c != ch)
         alts.append(f'<td class="alt">{others or "-"}</td>')
     return ("<table><tr><th>character</th>" + "".join(cells) + "</tr>"
@@ -226,7 +230,7 @@ def _track_section(report: TrackReport, provenance: Provenance) -> str:
             f"(layout {layout}; {r.frames_used} frame{'s' if r.frames_used != 1 else ''} fused by "
             f"{_esc(provenance.fusion)})"
             + (f"; annotation {_truth_cell(report)}" if report.truth is not None else "") + "</p>"
-            + _characters(r) + _frames(report) + "</section>")
+            + _characters(r, report.illegible) + _frames(report) + "</section>")
 
 
 def _provenance(p: Provenance) -> str:
@@ -253,8 +257,9 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
         "The confidence of a reading is the model's calibrated probability that all seven characters are right. "
         f"Character colours: green at least {SURE:g}, yellow at least {DOUBTFUL:g}, red below: a red character "
         "is not supported by the frames, whatever the reading shows there. Judge the whole reading first: "
-        "inside a reading of low confidence even green characters can be wrong (on real frames they have been; "
-        "the probabilities were calibrated on synthetic tracks). Frames are shown with their own pixels, "
+        "inside a reading below the threshold no character is shown green, because there a character at 0.9 "
+        "or more is wrong several times as often as in a confident reading (and on real frames such characters "
+        "have been wrong; the probabilities were calibrated on synthetic tracks). Frames are shown with their own pixels, "
         "enlarged by the browser without smoothing; nothing is restored or sharpened. Each frame's own reading "
         "(its differing characters in red) shows whether the frames agree.")
     body = ("<h1>ksrnet reading report</h1>" + "".join(f"<p>{_esc(x)}</p>" for x in lines)
