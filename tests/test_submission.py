@@ -132,6 +132,13 @@ def test_failure_while_building_the_zip_changes_neither_file(tmp_path, monkeypat
     assert sorted(os.listdir(tmp_path)) == ["predictions.txt", "submission.zip"]
 
 
+def test_reader_takes_a_lone_cr_as_a_line_end(tmp_path):
+    path = tmp_path / "predictions.txt"
+    path.write_bytes(b"track_1,ABC1234;0.5\rtrack_2,DEF5678;0.25\r")
+    got = read_predictions(path)
+    assert [(p.track_id, p.text) for p in got.values()] == [("track_1", "ABC1234"), ("track_2", "DEF5678")]
+
+
 def test_reader_tolerates_blank_lines_crlf_spaces_and_bom(tmp_path):
     path = tmp_path / "p.txt"
     path.write_bytes(b"\xef\xbb\xbftrack_2 , abc 1234 ;0.25  \r\n\r\n   \ntrack_1,zz;1\r\n")

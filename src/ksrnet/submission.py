@@ -170,7 +170,8 @@ def read_predictions(path: Path | str) -> dict[str, Prediction]:
     content = _decode(path, _read_raw(path))
     preds: dict[str, Prediction] = {}
     first_line: dict[str, int] = {}
-    for number, line in enumerate(content.split("\n"), start=1):
+    # \r\n (Windows) and a lone \r (old Mac editors) end lines too; other separators stay inside a line
+    for number, line in enumerate(content.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
         if not line.strip():
             continue
         try:
