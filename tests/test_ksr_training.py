@@ -416,6 +416,12 @@ def test_rerunning_an_earlier_stage_keeps_the_run_dirs_latest_weights(tmp_path, 
     assert json.loads((run / "stage-1" / "ksrnet.json").read_text())["metrics"] == stage1_meta["metrics"]
 
 
+def test_perceptual_blocks_beyond_the_recognizer_are_refused_before_stage_1(tmp_path, recognizer_path):
+    cfg = micro(recognizer_path, losses={"perceptual_blocks": [99]})
+    with pytest.raises(ConfigError, match=r"perceptual_blocks \[99\]: the recognizer's encoder has"):
+        train_ksrnet(cfg, tmp_path / "run", "1", progress=False)
+
+
 def test_stage3_requires_a_recognizer(tmp_path, recognizer_path):
     with pytest.raises(ConfigError, match="recognizer_weights"):
         train_ksrnet(micro(recognizer_path, recognizer_weights=None), tmp_path / "run", "3", progress=False)

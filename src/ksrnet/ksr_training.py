@@ -475,6 +475,10 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     # Before config.yaml is written: a mistyped recognizer_weights saved there made the corrected
     # config's rerun refused as "another model or recognizer".
     model_config, recognizer = resolve_model_config(config)
+    blocks, depth = config.losses.perceptual_blocks, max(model_config.recognizer.enc_depth, 1)
+    if blocks and max(blocks) >= depth:  # else refused only when stage 3 starts, after the other stages
+        raise ConfigError(f"losses.perceptual_blocks {blocks}: the recognizer's encoder has {depth} block(s), "
+                          f"indices 0..{depth - 1}")
     config.save(config_path)
     sdir = stage_dir(run_dir, stage)
     sdir.mkdir(parents=True, exist_ok=True)
