@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic_files import atomic_write_bytes
 from .plates import normalize_text
-from .tracks import natural_key
+from .tracks import duplicate_ids, natural_key
 
 PREDICTIONS_NAME = "predictions.txt"
 CONFIDENCE_DECIMALS = 4
@@ -75,8 +74,7 @@ def format_line(pred: Prediction) -> str:
 def format_predictions(preds: Iterable[Prediction] | Mapping[str, Prediction]) -> str:
     """The whole file as text, in natural track order; ValueError on duplicates or bad values."""
     items = list(preds.values()) if isinstance(preds, Mapping) else list(preds)
-    counts = Counter(str(p.track_id).strip() for p in items)
-    dupes = sorted((tid for tid, n in counts.items() if n > 1), key=natural_key)
+    dupes = duplicate_ids(str(p.track_id).strip() for p in items)
     if dupes:
         raise ValueError(f"duplicated track ids: {', '.join(dupes)}")
     ordered = sorted(items, key=lambda p: natural_key(str(p.track_id).strip()))

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +97,7 @@ class DatasetReadResult:
 
     def duplicate_track_ids(self) -> list[str]:
         """Track ids read from more than one folder (a submission could not tell them apart)."""
-        seen: dict[str, int] = {}
-        for track in self.tracks:
-            seen[track.track_id] = seen.get(track.track_id, 0) + 1
-        return sorted((tid for tid, n in seen.items() if n > 1), key=natural_key)
+        return duplicate_ids(track.track_id for track in self.tracks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +108,12 @@ def natural_key(text: str) -> tuple:
     """Sort key that orders embedded numbers by value: track_2 before track_10."""
     parts = re.split(r"(\d+)", str(text))
     return tuple((0, int(p), p) if p.isdigit() else (1, p.lower(), p) for p in parts if p)
+
+
+def duplicate_ids(ids: Iterable[str]) -> list[str]:
+    """The ids that occur more than once, in natural order (one line of predictions.txt names one track)."""
+    counts = Counter(ids)
+    return sorted((i for i, n in counts.items() if n > 1), key=natural_key)
 
 
 def _path_key(relative: Path) -> tuple:
