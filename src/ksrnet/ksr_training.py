@@ -68,7 +68,7 @@ from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
 from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_probs
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
-from ksrnet.train_config import ConfigError, note_resumed_changes
+from ksrnet.train_config import ConfigError, check_resumable
 from ksrnet.training import WallClockLR, _EpochSetter, _precision, previous_metadata
 from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices
 
@@ -462,14 +462,8 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    if config_path.exists() and resume:
-        try:
-            saved = KSRTrainConfig.load(config_path)
-        except ConfigError as exc:  # e.g. a recognizer run dir: "unknown section(s)" alone blamed the user's config
-            raise ConfigError(f"{run_dir} holds a run this command cannot resume ({exc}); use a new run dir") from None
-        if saved.model != config.model or saved.recognizer_weights != config.recognizer_weights:
-            raise ValueError(f"{run_dir} holds a run with another model or recognizer; use a new run dir")
-        note_resumed_changes(saved, config, run_dir)
+    if resume:
+        check_resumable(config, run_dir, ("model", "recognizer_weights"), "model or recognizer")
     if stage == "3" and config.recognizer_weights is None:
         raise ConfigError("stage 3 needs recognizer_weights (its perceptual / semantic losses read the SR image)")
     # Before config.yaml is written: a mistyped recognizer_weights saved there made the corrected

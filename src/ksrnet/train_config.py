@@ -87,11 +87,22 @@ def changed_sections(saved, config) -> list[str]:
     return [f.name for f in fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
 
 
-def note_resumed_changes(saved, config, run_dir) -> None:
-    """Warn (not refuse: extending --max-epochs is a change too) when a run resumes under other
-    values than it started with, since config.yaml is then replaced by the new ones."""
+def check_resumable(config, run_dir: Path, fixed: tuple[str, ...], what: str) -> None:
+    """Before a run continues in run_dir under config (a TrainConfig or KSRTrainConfig): refuse a run
+    dir of the other kind, or one started with other `fixed` sections (`what` names them to the
+    user); warn (not refuse: extending --max-epochs is a change too) of any other changed section,
+    since config.yaml is then replaced by the new values. A run dir without config.yaml is fresh."""
     import warnings
 
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.exists():
+        return
+    try:
+        saved = type(config).load(config_path)
+    except ConfigError as exc:  # e.g. a KSR-Net run dir: "unknown section(s)" alone blamed the user's config
+        raise ConfigError(f"{run_dir} holds a run this command cannot resume ({exc}); use a new run dir") from None
+    if any(getattr(saved, name) != getattr(config, name) for name in fixed):
+        raise ValueError(f"{run_dir} holds a run with another {what}; use a new run dir")
     changed = changed_sections(saved, config)
     if changed:
         warnings.warn(f"resuming {run_dir} with changed config section(s) {', '.join(changed)}: training "

@@ -17,7 +17,7 @@ from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
-from ksrnet.train_config import ConfigError, TrainConfig, note_resumed_changes
+from ksrnet.train_config import TrainConfig, check_resumable
 
 
 class RecognizerSamples(IterableDataset):
@@ -275,14 +275,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    if config_path.exists() and resume:
-        try:
-            saved = TrainConfig.load(config_path)
-        except ConfigError as exc:  # e.g. a KSR-Net run dir: "unknown section(s)" alone blamed the user's config
-            raise ConfigError(f"{run_dir} holds a run this command cannot resume ({exc}); use a new run dir") from None
-        if saved.model != config.model:
-            raise ValueError(f"{run_dir} holds a run with another model config; use a new run dir")
-        note_resumed_changes(saved, config, run_dir)
+    if resume:
+        check_resumable(config, run_dir, ("model",), "model config")
     config.save(config_path)
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     train_samples, val_samples = build_datasets(config)
