@@ -52,15 +52,14 @@ def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
     truths = [GroundTruth.of_track(t) for t in tracks]
     results = {}
     for c in counts:
-        readings = {f: {} for f in fusions}
-        full = {f: {} for f in fusions}
+        full = {f: {} for f in fusions}  # TrackReadings, with their per-character probabilities
         for s in range(0, len(tracks), batch):
             for rule, rs in reader.read(tracks[s:s + batch], fusions, frame_count=c).items():
-                readings[rule].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
                 full[rule].update({r.track_id: r for r in rs})
         for rule in fusions:
-            conf, right = confidence_and_correct(truths, readings[rule])
-            results[(rule, c)] = (score(truths, readings[rule]), expected_calibration_error(conf, right),
+            readings = {k: Reading(k, r.text, r.confidence) for k, r in full[rule].items()}
+            conf, right = confidence_and_correct(truths, readings)
+            results[(rule, c)] = (score(truths, readings), expected_calibration_error(conf, right),
                                   risk_coverage(conf, right), character_calibration(truths, full[rule]))
     return results
 

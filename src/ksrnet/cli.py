@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from ksrnet.cli_console import check_output_path, console, err_console, fail, progress_bar
+from ksrnet.cli_console import check_output_path, console, err_console, fail, progress_bar, write_text_or_fail
 from ksrnet.cli_readers import (
     CALIBRATION_HELP,
     ENSEMBLE_HELP,
@@ -112,7 +111,7 @@ def score(
 
     from ksrnet.metrics import Reading, score as score_readings
     from ksrnet.submission import PredictionsError, read_predictions
-    from ksrnet.tracks import natural_key
+    from ksrnet.tracks import duplicate_ids
 
     truths, problems = load_ground_truth(tracks)
     for problem in problems:
@@ -120,7 +119,7 @@ def score(
     if not truths:
         fail(f"no annotated tracks under {tracks}: nothing to score against")
     # A prediction names a track by id only: an id annotated in two folders is scored twice against it.
-    dupes = sorted((k for k, n in Counter(t.track_id for t in truths).items() if n > 1), key=natural_key)
+    dupes = duplicate_ids(t.track_id for t in truths)
     if dupes:
         err_console.print(f"[yellow]warning:[/yellow] {len(dupes)} track id(s) annotated in more than one "
                           f"folder, each scored against the same prediction: {escape(', '.join(dupes))}",
@@ -368,7 +367,6 @@ def predict(
     """
     from rich.markup import escape
 
-    from ksrnet.atomic_files import atomic_write
     from ksrnet.submission import Prediction, write_predictions
 
     check_fusions_and_mode([fusion], mode)
@@ -400,11 +398,7 @@ def predict(
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
     if details:
-        try:
-            atomic_write(details, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in extra),
-                                                               encoding="utf-8"))
-        except OSError as exc:
-            fail(f"cannot write --details {details}: {exc.strerror or exc}")
+        write_text_or_fail(details, "".join(json.dumps(r) + "\n" for r in extra), "--details")
     for f in failures:
         err_console.print(f"[yellow]unreadable, written empty:[/yellow] {escape(f)}", soft_wrap=True)
     console.print(f"wrote {len(preds)} predictions to {escape(str(out))}" + (" (+ submission.zip)" if make_zip else ""))
@@ -416,18 +410,16 @@ def check_submittable_ids(paths: list) -> None:
     """Refuse, before reading, track folders that predictions.txt cannot name: one line per track id,
     so two folders of the same name, or a name with whitespace, a comma or a semicolon."""
     from ksrnet.submission import Prediction, format_line
-    from ksrnet.tracks import natural_key
+    from ksrnet.tracks import duplicate_ids
 
-    by_id: dict = {}
     for path in paths:
-        by_id.setdefault(path.name, []).append(path)
         try:
             format_line(Prediction(path.name, "", 0.0))
         except ValueError as exc:
             fail(f"{path}: the folder name cannot be a track id in predictions.txt ({exc}); rename the folder")
-    dupes = sorted((k for k, v in by_id.items() if len(v) > 1), key=natural_key)
+    dupes = duplicate_ids(path.name for path in paths)
     if dupes:
-        shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in by_id[k])}" for k in dupes[:5])
+        shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in paths if p.name == k)}" for k in dupes[:5])
         fail(f"{len(dupes)} track id(s) found in more than one folder, which predictions.txt cannot tell apart: "
              f"{shown}{' ...' if len(dupes) > 5 else ''}; point predict at one split (e.g. the test folder)")
 
@@ -495,8 +487,8 @@ def eval_cmd(
     views = parse_tta_views(tta, tta_views)
     paths = discover_or_fail(tracks)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
-    truths, readings, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
-    full = {key: {} for key in readings}  # the TrackReadings, with their per-character probabilities
+    # TrackReadings by (rule, F), then track id: scored as Readings, their per-character probabilities kept
+    truths, full, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     unlabelled = 0
     for batch in read_track_batches(paths, batch_size, "evaluating"):
         good = []
@@ -515,7 +507,6 @@ def eval_cmd(
             continue
         for c in counts:
             for rule, rs in reader.read(good, fusion_list, frame_count=c).items():
-                readings[(rule, c)].update({r.track_id: Reading(r.track_id, r.text, r.confidence) for r in rs})
                 full[(rule, c)].update({r.track_id: r for r in rs})
     for f in failures:  # before any refusal below: when no track could be used, these say why
         err_console.print(f"[yellow]unreadable, counted wrong where labelled:[/yellow] {escape(f)}", soft_wrap=True)
@@ -524,6 +515,7 @@ def eval_cmd(
                           "the scores", soft_wrap=True)
     if not truths:
         fail(f"no annotated, readable tracks under {tracks}")
+    readings = {key: {k: Reading(k, r.text, r.confidence) for k, r in rs.items()} for key, rs in full.items()}
     results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
     eces = {f"{rule}@F={c}": readings_ece(truths, rs) for (rule, c), rs in readings.items()}
     chars = {f"{rule}@F={c}": character_calibration(truths, rs) for (rule, c), rs in full.items()}
@@ -635,13 +627,8 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
                                           "synth_tracks": synth_tracks, "presets": preset_list,
                                           "seed": ABLATION_SEED, "tracks": str(tracks) if tracks else None})
     if markdown is not None:
-        from ksrnet.atomic_files import atomic_write
-
-        for target, text in ((markdown, result.to_markdown()), (markdown.with_suffix(".json"), result.to_json())):
-            try:
-                atomic_write(target, lambda p, text=text: Path(p).write_text(text, encoding="utf-8"))
-            except OSError as exc:
-                fail(f"cannot write {target}: {exc.strerror or exc}")
+        write_text_or_fail(markdown, result.to_markdown())
+        write_text_or_fail(markdown.with_suffix(".json"), result.to_json())
     if as_json:
         print(result.to_json())
     else:
@@ -1038,11 +1025,10 @@ def report(
     Frames are embedded with their own pixels (the browser enlarges them without smoothing). Tracks
     whose frames cannot be read are listed with the reason, never dropped.
     """
-    from ksrnet.report import Provenance, UnreadableTrack, build_reports, render_html, sort_reports
-    from ksrnet.atomic_files import atomic_write
+    from ksrnet.report import SORT_ORDERS, Provenance, UnreadableTrack, build_reports, render_html, sort_reports
 
     check_fusions_and_mode([fusion], mode)
-    if sort not in ("input", "confidence"):
+    if sort not in SORT_ORDERS:
         fail(f"--sort must be input or confidence, got {sort!r}")
     if any(restoration_model(m)[0] is not None for m in model or []):
         fail("the report shows what each frame reads alone; KSR-Net and MF-LPR² read one restored image, so they "
@@ -1064,10 +1050,7 @@ def report(
         frames=frames, tta_views=list(views) if views else None, min_confidence=min_confidence,
         command=command_line(ctx))
     page = render_html(sort_reports(reports, sort), unreadable, provenance)
-    try:
-        atomic_write(out, lambda p: Path(p).write_text(page, encoding="utf-8"))
-    except OSError as exc:
-        fail(f"cannot write {out}: {exc.strerror or exc}")
+    write_text_or_fail(out, page)
     illegible = sum(r.illegible for r in reports)
     console.print(f"wrote {out}: {len(reports)} tracks read ({illegible} below {min_confidence} marked illegible)"
                   + (f", {len(unreadable)} unreadable" if unreadable else ""), markup=False, highlight=False)

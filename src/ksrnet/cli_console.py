@@ -43,3 +43,15 @@ def check_output_path(path, option: str) -> None:
             if not parent.is_dir():
                 fail(f"{option} {path}: {parent} is a file, not a folder")
             break
+
+
+def write_text_or_fail(path, text: str, what: str = "") -> None:
+    """Write a text output atomically (ksrnet.atomic_files), or end with one line saying why not."""
+    from pathlib import Path
+
+    from ksrnet.atomic_files import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot write {what + ' ' if what else ''}{path}: {exc.strerror or exc}")

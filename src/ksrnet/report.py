@@ -121,13 +121,14 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
             for t, r, e in zip(tracks, fused, evidence)]
 
 
+SORT_ORDERS = ("input", "confidence")
+
+
 def sort_reports(reports: list[TrackReport], order: str) -> list[TrackReport]:
     """"input": as read; "confidence": least sure first (what an analyst should look at first)."""
-    if order == "input":
-        return list(reports)
-    if order == "confidence":
-        return sorted(reports, key=lambda r: r.reading.confidence)
-    raise ValueError(f"sort order must be input or confidence, got {order!r}")
+    if order not in SORT_ORDERS:
+        raise ValueError(f"sort order must be input or confidence, got {order!r}")
+    return sorted(reports, key=lambda r: r.reading.confidence) if order == "confidence" else list(reports)
 
 
 def frames_agreeing(report: TrackReport) -> int:
