@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ksrnet.models.baselines import FUSIONS, fuse
+from ksrnet.models.inference import inference_copy
 from ksrnet.models.parseq import Parseq
 from ksrnet.plates import CHARSET, LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
@@ -136,7 +137,8 @@ class Reader:
             raise ValueError("mode must be 'nar' or 'ar'")
         self.tta_views = check_views(tta_views) if tta_views else None
         self.temperatures = checked_temperatures(temperatures)
-        self.model = model.to(device).eval()
+        # A PyTorch network is read through a faster copy (models/inference.py); an ONNX session as is.
+        self.model = inference_copy(model).to(device) if isinstance(model, torch.nn.Module) else model.to(device).eval()
         self.device = torch.device(device)
         self.mode = mode
         self.refine_iters = refine_iters
