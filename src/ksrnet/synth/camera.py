@@ -291,6 +291,19 @@ def sample_trajectory(
     # the extra pixel covers the rounding of the crop origin to integers.
     margin = p.min_margin_px
     scale = _uniform(rng, p.plate_fill) * widths[ref] / box_w[ref]
+    # A detector's box fits the plate: where the drawn height is too short for the plate at its
+    # drawn share of the width, the box grows taller (up to the tallest crops), and past that it
+    # narrows (down to the narrowest), so the plate keeps its share. Shrinking the plate inside a
+    # wide box instead drew 22 % of plates below the fill range, looser than real LRLPR-26 crops.
+    needed = np.ceil(scale * box_h + 2 * margin + 1.0).astype(int)
+    tallest = int(p.crop_height[1])
+    if p.variable_size:
+        heights = np.maximum(heights, np.minimum(needed, tallest))
+    else:
+        heights = np.full(n, max(base_h, min(int(needed.max()), tallest)))
+    fits = float(np.minimum.reduce((heights - 2 * margin - 1.0) / box_h))
+    if fits < scale:
+        widths = np.maximum(np.rint(widths * fits / scale), max(8, math.ceil(p.crop_width[0]))).astype(int)
     scale = min(
         scale,
         float(np.minimum.reduce((widths - 2 * margin - 1.0) / box_w)),
