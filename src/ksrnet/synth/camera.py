@@ -303,7 +303,8 @@ def sample_trajectory(
         heights = np.full(n, max(base_h, min(int(needed.max()), tallest)))
     fits = float(np.minimum.reduce((heights - 2 * margin - 1.0) / box_h))
     if fits < scale:
-        widths = np.maximum(np.rint(widths * fits / scale), max(8, math.ceil(p.crop_width[0]))).astype(int)
+        narrowed = np.maximum(np.rint(widths * fits / scale), max(8, math.ceil(p.crop_width[0])))
+        widths = np.minimum(widths, narrowed).astype(int)  # never widens a crop
     scale = min(
         scale,
         float(np.minimum.reduce((widths - 2 * margin - 1.0) / box_w)),
