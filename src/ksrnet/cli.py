@@ -709,6 +709,7 @@ def export_cmd(
     import torch
     from rich.markup import escape
 
+    from ksrnet.models.inference import inference_copy
     from ksrnet.preprocess import frames_to_tensor
     from ksrnet.synth.dataset import generate_track
     from ksrnet.weights import ModelLoadError, load_model
@@ -734,7 +735,8 @@ def export_cmd(
                   f"{parity.max_abs_char_logits:.2e}, layout logits {parity.max_abs_layout_logits:.2e}; "
                   f"readings that differ: {parity.readings_differ}")
     timings = {}
-    for name, run in (("pytorch", lambda: net(images, mode="nar", refine_iters=runtime.refine_iters)),
+    fast = inference_copy(net)  # what `ksrnet predict` reads through with the PyTorch backend
+    for name, run in (("pytorch", lambda: fast(images, mode="nar", refine_iters=runtime.refine_iters)),
                       ("onnxruntime", lambda: runtime(images))):
         with torch.inference_mode():
             run()
