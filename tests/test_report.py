@@ -126,7 +126,7 @@ def test_report_cli_writes_every_track_and_the_unreadable_ones(tmp_path):
     result = runner.invoke(app, ["report", str(root), "--out", str(out), "--frames", "3", "--sort", "confidence"])
     assert result.exit_code == 0, result.stdout
     page = out.read_text()
-    assert len(re.findall(r'<section id="track_0000[12]"', page)) == 2
+    assert len(re.findall(r"<h2>track_0000[12]</h2>", page)) == 2
     assert page.count('<img class="frame"') == 6  # the last three frames of each track
     assert "track_00099" in page and "unreadable" in page
     # the command as parsed, so it reruns the same: every option spelled out
@@ -144,3 +144,47 @@ def test_report_cli_refuses_bad_options(tmp_path, args, message):
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert message in " ".join(result.stderr.split()) + " ".join(result.stdout.split())
     assert not (tmp_path / "r.html").exists()
+
+
+def test_illegible_summary_never_shows_a_sure_character_and_numbers_never_round_up_to_a_threshold():
+    probs = (0.999, 0.999, 0.897, 0.999, 0.999, 0.999, 0.999)
+    sure = TrackReport("a", reading("ABC1234", 0.7, probs=(0.95,) * 7), [frame("ABC1234", 0.7)], illegible=True)
+    near = TrackReport("b", reading("ABC1234", 0.8997, probs=probs), [frame("ABC1234", 0.8997)], illegible=True)
+    page = render_html([sure, near], [], provenance())
+    assert 'class="sure"' not in page and '<td class="doubtful">0.950</td>' in page
+    assert "confidence 0.900" not in page and "confidence 0.899" in page
+    assert "<small>0.89</small>" in page and "<small>0.90</small>" not in page
+
+
+def test_tracks_sharing_an_id_get_their_own_anchor_and_folder():
+    reports = [TrackReport("track_1", reading("ABC1234", 0.99), [frame("ABC1234", 0.99)], source=f"{s}/track_1")
+               for s in ("A", "B")]
+    page = render_html(reports, [], provenance())
+    assert re.findall(r'<section id="([^"]+)"', page) == ["track-1", "track-2"]
+    assert "A/track_1" in page and "B/track_1" in page
+
+
+def test_a_folder_name_that_is_not_utf8_is_shown_not_fatal():
+    name = b"track_caf\xe9".decode("utf-8", "surrogateescape")
+    page = render_html([TrackReport(name, reading("ABC1234", 0.99), [frame("ABC1234", 0.99)])], [], provenance())
+    page.encode("utf-8")
+    assert "track_caf\\xe9" in page
+
+
+def test_a_voting_ensemble_shows_what_it_reads_from_each_frame_alone(micro_parseq, noise_tracks):
+    from ksrnet.infer import EnsembleReader
+
+    reader = EnsembleReader([Reader(micro_parseq(seed=s)) for s in (1, 2, 3)], "vote")
+    tracks = noise_tracks(n=3, frames=3)
+    for track, report in zip(tracks, build_reports(reader, tracks, "product")):
+        for f, image in zip(report.frames, track.lr):
+            alone = reader.read([Track(track.track_id, [image])], ["product"])["product"][0]
+            assert (f.text, f.confidence) == (alone.text, pytest.approx(alone.confidence))
+
+
+def test_report_cli_refuses_to_overwrite_a_frame(tmp_path):
+    root = synth_tree(tmp_path, n=1)
+    frame_file = next(root.rglob("lr-001.png"))
+    before = frame_file.read_bytes()
+    result = runner.invoke(app, ["report", str(root), "--out", str(frame_file)])
+    assert result.exit_code != 0 and frame_file.read_bytes() == before

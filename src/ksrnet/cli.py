@@ -1027,6 +1027,7 @@ def report(
     Frames are embedded with their own pixels (the browser enlarges them without smoothing). Tracks
     whose frames cannot be read are listed with the reason, never dropped.
     """
+    from ksrnet.ensemble_calibration import file_sha256
     from ksrnet.report import SORT_ORDERS, Provenance, UnreadableTrack, build_reports, render_html, sort_reports
 
     check_fusions_and_mode([fusion], mode)
@@ -1038,6 +1039,9 @@ def report(
     views = parse_tta_views(tta, tta_views)
     check_output_path(out, "--out")
     paths = discover_or_fail(tracks)[:limit]
+    target = out.resolve()
+    if target.exists() and any(p.resolve() in target.parents for p in paths):
+        fail(f"--out {out} is a file of the track {target.parent}: the report would replace the evidence it shows")
     reader = make_readers(model, device, mode, views, ensemble, "torch", calibration)
     members = ensemble_members(list(model or [None]), getattr(reader, "readers", [reader]), "torch")
     reports, unreadable = [], []
@@ -1047,7 +1051,9 @@ def report(
         if good:
             reports += build_reports(reader, good, fusion, frames, min_confidence)
     provenance = Provenance(
-        models=[{"model": m.model, "kind": m.kind, "sha256": m.sha256} for m in members],
+        models=[{"model": m.model, "kind": m.kind, "sha256": m.sha256, "temperatures": m.temperature} for m in members]
+        + ([{"model": str(calibration), "kind": "ensemble calibration", "sha256": file_sha256(calibration)}]
+           if calibration is not None else []),
         fusion=fusion + (f" (ensemble of {len(members)}, {ensemble})" if len(members) > 1 else ""),
         frames=frames, tta_views=list(views) if views else None, min_confidence=min_confidence,
         command=command_line(ctx))

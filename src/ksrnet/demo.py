@@ -64,7 +64,8 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
     console.print(f"3/3 RR {100 * o.recognition_rate:.1f}%  CER {100 * o.cer:.1f}%  confidence gap {gap} points; "
                   f"predictions in {predictions_path}")
     report_path = out / "report.html"
-    provenance = Provenance(models=[{"model": DEFAULT_MODEL, "kind": "parseq", "sha256": file_sha256(resolve(None))}],
+    provenance = Provenance(models=[{"model": DEFAULT_MODEL, "kind": "parseq", "sha256": file_sha256(resolve(None)),
+                                     "temperatures": dict(reader.temperatures)}],
                             fusion="product", frames=None, tta_views=None, min_confidence=REPORT_MIN_CONFIDENCE,
                             command=f"ksrnet demo --out {out}")
     atomic_write(report_path, lambda p: Path(p).write_text(render_html(reports, [], provenance), encoding="utf-8"))

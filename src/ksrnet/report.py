@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -41,6 +42,7 @@ class TrackReport:
     frames: list[FrameEvidence]
     truth: str | None = None
     illegible: bool = False  # confidence below the report's threshold
+    source: str | None = None  # the track's folder: two folders may share a track id
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def utc_now() -> str:
 class Provenance:
     """What produced the readings: enough to reproduce them and to tell two reports apart."""
 
-    models: list[dict]  # {"model", "kind", "sha256"} per model
+    models: list[dict]  # {"model", "kind", "sha256"} per model, optionally "temperatures" (those in use)
     fusion: str
     frames: int | None  # the last N frames of each track; None = all
     tta_views: list[str] | None
@@ -95,7 +97,12 @@ def frame_evidence(reader, tracks: list, track_logits: list, frame_count: int | 
         if chars.shape[0] != len(images):
             raise ValueError("the report needs one row of logits per frame (a late-fusion reader)")
         single = [(chars[f:f + 1], layouts[f:f + 1]) for f in range(chars.shape[0])]
-        readings = reader.readings_from_logits([track] * len(single), single, ["product"])["product"]
+        if getattr(reader, "rule", None) == "vote":  # a voting ensemble reads a frame by its members' vote
+            from ksrnet.tracks import Track
+
+            readings = reader.read([Track(track.track_id, [img]) for img in images], ["product"])["product"]
+        else:
+            readings = reader.readings_from_logits([track] * len(single), single, ["product"])["product"]
         out.append([FrameEvidence(n, img, r.text, r.confidence) for n, img, r in zip(frame_names, images, readings)])
     return out
 
@@ -117,7 +124,8 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
         names.append(select_frames(all_names, frame_count))
     evidence = frame_evidence(reader, tracks, logits, frame_count, names)
     return [TrackReport(track_id=t.track_id, reading=r, frames=e, truth=getattr(t, "text", None),
-                        illegible=min_confidence is not None and r.confidence < min_confidence)
+                        illegible=min_confidence is not None and r.confidence < min_confidence,
+                        source=None if getattr(t, "path", None) is None else str(t.path))
             for t, r, e in zip(tracks, fused, evidence)]
 
 
@@ -135,8 +143,17 @@ def frames_agreeing(report: TrackReport) -> int:
     return sum(f.text == report.reading.text for f in report.frames)
 
 
-def _band(p: float) -> str:
-    return "sure" if p >= SURE else "doubtful" if p >= DOUBTFUL else "weak"
+def _band(p: float, in_doubt: bool = False) -> str:
+    """in_doubt: inside a reading below the threshold, where no character is shown as sure."""
+    band = "sure" if p >= SURE else "doubtful" if p >= DOUBTFUL else "weak"
+    return "doubtful" if in_doubt and band == "sure" else band
+
+
+def _num(p: float, digits: int) -> str:
+    """p rounded down to `digits` decimals: a value below a colour band or the ILLEGIBLE threshold
+    never shows as that threshold (0.8997 as 0.900 beside "below 0.9")."""
+    shown = f"{p:.{digits}f}"
+    return f"{p - 0.5 * 10 ** -digits:.{digits}f}" if float(shown) > p else shown
 
 
 def _png_data_uri(rgb: np.ndarray) -> str:
@@ -147,7 +164,14 @@ def _png_data_uri(rgb: np.ndarray) -> str:
 
 
 def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
+    # A folder name that is not UTF-8 reaches Python as lone surrogates, which the UTF-8 page cannot
+    # hold: show its bytes as \\xNN instead of failing to write the report.
+    text = str(value)
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return html.escape(text, quote=True)
 
 
 _STYLE = """
@@ -184,12 +208,12 @@ def _summary(reports: list[TrackReport], unreadable: list[UnreadableTrack], prov
     has_truth = any(r.truth is not None for r in reports)
     head = "<tr><th>track</th><th>reading</th><th>confidence</th><th>least sure character</th><th>frames that read the same</th>"
     rows = [head + ("<th>annotation</th>" if has_truth else "") + "</tr>"]
-    for r in reports:
+    for i, r in enumerate(reports):
         weakest = min(r.reading.char_probs, default=0.0)
         rows.append(
-            f'<tr><td><a href="#{_esc(r.track_id)}">{_esc(r.track_id)}</a></td>'
-            f"<td>{_verdict(r, provenance.min_confidence)}</td><td>{r.reading.confidence:.3f}</td>"
-            f'<td class="{_band(weakest)}">{weakest:.3f}</td><td>{frames_agreeing(r)} of {len(r.frames)}</td>'
+            f'<tr><td><a href="#{_anchor(i)}">{_esc(r.track_id)}</a></td>'
+            f"<td>{_verdict(r, provenance.min_confidence)}</td><td>{_num(r.reading.confidence, 3)}</td>"
+            f'<td class="{_band(weakest, r.illegible)}">{_num(weakest, 3)}</td><td>{frames_agreeing(r)} of {len(r.frames)}</td>'
             + (f"<td>{_truth_cell(r)}</td>" if has_truth else "") + "</tr>")
     for u in unreadable:
         rows.append(f"<tr><td>{_esc(u.track_id)}</td><td colspan=\"4\" class=\"illegible\">unreadable: {_esc(u.error)}</td>"
@@ -203,9 +227,8 @@ def _characters(reading: TrackReading, in_doubt: bool) -> str:
     confident reading (benchmarks/recognizer.py, by the reading's confidence)."""
     cells, alts = [], []
     for ch, p, options in zip(reading.text, reading.char_probs, reading.alternatives or [[]] * len(reading.text)):
-        band = "doubtful" if in_doubt and _band(p) == "sure" else _band(p)
-        cells.append(f'<td class="plate {band}">{_esc(ch)}<br><small>{p:.2f}</small></td>')
-        others = ", ".join(f"{_esc(c)} {q:.2f}" for c, q in options if c != ch)
+        cells.append(f'<td class="plate {_band(p, in_doubt)}">{_esc(ch)}<br><small>{_num(p, 2)}</small></td>')
+        others = ", ".join(f"{_esc(c)} {_num(q, 2)}" for c, q in options if c != ch)
         alts.append(f'<td class="alt">{others or "-"}</td>')
     return ("<table><tr><th>character</th>" + "".join(cells) + "</tr>"
             "<tr><th>alternatives</th>" + "".join(alts) + "</tr></table>")
@@ -219,15 +242,20 @@ def _frames(report: TrackReport) -> str:
         h, w = f.image.shape[:2]
         rows.append(f"<tr><td>{_esc(f.name)}</td><td>{w} x {h}</td>"
                     f'<td><img class="frame" src="{_png_data_uri(f.image)}" alt="{_esc(f.name)}"></td>'
-                    f'<td class="plate">{marked}</td><td>{f.confidence:.3f}</td></tr>')
+                    f'<td class="plate">{marked}</td><td>{_num(f.confidence, 3)}</td></tr>')
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _track_section(report: TrackReport, provenance: Provenance) -> str:
+def _anchor(index: int) -> str:
+    return f"track-{index + 1}"  # not the track id: two folders may share one
+
+
+def _track_section(index: int, report: TrackReport, provenance: Provenance) -> str:
     r = report.reading
     layout = f"{_esc(r.layout)}" if r.layout else "-"
-    return (f'<section id="{_esc(report.track_id)}"><h2>{_esc(report.track_id)}</h2>'
-            f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {r.confidence:.3f} "
+    source = f"<p>folder <code>{_esc(report.source)}</code></p>" if report.source else ""
+    return (f'<section id="{_anchor(index)}"><h2>{_esc(report.track_id)}</h2>{source}'
+            f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {_num(r.confidence, 3)} "
             f"(layout {layout}; {r.frames_used} frame{'s' if r.frames_used != 1 else ''} fused by "
             f"{_esc(provenance.fusion)})"
             + (f"; annotation {_truth_cell(report)}" if report.truth is not None else "") + "</p>"
@@ -235,7 +263,11 @@ def _track_section(report: TrackReport, provenance: Provenance) -> str:
 
 
 def _provenance(p: Provenance) -> str:
-    models = "<br>".join(f"{_esc(m['model'])} ({_esc(m['kind'])}, sha256 {_esc(m['sha256'])})" for m in p.models)
+    # The temperatures live in the model's JSON, not in the hashed weights: `ksrnet calibrate` changes
+    # every confidence (and verdict) with the same sha256, so they are part of what produced the readings.
+    models = "<br>".join(f"{_esc(m['model'])} ({_esc(m['kind'])}, sha256 {_esc(m['sha256'])}"
+                         + (f"; temperatures {_esc(json.dumps(m['temperatures'], sort_keys=True))}"
+                            if "temperatures" in m else "") + ")" for m in p.models)
     items = [("models", models), ("fusion", _esc(p.fusion)),
              ("frames", "all" if p.frames is None else f"the last {p.frames}"),
              ("TTA views", _esc(", ".join(p.tta_views)) if p.tta_views else "none"),
@@ -265,6 +297,6 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
         "(its differing characters in red) shows whether the frames agree.")
     body = ("<h1>ksrnet reading report</h1>" + "".join(f"<p>{_esc(x)}</p>" for x in lines)
             + f"<p>{_esc(explain)}</p>" + _provenance(provenance)
-            + _summary(reports, unreadable, provenance) + "".join(_track_section(r, provenance) for r in reports))
+            + _summary(reports, unreadable, provenance) + "".join(_track_section(i, r, provenance) for i, r in enumerate(reports)))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ksrnet reading report</title>'
             f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
