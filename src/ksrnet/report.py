@@ -269,7 +269,7 @@ def _provenance(p: Provenance) -> str:
                          + (f"; temperatures {_esc(json.dumps(m['temperatures'], sort_keys=True))}"
                             if "temperatures" in m else "") + ")" for m in p.models)
     items = [("models", models), ("fusion", _esc(p.fusion)),
-             ("frames", "all" if p.frames is None else f"the last {p.frames}"),
+             ("frames", "all" if p.frames is None else f"the last {p.frames} (all of a shorter track)"),
              ("TTA views", _esc(", ".join(p.tta_views)) if p.tta_views else "none"),
              ("illegible below", "no threshold" if p.min_confidence is None else f"{p.min_confidence:g}"),
              ("software", _esc(", ".join(f"{k} {v}" for k, v in p.versions.items()))),
