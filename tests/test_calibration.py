@@ -125,3 +125,18 @@ def test_a_temperature_per_frame_count_serves_only_tracks_of_that_length(micro_p
         b = per_count.read(tracks, ["product"], frame_count=f)["product"]
         assert [x.text for x in a] == [x.text for x in b]
         assert ([x.confidence for x in a] == [x.confidence for x in b]) == same
+
+
+def test_no_temperature_or_map_is_fitted_on_a_set_without_a_wrong_reading():
+    # All right: the cross-entropy falls as T shrinks, so the grid's sharpest edge would be stored
+    # and every later reading would come out near-certain, wrong ones included.
+    from ksrnet.calibration import fit_confidence_map
+
+    logits, texts = calibrated_tracks(40, seed=3)
+    _, right = fused_confidences(logits, texts, "product", MASKS, 1.0)
+    keep = [i for i in range(len(texts)) if right[i]]
+    assert len(keep) >= 5
+    with pytest.raises(ValueError, match="every validation reading is right"):
+        fit_temperature([logits[i] for i in keep], [texts[i] for i in keep], "product", MASKS)
+    with pytest.raises(ValueError, match="every validation reading is right"):
+        fit_confidence_map(np.linspace(0.05, 0.95, 20), [True] * 20, "product")

@@ -41,7 +41,8 @@ def test_tta_keys_round_trip_and_bad_keys_are_refused(micro_parseq):
         assert parse_temperature_key(bad) is None, bad
     model = micro_parseq()
     Reader(model, temperatures={"tta:product@5": 2.0, "tta:product": 1.5, "product": 1.2})
-    for bad in ({"tta:product@5": 0.0}, {"tta:vote": 1.0}, {"tta:product@0": 1.0}):
+    for bad in ({"tta:product@5": 0.0}, {"tta:vote": 1.0}, {"tta:product@0": 1.0}, {"product": float("inf")},
+                {"product": float("nan")}):
         with pytest.raises(ValueError, match="temperatures"):
             Reader(model, temperatures=bad)
 
@@ -286,3 +287,17 @@ def test_cli_ensemble_calibration_file_is_written_applied_and_bound_to_its_membe
     # Without a file, an ensemble still reads, with a note that its confidences are not calibrated.
     result = ok(invoke("eval", folder, "--model", a, "--model", b, "--frames", "5", "--fusions", "product"))
     assert "notcalibrated" in plain(result.output)
+
+
+def test_cli_a_new_fit_over_all_frames_is_the_one_five_frame_tracks_use(two_models):
+    # Per-count temperatures take precedence over the general one: a later general fit must replace
+    # those of the counts it was fitted on, or it is stored and never used.
+    (rec, _), _ = two_models
+    ok(invoke("calibrate", "--model", rec, "--synth", 10, "--fusions", "product", "--frames", "1,5"))
+    result = ok(invoke("calibrate", "--model", rec, "--synth", 10, "--fusions", "product", "--preset", "hard"))
+    assert "product@5" in plain(result.output)
+    meta = json.loads(rec.with_suffix(".json").read_text())
+    assert set(meta["temperature"]) == {"product", "product@1"}
+    assert pick_temperature(meta["temperature"], "product", 5) == meta["temperature"]["product"]
+    assert sorted((f["fusion"], f["frames"] or 0) for f in meta["calibration"]["fits"]) == [("product", 0),
+                                                                                          ("product", 1)]

@@ -116,6 +116,11 @@ def risk_coverage(confidence, correct, thresholds=(0.0, 0.1, 0.2, 0.3, 0.5, 0.7,
     return rows
 
 
+NO_WRONG_READING = ("every validation reading is right: nothing bounds the fit, which would make every confidence "
+                    "near-certain (confident guesses on harder tracks); fit on tracks with wrong readings too "
+                    "(e.g. a harder --preset or more tracks)")
+
+
 def _bce(confidence: np.ndarray, correct: np.ndarray) -> float:
     p = np.clip(confidence, 1e-6, 1 - 1e-6)
     return float(-(correct * np.log(p) + (1 - correct) * np.log(1 - p)).mean())
@@ -173,6 +178,8 @@ def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
     if len(track_logits) != len(texts) or not texts:
         raise ValueError("need one text per track and at least one track")
     conf1, right1 = fused_confidences(track_logits, texts, rule, masks, 1.0)
+    if right1.all():  # the cross-entropy then falls without bound as T shrinks: the grid's edge would win
+        raise ValueError(f"{rule}: {NO_WRONG_READING}")
     best = None
 
     def consider(t: float):
@@ -291,6 +298,8 @@ def fit_confidence_map(confidence, correct, rule: str) -> MapFit:
     (one fusion rule) onto whole-reading correctness."""
     conf = np.asarray(confidence, dtype=np.float64)
     right = np.asarray(correct, dtype=np.float64)
+    if right.size and right.all():  # the map would be flat near 1: a split vote read as near-certain
+        raise ValueError(f"{rule}: {NO_WRONG_READING}")
     mapping = isotonic_map(conf, right)
     after = mapping(conf)
     return MapFit(confidence_map=mapping, **FitFigures.measure(rule, conf, after, right))

@@ -820,6 +820,7 @@ def calibrate(
     confidences = {(c, rule): [] for c in counts for rule in fusion_list}
     texts: list[str] = []
     texts_at = {c: [] for c in counts}  # the tracks behind each count's fit
+    seen_counts: set[int] = set()  # frame counts of the tracks fitted on (a general fit covers these)
 
     def take(batch: list) -> None:
         for c in counts:
@@ -835,6 +836,7 @@ def calibrate(
                 logits[c] += reader.track_logits(chosen, c)
             texts_at[c].extend(t.text for t in chosen)
         texts.extend(t.text for t in batch)
+        seen_counts.update(len(t.lr) for t in batch)
 
     if tracks is not None:
         source = str(tracks)
@@ -871,12 +873,15 @@ def calibrate(
     if short:
         fail(f"--frames {short[0]}: only {len(texts_at[short[0]])} of {len(texts)} tracks have {short[0]} frames or "
              "more; a temperature for F frames is fitted on tracks read with F frames (need at least 10)")
-    if by_reading:
-        pairs = {k: tuple(zip(*v)) for k, v in confidences.items()}  # (confidences, correct) per count and rule
-        fits = [(c, fit_confidence_map(*pairs[(c, rule)], rule)) for c in counts for rule in fusion_list]
-    else:
-        masks = torch.from_numpy(layout_masks())
-        fits = [(c, fit_temperature(logits[c], texts_at[c], rule, masks)) for c in counts for rule in fusion_list]
+    try:
+        if by_reading:
+            pairs = {k: tuple(zip(*v)) for k, v in confidences.items()}  # (confidences, correct) per count and rule
+            fits = [(c, fit_confidence_map(*pairs[(c, rule)], rule)) for c in counts for rule in fusion_list]
+        else:
+            masks = torch.from_numpy(layout_masks())
+            fits = [(c, fit_temperature(logits[c], texts_at[c], rule, masks)) for c in counts for rule in fusion_list]
+    except ValueError as exc:
+        fail(f"cannot calibrate on {source}: {exc}")
     what = ("ensemble " + ensemble + " of " + ", ".join(model_label(m) for m in models)
             if len(models) > 1 else model_label(models[0])) + (f", TTA {','.join(views)}" if views else "")
     table = Table(title=escape(f"calibration of {what} on {source}"))
@@ -895,7 +900,7 @@ def calibrate(
     if len(models) > 1:
         _write_ensemble_calibration(out, reader, models, views, fits, source)
     else:
-        _store_temperatures(models[0], views, fits, source)
+        _store_temperatures(models[0], views, fits, source, seen_counts)
 
 
 def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: list, source: str) -> None:
@@ -917,9 +922,11 @@ def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: li
     console.print(f"ensemble calibration saved in {path}; read with --calibration {path}")
 
 
-def _store_temperatures(model: Optional[str], views, fits: list, source: str) -> None:
+def _store_temperatures(model: Optional[str], views, fits: list, source: str, covered=()) -> None:
     """Merge fitted temperatures (and their figures) into the model's JSON, keeping the other rules,
-    counts and reading modes; TTA ones fitted for other views than these are replaced."""
+    counts and reading modes; TTA ones fitted for other views than these are replaced. A general fit
+    (all frames of each track) replaces its rule's per-count temperatures for the frame counts it
+    was fitted on (covered): those would otherwise take precedence and leave it unused."""
     from ksrnet.infer import TTA_PREFIX, TTA_VIEWS_KEY, temperature_key
     from ksrnet.weights import ModelLoadError, resolve, update_metadata
 
@@ -928,6 +935,7 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str) ->
     key, record_key = ("temperature_mflpr2", "calibration_mflpr2") if baseline else ("temperature", "calibration")
     tta = views is not None
     dropped: list[str] = []
+    superseded: list[str] = []
 
     def merged(meta: dict) -> dict:  # into what the JSON holds: other rules, counts and modes are kept
         temperatures = dict(meta.get(key) or {})
@@ -940,6 +948,12 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str) ->
                 temperatures = {k: v for k, v in temperatures.items() if k not in dropped}
                 record = {k: r for k, r in record.items() if not k.startswith(TTA_PREFIX)}
             extra[TTA_VIEWS_KEY] = sorted(views)
+        shadowing = [temperature_key(f.fusion, n, tta) for c, f in fits if c is None for n in sorted(covered)]
+        shadowing = [k for k in shadowing if k in temperatures and k not in {temperature_key(f.fusion, c, tta)
+                                                                           for c, f in fits}]
+        superseded.extend(shadowing)
+        temperatures = {k: v for k, v in temperatures.items() if k not in shadowing}
+        record = {k: r for k, r in record.items() if k not in shadowing}
         temperatures.update({temperature_key(f.fusion, c, tta): f.temperature for c, f in fits})
         record.update({temperature_key(f.fusion, c, tta): {**f.as_dict(), "frames": c, "source": source,
                                                            "tta_views": sorted(views) if tta else None}
@@ -958,6 +972,9 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str) ->
         fail(str(exc))
     if dropped:
         console.print(f"replaced the TTA temperatures fitted for other views: {', '.join(sorted(dropped))}")
+    if superseded:
+        console.print(f"replaced by the new fit over all frames (they would take precedence over it): "
+                      f"{', '.join(sorted(superseded))}")
     console.print(f"temperatures saved in {meta_path}")
 
 

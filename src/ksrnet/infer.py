@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
@@ -66,10 +67,10 @@ def parse_temperature_key(key) -> tuple[str, int | None, bool] | None:
 def checked_temperatures(temperatures: dict[str, float] | None) -> dict[str, float]:
     temperatures = dict(temperatures or {})
     bad = {k: v for k, v in temperatures.items()
-           if parse_temperature_key(k) is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+           if parse_temperature_key(k) is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf}
     if bad:
         raise ValueError("temperatures must map fusion rules (optionally rule@frames, and tta:rule[@frames] for "
-                         f"TTA reading) to positive numbers, got {bad}")
+                         f"TTA reading) to positive finite numbers, got {bad}")
     return temperatures
 
 
