@@ -411,6 +411,20 @@ def test_corners_for_absent_frames_and_uneven_hr_count_warn(tmp_path):
     assert "annotations.json: corners given for lr-009.png, which is not in the track" in warnings
 
 
+def test_corners_follow_their_frame_whatever_the_case_or_extension_on_disk(tmp_path):
+    """KSR-Net finds a frame's corners by its file name: corners keyed lr-001.png for a file saved as
+    lr-001.PNG (or re-encoded to lr-001.jpg) were silently never used, so the track lost its pixel target."""
+    path = tmp_path / "track_1"
+    make_track(path, n=2, hr=True, corners={"lr-001.png": quad(1, 2), "hr-002.png": quad(3, 4)})
+    for f in path.glob("lr-*.png"):
+        f.rename(f.with_suffix(".PNG"))
+    (path / "hr-002.png").rename(path / "hr-002.jpg")
+    track = read_track(path)
+    assert sorted(track.corners) == ["hr-002.jpg", "lr-001.PNG"]
+    np.testing.assert_allclose(track.corners["lr-001.PNG"][0], [1, 2])
+    assert not [w for w in track.warnings if "corners given" in w]
+
+
 # ---------------------------------------------------------------------------------------------
 # Batch reading
 

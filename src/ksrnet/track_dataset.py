@@ -25,19 +25,49 @@ def my_indices(n: int) -> range:
 
 
 class FolderTrackDataset(IterableDataset):
-    """Labelled tracks of an LRLPR-26 folder, reshuffled every epoch; unreadable tracks are skipped."""
+    """Labelled tracks of an LRLPR-26 folder, reshuffled every epoch; unreadable tracks are skipped.
 
-    def __init__(self, root: str | Path, seed: int = 0, require_labels: bool = True):
-        from ksrnet.tracks import ANNOTATIONS_NAME, DatasetError, discover_tracks
+    Tracks without a usable label (no annotations.json, or one the reader refuses) are left out when
+    the dataset is made, so ``len()`` counts only tracks that can train: Lightning plans the epoch's
+    batches (and so the end-of-epoch validation and the LR schedule) from it, and an epoch that ends
+    a batch early never validates. A track whose frames then fail to decode is replaced by a repeat of
+    another track of the same shard for the same reason. ``with_hr=False`` never reads the HR frames
+    (the recognizer does not use them); with ``with_hr=True`` a track whose HR frames cannot be read
+    is still used without them (no pixel target, text only)."""
 
-        self.paths = discover_tracks(Path(root))
-        if require_labels and not any((p / ANNOTATIONS_NAME).is_file() for p in self.paths):
-            # Every track would be skipped: an epoch of no steps, and "trained" weights never trained.
-            raise DatasetError(f"no labelled tracks under {root}: none of its {len(self.paths)} track(s) "
-                               f"has an {ANNOTATIONS_NAME} (training needs plate_text)")
+    def __init__(self, root: str | Path, seed: int = 0, require_labels: bool = True, with_hr: bool = True):
+        from ksrnet.tracks import ANNOTATIONS_NAME, DatasetError, TrackError, discover_tracks, read_annotations
+
+        paths = discover_tracks(Path(root))
+        self.skipped: list[str] = []
+        if require_labels:
+            kept = []
+            for p in paths:
+                if not (p / ANNOTATIONS_NAME).is_file():
+                    self.skipped.append(f"{p.name} ({p}): no {ANNOTATIONS_NAME}")
+                    continue
+                try:
+                    read_annotations(p)
+                except TrackError as exc:
+                    self.skipped.append(str(exc))
+                    continue
+                kept.append(p)
+            if not kept:
+                # Every track would be skipped: an epoch of no steps, and "trained" weights never trained.
+                raise DatasetError(f"no labelled tracks under {root}: none of its {len(paths)} track(s) "
+                                   f"has a usable {ANNOTATIONS_NAME} (training needs plate_text)")
+            if self.skipped:
+                import warnings
+
+                warnings.warn(f"{len(self.skipped)} of {len(paths)} track(s) under {root} left out of training "
+                              f"(no or unusable labels; `ksrnet check-data` lists them), first: {self.skipped[0]}",
+                              stacklevel=2)
+            paths = kept
+        self.paths = paths
         self.seed = seed
         self.epoch = 0
         self.require_labels = require_labels
+        self.with_hr = with_hr
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -45,18 +75,36 @@ class FolderTrackDataset(IterableDataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __iter__(self):
+    def _read(self, path: Path):
         from ksrnet.tracks import TrackError, read_track
 
+        try:
+            return read_track(path, with_hr=self.with_hr)
+        except TrackError:
+            if not self.with_hr:
+                return None
+        try:  # the LR frames and the labels may still be whole: train on the text alone
+            return read_track(path, with_hr=False)
+        except TrackError:
+            return None  # check-data reports these; training goes on without them
+
+    def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
+        good: list[Path] = []
+        missing = 0
         for i in my_indices(len(order)):
-            try:
-                track = read_track(self.paths[order[i]])
-            except TrackError:
-                continue  # check-data reports these; training goes on without them
-            if track.text is None and self.require_labels:
+            path = self.paths[order[i]]
+            track = self._read(path)
+            if track is None or (track.text is None and self.require_labels):
+                missing += 1
                 continue
+            good.append(path)
             yield track
+        # Yield as many tracks as __len__ promised (see the class docstring).
+        for path in itertools.islice(itertools.cycle(good), missing if good else 0):
+            track = self._read(path)
+            if track is not None:
+                yield track
 
 
 class Interleave(IterableDataset):

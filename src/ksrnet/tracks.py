@@ -479,6 +479,20 @@ def _warn_on_size_spread(kind: str, images: list[np.ndarray], warnings: list[str
         )
 
 
+def _corners_by_file_name(corners: dict[str, np.ndarray], frames: dict[str, list[tuple[int, str]]]
+                          ) -> dict[str, np.ndarray]:
+    """Corners keyed by the frame files as spelt on disk: a key naming a frame by another case or
+    extension ("lr-001.png" for lr-001.PNG or lr-001.jpg) names the same frame (numbers are unique per
+    kind), and the targets look frames up by their file names."""
+    on_disk = {(kind, number): name for kind, items in frames.items() for number, name in items}
+    out = {}
+    for key, quad in corners.items():
+        match = _FRAME_RE.match(key)
+        name = on_disk.get((match.group(1).lower(), int(match.group(2)))) if match else None
+        out[name if name is not None and name not in corners else key] = quad
+    return out
+
+
 LABEL_MODES = ("strict", "lenient")
 
 
@@ -519,12 +533,13 @@ def read_track(path: Path | str, *, with_hr: bool = True, labels: str = "strict"
     if hr and len(hr) != len(lr):
         warnings.append(f"{len(lr)} lr frames but {len(hr)} hr frames")
     present = set(lr_names) | {name for _, name in listing.frames["hr"]}
-    for name in annotation.corners:
+    corners = _corners_by_file_name(annotation.corners, listing.frames)
+    for name in corners:
         if name not in present:
             warnings.append(f"{ANNOTATIONS_NAME}: corners given for {name}, which is not in the track")
     return Track(
         track_id=track_id, lr=lr, hr=hr, lr_names=lr_names, hr_names=hr_names,
-        text=annotation.text, layout=annotation.layout, corners=annotation.corners,
+        text=annotation.text, layout=annotation.layout, corners=corners,
         scenario=annotation.scenario, path=path, warnings=warnings,
     )
 

@@ -256,7 +256,8 @@ def build_datasets(config: TrainConfig):
     if d.synth_tracks_per_epoch:
         sources.append(SyntheticTrackDataset(d.synth_tracks_per_epoch, seed=d.seed, preset=d.synth_preset))
     if d.lrlpr_root:
-        sources.append(FolderTrackDataset(d.lrlpr_root, seed=d.seed, require_labels=True))
+        # The recognizer reads LR frames only: a track's HR frames must not decide whether it trains.
+        sources.append(FolderTrackDataset(d.lrlpr_root, seed=d.seed, require_labels=True, with_hr=False))
     train = sources[0] if len(sources) == 1 else Interleave(sources)
     val = SyntheticTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True)
     return RecognizerSamples(train, config), RecognizerSamples(val, config)
