@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 
 from ksrnet.calibration import character_calibration, confidence_and_correct, expected_calibration_error, risk_coverage
@@ -62,6 +63,31 @@ def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
             results[(rule, c)] = (score(truths, readings), expected_calibration_error(conf, right),
                                   risk_coverage(conf, right), character_calibration(truths, full[rule]))
     return results
+
+
+def frame_agreement(reader: Reader, tracks, rule: str = "product", batch: int = 64) -> list[dict]:
+    """The fused reading's characters grouped by how many of the track's frames, each read alone,
+    give that character in that slot: is a character the frames disagree on still as right as its
+    probability says? One row per count: characters, accuracy, mean probability, and those read at
+    >= 0.9 with how often they are wrong."""
+    groups: dict[int, list[tuple[float, bool]]] = {}
+    for s in range(0, len(tracks), batch):
+        chunk = tracks[s:s + batch]
+        logits = reader.track_logits(chunk)
+        for t, (chars, layouts), fused in zip(chunk, logits, reader.readings_from_logits(chunk, logits, [rule])[rule]):
+            frames = [(chars[f:f + 1], layouts[f:f + 1]) for f in range(chars.shape[0])]
+            alone = [a.text for a in reader.readings_from_logits([t] * len(frames), frames, [rule])[rule]]
+            for i, (c, p) in enumerate(zip(fused.text, fused.char_probs)):
+                k = sum(len(a) > i and a[i] == c for a in alone)
+                groups.setdefault(k, []).append((p, c == t.text[i]))
+    rows = []
+    for k in sorted(groups):
+        p, right = (np.array(x, dtype=float) for x in zip(*groups[k]))
+        sure = p >= 0.9
+        rows.append({"frames_agreeing": k, "characters": int(p.size), "accuracy": float(right.mean()),
+                     "mean_probability": float(p.mean()), "sure_characters": int(sure.sum()),
+                     "sure_error": float(1 - right[sure].mean()) if sure.any() else None})
+    return rows
 
 
 def speed(reader: Reader, tracks, batch: int, repeats: int = 3) -> float:
@@ -129,7 +155,15 @@ def main() -> None:
         cells = [f"{100 * b['sure_error']:.2f} % of {b['sure_characters']}" if b["sure_error"] is not None else "-"
                  for b in synth[("product", c)][3]["sure_error_by_reading"]]
         print(f"| {c} | " + " | ".join(cells) + " |")
-    out = {"temperatures": temperatures,
+    agreement = frame_agreement(reader, tracks)
+    print("\n**characters of the product reading at F=5, by how many frames read them alone**\n")
+    print("| frames agreeing | characters | right % | mean probability % | read at >= 0.9: count / wrong % |")
+    print("| --- | --- | --- | --- | --- |")
+    for a in agreement:
+        sure = f"{a['sure_characters']} / {100 * a['sure_error']:.2f}" if a["sure_error"] is not None else "0 / -"
+        print(f"| {a['frames_agreeing']} of 5 | {a['characters']} | {100 * a['accuracy']:.1f} "
+              f"| {100 * a['mean_probability']:.1f} | {sure} |")
+    out = {"temperatures": temperatures, "frame_agreement": agreement,
            "synthetic": {f"{k[0]}@{k[1]}": v[0].as_dict() | {"ece": v[1], "risk_coverage": v[2],
                                                              "character_calibration": v[3]}
                          for k, v in synth.items()}}
