@@ -248,9 +248,9 @@ EXPECTED = {
         "Mercosur": scores(2, 0.5, 7 / 14, 7 / 14, 0.8, 0.0, 0.8, 0, 1),
     },
     "by_scenario": {
-        # No wrong read: the empty side counts 0 in the gap.
-        "Scenario-A": scores(2, 1.0, 0.0, 1.0, 0.85, None, 0.85, 0, 0),
-        "Scenario-B": scores(2, 0.0, 8 / 14, 6 / 14, None, 0.475, -0.475, 1, 1),
+        # No wrong read (A), no right read (B): no gap.
+        "Scenario-A": scores(2, 1.0, 0.0, 1.0, 0.85, None, None, 0, 0),
+        "Scenario-B": scores(2, 0.0, 8 / 14, 6 / 14, None, 0.475, None, 1, 1),
     },
     "extra_predictions": ["track_99999"],
     "skipped_tracks": [],
@@ -455,6 +455,19 @@ def test_eval_says_how_many_unlabelled_tracks_it_left_out(good_tree, micro_model
     result = invoke("eval", good_tree, "--model", micro_model, "--fusions", "product", "--frames", "1")
     assert_exit(result, 0)
     assert mentions(result.stderr, "1 readable track(s) without a plate_text left out"), result.stderr
+
+
+@pytest.mark.parametrize("ablation", [False, True])
+def test_eval_refuses_one_track_id_in_two_folders(tmp_path, micro_model, ablation):
+    # Readings are keyed by track id: both folders would be scored against the one read last (a perfect
+    # reader scored 50 % RR with one confident wrong read), so eval refuses them, as predict does.
+    root = tmp_path / "data"
+    make_track(root / "Scenario-A" / "Brazilian" / "track_00001", n=1, text="ABC1234", layout="Brazilian", seed=1)
+    make_track(root / "Scenario-B" / "Brazilian" / "track_00001", n=1, text="DEF5678", layout="Brazilian", seed=2)
+    args = ["--ablation", "--synth-tracks", "0"] if ablation else ["--fusions", "single", "--frames", "1"]
+    result = invoke("eval", root, "--model", micro_model, *args)
+    assert_failed(result)
+    assert mentions(result.stderr, "1 track id(s) found in more than one folder"), result.stderr
 
 
 def test_predict_reads_a_track_whose_annotations_are_broken(tmp_path, micro_model):

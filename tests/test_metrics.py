@@ -43,11 +43,26 @@ def test_hand_made_case_with_known_answers():
     assert r.as_dict()["overall"]["tracks"] == 4
 
 
-def test_all_right_gap_uses_zero_for_the_empty_side():
-    truths = [GroundTruth("t", "ABC1234")]
-    r = score(truths, {"t": Reading("t", "ABC1234", 0.7)})
-    assert r.overall.recognition_rate == 1.0 and r.overall.confidence_gap == pytest.approx(0.7)
-    assert r.overall.mean_conf_wrong is None
+def test_gap_is_undefined_when_all_right_or_all_wrong():
+    # Competition: gap = mean conf of right reads - mean conf of wrong ones; with one side empty there is
+    # no gap (calibration.confidence_gap says None too), not the other side's mean.
+    truths = [GroundTruth("t", "ABC1234", "Brazilian"), GroundTruth("u", "BDE6E26", "Mercosur")]
+    r = score(truths, {"t": Reading("t", "ABC1234", 0.7), "u": Reading("u", "BDE6E28", 0.4)})
+    assert r.overall.confidence_gap == pytest.approx(0.3)
+    right_only, wrong_only = r.by_layout["Brazilian"], r.by_layout["Mercosur"]
+    assert right_only.recognition_rate == 1.0 and right_only.mean_conf_right == pytest.approx(0.7)
+    assert right_only.mean_conf_wrong is None and right_only.confidence_gap is None
+    assert wrong_only.mean_conf_wrong == pytest.approx(0.4) and wrong_only.confidence_gap is None
+    assert score(truths, {}).overall.confidence_gap is None  # nothing submitted: all wrong
+
+
+def test_gap_counts_a_missing_track_at_confidence_zero():
+    truths = [GroundTruth("t", "ABC1234"), GroundTruth("u", "BDE6E26"), GroundTruth("v", "XYZ9876")]
+    submitted = {"t": Reading("t", "ABC1234", 0.9), "u": Reading("u", "BDE6E28", 0.3),
+                 "v": Reading("v", "XYZ9875", 0.5)}
+    assert score(truths, submitted).overall.confidence_gap == pytest.approx(0.9 - 0.4)
+    del submitted["v"]
+    assert score(truths, submitted).overall.confidence_gap == pytest.approx(0.9 - 0.15)
 
 
 def test_no_truths_is_an_error():

@@ -424,6 +424,20 @@ def check_submittable_ids(paths: list) -> None:
              f"{shown}{' ...' if len(dupes) > 5 else ''}; point predict at one split (e.g. the test folder)")
 
 
+def scorable_paths_or_fail(tracks: Path) -> list:
+    """Track folders to score: readings are keyed by track id, so two folders of one name would both be
+    scored against whichever was read last; refuse them, as predict does."""
+    from ksrnet.tracks import duplicate_ids
+
+    paths = discover_or_fail(tracks)
+    dupes = duplicate_ids(path.name for path in paths)
+    if dupes:
+        shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in paths if p.name == k)}" for k in dupes[:5])
+        fail(f"{len(dupes)} track id(s) found in more than one folder, which the scores cannot tell apart: "
+             f"{shown}{' ...' if len(dupes) > 5 else ''}; evaluate one split (or scenario) at a time")
+    return paths
+
+
 def _truth_of_unreadable(path: Path):
     """Ground truth of a track whose frames cannot be read, if its annotations can."""
     from ksrnet.tracks import TrackError
@@ -485,7 +499,7 @@ def eval_cmd(
     counts = _frame_counts(frame_counts)
     check_fusions_and_mode(fusion_list, mode)
     views = parse_tta_views(tta, tta_views)
-    paths = discover_or_fail(tracks)
+    paths = scorable_paths_or_fail(tracks)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
     # TrackReadings by (rule, F), then track id: scored as Readings, their per-character probabilities kept
     truths, full, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
@@ -617,7 +631,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
             targets = sr_targets(test_set, up.lr_size, up.upscale, up.ref_index)
             rows += ablation_rows(methods, test_set, f"synthetic {preset}, seed {ABLATION_SEED}", targets, advance)
         if tracks is not None:
-            folder = [t for batch in read_track_batches(discover_or_fail(tracks), batch_size, "loading tracks")
+            folder = [t for batch in read_track_batches(scorable_paths_or_fail(tracks), batch_size, "loading tracks")
                       for _, t in batch if not isinstance(t, Exception) and t.text is not None]
             if not folder:
                 fail(f"no annotated, readable tracks under {tracks}")

@@ -2,7 +2,9 @@
 
 Recognition Rate (all 7 characters right) is the competition metric; the confidence gap (mean
 confidence of right reads minus that of wrong reads) is its tie-breaker. A track with no prediction
-counts as a wrong read with confidence 0, so leaving hard tracks out never helps.
+counts as a wrong read with confidence 0, so leaving hard tracks out never helps the RR (it can still
+raise the gap: a missing track pulls the wrong side's mean down to 0). The gap is None when either side
+is empty (all right or all wrong): a mean confidence alone is not a gap.
 """
 
 from __future__ import annotations
@@ -81,10 +83,9 @@ def _score_group(pairs: list[tuple[GroundTruth, Reading | None]]) -> Scores:
         char_hits += sum(p == t for p, t in zip(reading.text, truth.text))
     n = len(pairs)
     mean_right, mean_wrong = _mean(right_conf), _mean(wrong_conf)
-    gap = None
-    if n:
-        # An empty side contributes 0, as a ranking over a full test set would treat it.
-        gap = (mean_right or 0.0) - (mean_wrong or 0.0)
+    # Undefined when a side is empty, as calibration.confidence_gap has it: otherwise an all-right group
+    # would show its mean confidence (say 90 points) as its "gap".
+    gap = mean_right - mean_wrong if mean_right is not None and mean_wrong is not None else None
     return Scores(
         tracks=n,
         recognition_rate=len(right_conf) / n if n else 0.0,
