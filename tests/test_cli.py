@@ -255,6 +255,7 @@ EXPECTED = {
     "extra_predictions": ["track_99999"],
     "skipped_tracks": [],
     "duplicate_track_ids": [],
+    "normalised_readings": [],
 }
 
 
@@ -286,6 +287,20 @@ def test_score_table_mentions_missing_and_unknown_tracks(scored_tree, tmp_path):
     assert "│all│4│50.00│28.57│71.43│37.50│1│1│" in out, result.stdout
     assert re.search(r"\b1 tracks? ha(s|ve) no prediction", result.stderr), result.stderr
     assert re.search(r"\b1 predictions? names? unknown tracks?", result.stderr), result.stderr
+
+
+def test_score_warns_about_readings_it_normalised(scored_tree, tmp_path):
+    # Another tool's file may write "abc-1234": scored as ABC1234 here, but a scorer comparing the text
+    # as written would count it wrong, so the user is told.
+    preds = tmp_path / "predictions.txt"
+    preds.write_text("track_00001,abc-1234;0.9\ntrack_00003,ABC1D23;0.8\n")
+    result = invoke("score", scored_tree, preds)
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "1 reading(s) normalised before scoring"), result.stderr
+    assert "'abc-1234'" in result.stderr
+    report = json.loads(invoke("score", scored_tree, preds, "--json").stdout)
+    assert report["normalised_readings"] == [{"track_id": "track_00001", "written": "abc-1234", "scored_as": "ABC1234"}]
+    assert report["overall"]["recognition_rate"] == 0.5
 
 
 def test_score_reads_a_submission_zip(scored_tree, tmp_path):

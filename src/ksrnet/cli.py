@@ -124,16 +124,25 @@ def score(
         err_console.print(f"[yellow]warning:[/yellow] {len(dupes)} track id(s) annotated in more than one "
                           f"folder, each scored against the same prediction: {escape(', '.join(dupes))}",
                           soft_wrap=True)
+    rewritten: list[tuple[str, str, str]] = []
     try:
-        preds = read_predictions(predictions)
+        preds = read_predictions(predictions, rewritten)
     except (PredictionsError, OSError) as exc:
         fail(str(exc))
+    if rewritten:
+        # ksrnet writes clean readings; another tool's file may not be scored this leniently elsewhere.
+        track_id, written, read = rewritten[0]
+        err_console.print(f"[yellow]warning:[/yellow] {len(rewritten)} reading(s) normalised before scoring "
+                          f"(upper case; spaces, '-', '.', '·' removed), e.g. {escape(track_id)}: "
+                          f"{escape(repr(written))} scored as {escape(read)}; a scorer comparing them as "
+                          "written would count them wrong", soft_wrap=True)
     readings = {k: Reading(k, p.text, p.confidence) for k, p in preds.items()}
     report = score_readings(truths, readings)
     if as_json:
         out = report.as_dict()
         out["skipped_tracks"] = problems
         out["duplicate_track_ids"] = dupes
+        out["normalised_readings"] = [{"track_id": t, "written": w, "scored_as": r} for t, w, r in rewritten]
         print(json.dumps(out, indent=2))
     else:
         print_report(report, f"{predictions} vs {tracks}")

@@ -141,8 +141,10 @@ def _decode(path: Path, raw: bytes) -> str:
         raise PredictionsError(path, line, f"not UTF-8 text (bad byte at offset {exc.start})") from exc
 
 
-def parse_line(line: str) -> Prediction:
-    """One `track_id,TEXT;confidence` line; ValueError says what is wrong with it."""
+def parse_line(line: str, rewritten: list[tuple[str, str, str]] | None = None) -> Prediction:
+    """One `track_id,TEXT;confidence` line; ValueError says what is wrong with it. The text is
+    normalised (plates.normalize_text); where that changed it, (track id, as written, as read) is
+    appended to ``rewritten``."""
     if "," not in line:
         raise ValueError("expected 'track_id,TEXT;confidence' but there is no comma")
     track_id, rest = (s.strip() for s in line.split(",", 1))
@@ -159,11 +161,15 @@ def parse_line(line: str) -> Prediction:
         raise ValueError(f"confidence {conf_str!r} is not a number") from None
     if not (0.0 <= confidence <= 1.0):  # also rejects NaN
         raise ValueError(f"confidence {conf_str} is outside [0, 1]")
-    return Prediction(track_id=track_id, text=normalize_text(text), confidence=confidence)
+    norm = normalize_text(text)
+    if rewritten is not None and norm != text:
+        rewritten.append((track_id, text, norm))
+    return Prediction(track_id=track_id, text=norm, confidence=confidence)
 
 
-def read_predictions(path: Path | str) -> dict[str, Prediction]:
-    """Predictions by track id, in file order, from predictions.txt or a submission zip."""
+def read_predictions(path: Path | str, rewritten: list[tuple[str, str, str]] | None = None) -> dict[str, Prediction]:
+    """Predictions by track id, in file order, from predictions.txt or a submission zip. Readings
+    are normalised (case, spaces and - . · separators); ``rewritten`` collects those that changed."""
     path = Path(path)
     content = _decode(path, _read_raw(path))
     preds: dict[str, Prediction] = {}
@@ -173,7 +179,7 @@ def read_predictions(path: Path | str) -> dict[str, Prediction]:
         if not line.strip():
             continue
         try:
-            pred = parse_line(line)
+            pred = parse_line(line, rewritten)
         except ValueError as exc:
             raise PredictionsError(path, number, str(exc)) from None
         if pred.track_id in preds:
