@@ -2,6 +2,7 @@
 CPU latency and throughput, and the peak memory of one training step of the tiny config.
 
 Usage: python benchmarks/ksrnet_cost.py [--preset tiny] [--threads 2] [--device cpu] [--recognizer parseq-tiny]
+       [--lr-size 20x48]
 Untrained weights: cost does not depend on them. The recognizer inside every model has the
 architecture of --recognizer (the shipped model by default, as `train-ksrnet` puts it there).
 """
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--recognizer", default="parseq-tiny",
                     help="recognizer weights whose architecture the models use ('preset': the preset's own)")
+    ap.add_argument("--lr-size", default=None, help="input grid HxW, e.g. 20x48 (default: the preset's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,12 +70,14 @@ def main() -> None:
         from ksrnet.weights import load_model
 
         overrides["recognizer"] = load_model(args.recognizer)[0].config
+    if args.lr_size:
+        overrides["lr_size"] = tuple(int(v) for v in args.lr_size.lower().split("x"))
     models = {}
     for variant in ("v1", "v2", "final"):
         cfg = KSRNetConfig.preset(args.preset, variant=variant, **overrides)
         models[f"KSR-Net {variant}"] = (KSRNet(cfg), cfg.lr_size)
     cfg = KSRNetConfig.preset(args.preset, **overrides)
-    models["MF-LPR2-style"] = (MFLPR2Baseline(MFLPR2Config(recognizer=cfg.recognizer)), cfg.lr_size)
+    models["MF-LPR2-style"] = (MFLPR2Baseline(MFLPR2Config(recognizer=cfg.recognizer, lr_size=cfg.lr_size)), cfg.lr_size)
     recognizer = Parseq(cfg.recognizer)
     for name, (model, size) in models.items():
         model = model.eval().to(args.device)

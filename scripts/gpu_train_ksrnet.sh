@@ -32,7 +32,10 @@ measure() {
   python3 -m ksrnet.cli calibrate --model "$run" --synth 200 --preset mix --fusions product --device "$device" \
     2>&1 | tail -3
   cp "$run"/ksrnet.json "$OUT"/
-  timeout 120 python3 benchmarks/ksrnet_cost.py --device "$device" --batch 64 --threads 8 > "$OUT/cost.txt" 2>&1
+  local grid
+  grid=$(python3 -c "import json; h, w = json.load(open('$run/ksrnet.json'))['config']['lr_size']; print(f'{h}x{w}')")
+  timeout 120 python3 benchmarks/ksrnet_cost.py --device "$device" --batch 64 --threads 8 --lr-size "$grid" \
+    > "$OUT/cost.txt" 2>&1
   echo "cost exit: $?"; cat "$OUT/cost.txt"
   timeout 240 python3 -m ksrnet.cli eval --ablation --ksrnet "$run" --synth-tracks "$tracks" --presets hard \
     --device "$device" --batch-size 64 --markdown "$OUT/ablation.md" > "$OUT/ablation.txt" 2>&1

@@ -76,7 +76,7 @@ def clean_frames(track) -> torch.Tensor:
 
 def test_shipped_config_loads_and_round_trips(tmp_path):
     cfg = KSRTrainConfig.load(ROOT / "configs" / "ksrnet-tiny.yaml")
-    assert cfg.model.variant == "final" and cfg.model.lr_size == LR
+    assert cfg.model.variant == "final" and cfg.model.lr_size == (20, 48)
     s3 = cfg.stage("3")
     assert (s3.lr, s3.min_lr, s3.schedule) == (2e-4, 1e-7, "cosine_restarts")
     cfg.save(tmp_path / "c.yaml")
@@ -528,4 +528,5 @@ def test_variants_start_from_each_others_weights_where_the_parts_agree(tmp_path,
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("ksrnet-*.yaml")), ids=lambda p: p.name)
 def test_every_ksrnet_config_in_the_repo_loads(path):
     cfg = KSRTrainConfig.load(path)
-    assert cfg.model.lr_size == LR
+    # 16x48 in the CPU runs' records; 20x48 for new runs (most crops are 19-21 px tall).
+    assert cfg.model.lr_size in (LR, (20, 48))
