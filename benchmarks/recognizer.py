@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the speed figures say which)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
+    ap.add_argument("--no-frame-agreement", action="store_true",
+                    help="skip the characters-by-frame-agreement table (one more pass and per-frame decoding)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)
@@ -155,10 +157,11 @@ def main() -> None:
         cells = [f"{100 * b['sure_error']:.2f} % of {b['sure_characters']}" if b["sure_error"] is not None else "-"
                  for b in synth[("product", c)][3]["sure_error_by_reading"]]
         print(f"| {c} | " + " | ".join(cells) + " |")
-    agreement = frame_agreement(reader, tracks)
-    print("\n**characters of the product reading at F=5, by how many frames read them alone**\n")
-    print("| frames agreeing | characters | right % | mean probability % | read at >= 0.9: count / wrong % |")
-    print("| --- | --- | --- | --- | --- |")
+    agreement = [] if args.no_frame_agreement else frame_agreement(reader, tracks)
+    if agreement:
+        print("\n**characters of the product reading at F=5, by how many frames read them alone**\n")
+        print("| frames agreeing | characters | right % | mean probability % | read at >= 0.9: count / wrong % |")
+        print("| --- | --- | --- | --- | --- |")
     for a in agreement:
         sure = f"{a['sure_characters']} / {100 * a['sure_error']:.2f}" if a["sure_error"] is not None else "0 / -"
         print(f"| {a['frames_agreeing']} of 5 | {a['characters']} | {100 * a['accuracy']:.1f} "
