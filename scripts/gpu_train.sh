@@ -10,7 +10,9 @@ limit=${2:-480}
 test_tracks=${3:-2000}
 source scripts/gpu_env.sh
 python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
-run=/tmp/run
+# One run dir per config: a second call on a warm machine with another config (say, continuing this
+# one's weights) must start its own run, not resume this one.
+run=/tmp/run-$(basename "$config" .yaml)
 timeout "$limit" python3 -m ksrnet.cli train "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" | tail -c 20000 > "$OUT/train.log"
 echo "train exit: ${PIPESTATUS[0]}"
 # If the hard timeout cut the run before its own export, export the last checkpoint ourselves.
@@ -18,7 +20,8 @@ if [ ! -f "$run/model.safetensors" ] && [ -f "$run/checkpoints/last.ckpt" ]; the
   python3 -m ksrnet.export_checkpoint "$run/checkpoints/last.ckpt" "$run/model.safetensors"
 fi
 cp "$run"/model.safetensors "$run"/model.json "$run"/config.yaml "$OUT"/ 2>/dev/null
-cp "$run"/logs/version_0/metrics.csv "$OUT"/ 2>/dev/null
+latest=$(ls -d "$run"/logs/version_* 2>/dev/null | sort -V | tail -1)  # a resumed run logs to version_1, ...
+[ -n "$latest" ] && cp "$latest/metrics.csv" "$OUT"/ 2>/dev/null
 tail -5 "$OUT/train.log"
 if [ -f "$run/model.safetensors" ] && [ "$test_tracks" -gt 0 ]; then
   timeout 90 python3 benchmarks/recognizer.py --model "$run" --tracks "$test_tracks" --device "$device" \

@@ -4,12 +4,17 @@
 # Two phases, so each fits one device call (600 s at most) on the same warm machine:
 #   OUT=/dir scripts/gpu_train_ksrnet.sh train   [config] [hard timeout of training, s]
 #   OUT=/dir scripts/gpu_train_ksrnet.sh measure [ablation tracks]
-# or both in one call: ... all [config] [timeout] [ablation tracks]. The run lives in runs/ksr-gpu
+# or both in one call (... all [config] [timeout] [ablation tracks]: only where the call may take
+# longer than 600 s, or with a shorter config). The run lives in runs/ksr-gpu
 # (ignored by git, kept between calls on a warm machine); weights, logs and tables go to $OUT.
 # configs/ksrnet-tiny-gpu.yaml trains for 7.5 minutes; with each stage's start and validation the
 # train phase takes about 9.
 set -u
-phase=${1:-all}
+phase=${1:-}  # no default: "all" does not fit one 600 s device call (train ~9 min + measure ~2)
+case "$phase" in
+  train|measure|all) ;;
+  *) echo "usage: OUT=DIR $0 train [config] [timeout s] | measure [tracks] | all [config] [timeout s] [tracks]"; exit 2 ;;
+esac
 run=runs/ksr-gpu
 source scripts/gpu_env.sh
 
@@ -17,18 +22,26 @@ train() {
   local config=${1:-configs/ksrnet-tiny-gpu.yaml} limit=${2:-570}
   timeout "$limit" python3 -m ksrnet.cli train-ksrnet "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" \
     | tail -c 20000 > "$OUT/train.log"
-  echo "train exit: ${PIPESTATUS[0]}"
+  local rc=${PIPESTATUS[0]}
+  echo "train exit: $rc"
   tail -5 "$OUT/train.log"
-  for s in 1 1b 2 3; do
-    [ -f "$run/stage-$s/logs/version_0/metrics.csv" ] && cp "$run/stage-$s/logs/version_0/metrics.csv" "$OUT/metrics-$s.csv"
+  # A resumed stage logs to version_1, 2, ...: copy every version (version_0 alone was the stale part).
+  for f in "$run"/stage-*/logs/version_*/metrics.csv; do
+    [ -f "$f" ] || continue
+    local v=${f%/metrics.csv} s=${f#"$run"/stage-}
+    cp "$f" "$OUT/metrics-${s%%/*}-${v##*/}.csv"
   done
   cp "$run"/ksrnet.safetensors "$run"/ksrnet.json "$run"/config.yaml "$OUT"/ 2>/dev/null
   ls "$run"
+  return "$rc"  # was ls's status: `all` measured stage 2's weights after a timeout in stage 3
 }
 
 measure() {
   local tracks=${1:-500}
   [ -f "$run/ksrnet.safetensors" ] || { echo "no $run/ksrnet.safetensors: run the train phase first"; return 1; }
+  local stage
+  stage=$(python3 -c "import json; print(json.load(open('$run/ksrnet.json')).get('stage'))")
+  [ "$stage" = 3 ] || { echo "$run/ksrnet.safetensors is stage $stage's, not stage 3's: run the train phase again (it resumes)"; return 1; }
   python3 -m ksrnet.cli calibrate --model "$run" --synth 200 --preset mix --fusions product --device "$device" \
     2>&1 | tail -3
   cp "$run"/ksrnet.json "$OUT"/

@@ -252,6 +252,25 @@ def test_train_refuses_a_run_dir_of_another_model(tmp_path):
         training.train(TrainConfig.from_dict(MICRO), run, progress=False)
 
 
+def test_train_refuses_a_run_dir_started_from_other_init_weights(trained_run, tmp_path):
+    """Resuming never reads init_weights: a config continuing a finished run's weights in the same
+    run dir re-exported them untrained (its restored time budget was already spent)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = TrainConfig.from_dict({**MICRO, "init_weights": str(trained_run / "model.safetensors")})
+    with pytest.raises(ValueError, match="init_weights"):
+        training.train(cfg, run, progress=False)
+
+
+def test_wall_clock_elapsed_survives_a_fit_that_trained_no_step():
+    """A finished time_cosine run re-run re-saves last.ckpt without a step: the elapsed time must stay."""
+    module = training.WallClockLR()
+    module.on_load_checkpoint({"ksrnet_elapsed_s": 42.5, "global_step": 7})
+    saved = {}
+    module.on_save_checkpoint(saved)
+    assert saved["ksrnet_elapsed_s"] == 42.5
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) one micro CLI run, then predict and eval with it
 

@@ -96,7 +96,10 @@ class WallClockLR:
             group["lr"] = lr * scale
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["ksrnet_elapsed_s"] = time.monotonic() - self._t0 if self._t0 is not None else 0.0
+        # No step run in this fit (a finished run re-run only reloads and re-saves last.ckpt): keep the
+        # restored figure; 0.0 made a later extension of the run warm up and anneal again from scratch.
+        checkpoint["ksrnet_elapsed_s"] = (time.monotonic() - self._t0 if self._t0 is not None
+                                          else self._elapsed_at_resume)
 
     def on_load_checkpoint(self, checkpoint):
         self._elapsed_at_resume = float(checkpoint.get("ksrnet_elapsed_s", 0.0))
@@ -277,7 +280,9 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if resume:
-        check_resumable(config, run_dir, ("model",), "model config")
+        # init_weights too: a run resumed from its last.ckpt never reads them, so a config meant to
+        # continue the finished run's weights trained nothing (its time budget was spent) and exported them.
+        check_resumable(config, run_dir, ("model", "init_weights"), "model config or init_weights")
     config.save(config_path)
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     train_samples, val_samples = build_datasets(config)
