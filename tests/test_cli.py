@@ -7,6 +7,7 @@ removed; exact numbers come from `--json`, which is plain JSON on stdout.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -483,6 +484,19 @@ def test_eval_refuses_one_track_id_in_two_folders(tmp_path, micro_model, ablatio
     result = invoke("eval", root, "--model", micro_model, *args)
     assert_failed(result)
     assert mentions(result.stderr, "1 track id(s) found in more than one folder"), result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a folder that takes no new files (/proc)")
+def test_predict_refuses_an_unwritable_output_before_writing_any(tmp_path, micro_model):
+    # --details in a place that takes no files used to fail only after predictions.txt and the zip
+    # were written (and an unwritable --out only after every track was read).
+    make_track(tmp_path / "data" / "track_00001", n=2)
+    out = tmp_path / "out" / "predictions.txt"
+    result = invoke("predict", tmp_path / "data", "--model", micro_model, "--out", out, "--zip",
+                    "--details", "/proc/ksrnet-test/details.jsonl")
+    assert_failed(result)
+    assert mentions(result.stderr + result.stdout, "cannot write in /proc")
+    assert not out.exists() and not (tmp_path / "out" / "submission.zip").exists()
 
 
 def test_predict_reads_a_track_whose_annotations_are_broken(tmp_path, micro_model):

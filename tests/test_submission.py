@@ -181,3 +181,14 @@ def test_empty_file_reads_as_no_predictions(tmp_path):
     path = tmp_path / "predictions.txt"
     write_predictions([], path)
     assert path.read_text() == "" and read_predictions(path) == {}
+
+
+def test_zip_is_byte_identical_for_the_same_predictions(tmp_path):
+    write_predictions(PREDS, tmp_path / "a.txt", zip_path=tmp_path / "a.zip")
+    write_predictions(PREDS, tmp_path / "b.txt", zip_path=tmp_path / "b.zip")
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        (info,) = zf.infolist()
+        # a fixed stamp, not the clock's (which differs between runs a second or more apart)
+        assert info.filename == "predictions.txt" and info.date_time == (1980, 1, 1, 0, 0, 0)
+        assert info.external_attr >> 16 == 0o644

@@ -111,6 +111,30 @@ def test_discover_accepts_a_track_folder_as_root_and_unnamed_frame_folders(tmp_p
     assert discover_tracks(tmp_path / "other") == [odd]
 
 
+def test_discover_ignores_stray_frames_beside_track_folders(tmp_path):
+    # An lr-001.jpg copied into the test folder made the folder one track and dropped every real one.
+    for n in (1, 2):
+        make_track(tmp_path / "test" / f"track_{n}", n=1, hr=False, text=None)
+    make_track(tmp_path / "test", n=1, hr=False, text=None)
+    expected = [tmp_path / "test" / "track_1", tmp_path / "test" / "track_2"]
+    assert discover_tracks(tmp_path / "test") == expected
+    assert discover_tracks(tmp_path) == expected
+
+
+def test_discover_names_a_dot_root_track_by_its_folder(tmp_path, monkeypatch):
+    make_track(tmp_path / "track_7", n=1, hr=False, text=None)
+    monkeypatch.chdir(tmp_path / "track_7")
+    assert [p.name for p in discover_tracks(".")] == ["track_7"]
+
+
+def test_discover_follows_symlinked_folders_once(tmp_path):
+    make_track(tmp_path / "real" / "track_1", n=1, hr=False, text=None)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "loop").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert discover_tracks(tmp_path / "data") == [tmp_path / "data" / "test" / "track_1"]
+
+
 def test_discover_skips_hidden_and_macos_folders(tmp_path):
     make_track(tmp_path / "track_1", n=1, hr=False, text=None)
     make_track(tmp_path / ".cache" / "track_2", n=1, hr=False, text=None)

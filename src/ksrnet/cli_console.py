@@ -31,8 +31,10 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def check_output_path(path, option: str) -> None:
-    """Refuse, before any costly work, an output file that cannot be written: an existing folder, or
-    one whose parent is a file."""
+    """Refuse, before any costly work, an output file that cannot be written: an existing folder, one
+    whose parent is a file, or one in a place that takes no new files (read-only, no permission):
+    otherwise that is found only after every track was read, or after the other outputs were written."""
+    import tempfile
     from pathlib import Path
 
     path = Path(path)
@@ -42,6 +44,11 @@ def check_output_path(path, option: str) -> None:
         if parent.exists():
             if not parent.is_dir():
                 fail(f"{option} {path}: {parent} is a file, not a folder")
+            try:  # the nearest existing folder must take a new file (or the folders to be made)
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as exc:
+                fail(f"{option} {path}: cannot write in {parent} ({exc.strerror or exc})")
             break
 
 

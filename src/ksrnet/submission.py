@@ -84,7 +84,10 @@ def format_predictions(preds: Iterable[Prediction] | Mapping[str, Prediction]) -
 def _zip_bytes(text: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(PREDICTIONS_NAME, text)
+        # fixed time stamp and mode: the same predictions give the same zip, byte for byte
+        info = zipfile.ZipInfo(PREDICTIONS_NAME, date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, text, compress_type=zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 

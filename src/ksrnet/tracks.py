@@ -144,11 +144,23 @@ def _has_lr_frames(directory: Path) -> bool:
 
 
 def _is_track_dir(directory: Path) -> bool:
-    return directory.name.startswith("track_") or _has_lr_frames(directory)
+    return (directory.name.startswith("track_") or _has_lr_frames(directory)) and not _has_track_subdirs(directory)
+
+
+def _has_track_subdirs(directory: Path) -> bool:
+    """Tracks do not nest: a folder holding track folders is a dataset, even beside stray lr frames."""
+    try:
+        children = [e for e in os.scandir(directory)
+                    if e.is_dir() and not e.name.startswith(".") and e.name not in _SKIPPED_DIRS]
+    except OSError:
+        return False
+    return any(e.name.startswith("track_") or _has_lr_frames(Path(e.path)) for e in children)
 
 
 def _root_is_track(root: Path) -> bool:
     # A root named like "track_sets" that holds folders is a dataset, not a track.
+    if _has_track_subdirs(root):
+        return False
     if _has_lr_frames(root):
         return True
     if not root.name.startswith("track_"):
@@ -164,9 +176,12 @@ def discover_tracks(root: Path | str) -> list[Path]:
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a directory")
     if _root_is_track(root):
-        return [root]
+        # "." or "..": the folder's own name is the track id
+        return [Path(os.path.abspath(root)) if root.name in ("", "..") else root]
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(root):
+    seen = {os.path.realpath(root)}
+    # Symlinked folders are followed like symlinked tracks are; each real folder is walked once.
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         here = Path(dirpath)
         keep = []
         for name in dirnames:
@@ -174,7 +189,8 @@ def discover_tracks(root: Path | str) -> list[Path]:
                 continue
             if _is_track_dir(here / name):
                 found.append(here / name)
-            else:
+            elif os.path.realpath(here / name) not in seen:  # a link back up would loop forever
+                seen.add(os.path.realpath(here / name))
                 keep.append(name)
         dirnames[:] = keep  # tracks do not nest, so their insides are never walked
     if not found:
