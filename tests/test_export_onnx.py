@@ -58,3 +58,12 @@ def test_missing_metadata_is_a_clear_error(tmp_path):
     onnx_meta_path(path).unlink()
     with pytest.raises(ValueError, match="ksrnet export"):
         OnnxParseq(path)
+
+
+def test_bench_threads_reach_onnxruntime(tmp_path, monkeypatch):
+    """`ksrnet bench --backend onnx --threads N` reports N threads: onnxruntime must run with N, not its default."""
+    from ksrnet import cli_readers
+
+    path = export_onnx(micro(), tmp_path / "m.onnx")
+    reader = cli_readers.make_readers([str(path)], "cpu", "nar", None, "logit", "onnx", threads=1)
+    assert reader.model.session.get_session_options().intra_op_num_threads == 1

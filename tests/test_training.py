@@ -422,6 +422,14 @@ def test_export_onnx_then_predict_with_onnxruntime(trained_run, synth_tracks, tm
                           "--out", b), "NAR")
 
 
+def test_calibrate_refuses_an_onnx_export(trained_run, synth_tracks, tmp_path):
+    # Its temperatures are a copy made at export: calibrate the source, then export again.
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "model.onnx"
+    assert_ok(invoke("export", "--onnx", onnx, "--model", trained_run, "--check-tracks", 1))
+    assert_refused(invoke("calibrate", synth_tracks, "--model", onnx), "export it again")
+
+
 def test_bench_reports_every_batch_size_and_component(trained_run):
     result = invoke("bench", "--model", trained_run, "--batches", "1,3", "--repeats", 1, "--threads", 1, "--json")
     assert_ok(result)

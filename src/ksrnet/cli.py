@@ -689,7 +689,7 @@ def bench_cmd(
     check_fusions_and_mode([fusion], mode)
     if restoration_model(model)[0] is not None:
         fail("bench times per-frame recognizers; for KSR-Net see benchmarks/ksrnet_cost.py or eval --ablation")
-    reader = make_readers([model] if model else None, device, mode, None, "logit", backend)
+    reader = make_readers([model] if model else None, device, mode, None, "logit", backend, threads=threads)
     tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
     previous = torch.get_num_threads()
     used = threads or previous
@@ -726,7 +726,8 @@ def export_cmd(
 ) -> None:
     """Export the recognizer to ONNX (NAR + fixed refinement, dynamic batch), then check it against
     PyTorch on synthetic frames: prints the largest logit difference and fails if any reading differs.
-    Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`."""
+    Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`. FILE.json holds a copy of the
+    model's temperatures as they are now: after `ksrnet calibrate`, export again."""
     import time
 
     import torch
@@ -827,6 +828,12 @@ def calibrate(
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     check_fusions_and_mode(fusion_list, mode)
+    onnx = [m for m in model or [] if str(m).lower().endswith(".onnx")]
+    if onnx:
+        # An exported graph reads with the copy of the temperatures made at export: calibrating the
+        # source does not reach it, so re-export after calibrating.
+        fail(f"--model {onnx[0]}: calibrate the .safetensors model it was exported from, then export it again "
+             "(`ksrnet export --onnx`), which copies the new temperatures")
     counts = _frame_counts(frames) if frames is not None else [None]
     views = parse_tta_views(tta, tta_views)
     models = list(model or [None])

@@ -68,7 +68,8 @@ CALIBRATION_HELP = ("With several --model: the ensemble calibration file written
 
 
 def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
-                  backend: str = "torch", calibration: Optional[Path] = None, warn_uncalibrated: bool = True):
+                  backend: str = "torch", calibration: Optional[Path] = None, warn_uncalibrated: bool = True,
+                  threads: Optional[int] = None):
     """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE)."""
     from ksrnet.infer import ENSEMBLE_RULES
 
@@ -80,8 +81,10 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
     if len(models) == 1 and calibration is not None:
         fail("--calibration is for ensembles (several --model); a single model's temperatures live in its JSON "
              "(`ksrnet calibrate --model M`)")
-    make = make_onnx_reader if backend == "onnx" else make_reader
-    readers = [make(m, device, mode, tta_views)[0] for m in models]
+    if backend == "onnx":  # onnxruntime keeps its own thread pool: torch.set_num_threads does not reach it
+        readers = [make_onnx_reader(m, device, mode, tta_views, threads)[0] for m in models]
+    else:
+        readers = [make_reader(m, device, mode, tta_views)[0] for m in models]
     if len(readers) == 1:
         return readers[0]
     return make_ensemble_reader(readers, models, ensemble, backend, tta_views, calibration, warn_uncalibrated)
@@ -165,7 +168,7 @@ def check_device(device: str) -> None:
             fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
-def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None):
+def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None, threads: Optional[int] = None):
     from ksrnet.infer import Reader
 
     check_device(device)
@@ -177,7 +180,7 @@ def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=Non
     try:
         from ksrnet.export_onnx import OnnxParseq
 
-        net = OnnxParseq(model)
+        net = OnnxParseq(model, threads=threads)
         reader = Reader(net, device=device, temperatures=temperatures_for(net.meta, model, tta_views),
                         tta_views=tta_views)
     except ImportError:
