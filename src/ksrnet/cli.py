@@ -419,32 +419,33 @@ def check_submittable_ids(paths: list) -> None:
     """Refuse, before reading, track folders that predictions.txt cannot name: one line per track id,
     so two folders of the same name, or a name with whitespace, a comma or a semicolon."""
     from ksrnet.submission import Prediction, format_line
-    from ksrnet.tracks import duplicate_ids
 
     for path in paths:
         try:
             format_line(Prediction(path.name, "", 0.0))
         except ValueError as exc:
             fail(f"{path}: the folder name cannot be a track id in predictions.txt ({exc}); rename the folder")
-    dupes = duplicate_ids(path.name for path in paths)
-    if dupes:
-        shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in paths if p.name == k)}" for k in dupes[:5])
-        fail(f"{len(dupes)} track id(s) found in more than one folder, which predictions.txt cannot tell apart: "
-             f"{shown}{' ...' if len(dupes) > 5 else ''}; point predict at one split (e.g. the test folder)")
+    refuse_duplicate_ids(paths, "predictions.txt", "point predict at one split (e.g. the test folder)")
 
 
 def scorable_paths_or_fail(tracks: Path) -> list:
     """Track folders to score: readings are keyed by track id, so two folders of one name would both be
     scored against whichever was read last; refuse them, as predict does."""
+    paths = discover_or_fail(tracks)
+    refuse_duplicate_ids(paths, "the scores", "evaluate one split (or scenario) at a time")
+    return paths
+
+
+def refuse_duplicate_ids(paths: list, keyed_by_id: str, advice: str) -> None:
+    """End with one line naming (up to 5) track ids found in more than one folder, which `keyed_by_id`
+    (an output keyed by track id) cannot tell apart."""
     from ksrnet.tracks import duplicate_ids
 
-    paths = discover_or_fail(tracks)
     dupes = duplicate_ids(path.name for path in paths)
     if dupes:
         shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in paths if p.name == k)}" for k in dupes[:5])
-        fail(f"{len(dupes)} track id(s) found in more than one folder, which the scores cannot tell apart: "
-             f"{shown}{' ...' if len(dupes) > 5 else ''}; evaluate one split (or scenario) at a time")
-    return paths
+        fail(f"{len(dupes)} track id(s) found in more than one folder, which {keyed_by_id} cannot tell apart: "
+             f"{shown}{' ...' if len(dupes) > 5 else ''}; {advice}")
 
 
 def _truth_of_unreadable(path: Path):
