@@ -143,18 +143,26 @@ def _has_lr_frames(directory: Path) -> bool:
         return False
 
 
+def _walked(name: str) -> bool:
+    """Folders the search looks into: not hidden, not macOS/VCS debris."""
+    return not name.startswith(".") and name not in _SKIPPED_DIRS
+
+
+def _looks_like_track(directory: Path) -> bool:
+    return directory.name.startswith("track_") or _has_lr_frames(directory)
+
+
 def _is_track_dir(directory: Path) -> bool:
-    return (directory.name.startswith("track_") or _has_lr_frames(directory)) and not _has_track_subdirs(directory)
+    return _looks_like_track(directory) and not _has_track_subdirs(directory)
 
 
 def _has_track_subdirs(directory: Path) -> bool:
     """Tracks do not nest: a folder holding track folders is a dataset, even beside stray lr frames."""
     try:
-        children = [e for e in os.scandir(directory)
-                    if e.is_dir() and not e.name.startswith(".") and e.name not in _SKIPPED_DIRS]
+        children = [Path(e.path) for e in os.scandir(directory) if e.is_dir() and _walked(e.name)]
     except OSError:
         return False
-    return any(e.name.startswith("track_") or _has_lr_frames(Path(e.path)) for e in children)
+    return any(_looks_like_track(child) for child in children)
 
 
 def _root_is_track(root: Path) -> bool:
@@ -185,12 +193,14 @@ def discover_tracks(root: Path | str) -> list[Path]:
         here = Path(dirpath)
         keep = []
         for name in dirnames:
-            if name.startswith(".") or name in _SKIPPED_DIRS:
+            if not _walked(name):
                 continue
             if _is_track_dir(here / name):
                 found.append(here / name)
-            elif os.path.realpath(here / name) not in seen:  # a link back up would loop forever
-                seen.add(os.path.realpath(here / name))
+                continue
+            real = os.path.realpath(here / name)
+            if real not in seen:  # a link back up would loop forever
+                seen.add(real)
                 keep.append(name)
         dirnames[:] = keep  # tracks do not nest, so their insides are never walked
     if not found:
