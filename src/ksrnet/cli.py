@@ -967,6 +967,10 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str, co
     tta = views is not None
     dropped: list[str] = []
     superseded: list[str] = []
+    fitted = {temperature_key(f.fusion, c, tta): (c, f) for c, f in fits}
+    # Per-count keys a general fit replaces (it was fitted on tracks of those counts), unless refitted too.
+    shadowed = [k for c, f in fits if c is None for n in sorted(covered)
+                if (k := temperature_key(f.fusion, n, tta)) not in fitted]
 
     def merged(meta: dict) -> dict:  # into what the JSON holds: other rules, counts and modes are kept
         temperatures = dict(meta.get(key) or {})
@@ -979,16 +983,12 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str, co
                 temperatures = {k: v for k, v in temperatures.items() if k not in dropped}
                 record = {k: r for k, r in record.items() if not k.startswith(TTA_PREFIX)}
             extra[TTA_VIEWS_KEY] = sorted(views)
-        shadowing = [temperature_key(f.fusion, n, tta) for c, f in fits if c is None for n in sorted(covered)]
-        shadowing = [k for k in shadowing if k in temperatures and k not in {temperature_key(f.fusion, c, tta)
-                                                                           for c, f in fits}]
-        superseded.extend(shadowing)
-        temperatures = {k: v for k, v in temperatures.items() if k not in shadowing}
-        record = {k: r for k, r in record.items() if k not in shadowing}
-        temperatures.update({temperature_key(f.fusion, c, tta): f.temperature for c, f in fits})
-        record.update({temperature_key(f.fusion, c, tta): {**f.as_dict(), "frames": c, "source": source,
-                                                           "tta_views": sorted(views) if tta else None}
-                       for c, f in fits})
+        superseded[:] = [k for k in shadowed if k in temperatures]
+        temperatures = {k: v for k, v in temperatures.items() if k not in superseded}
+        record = {k: r for k, r in record.items() if k not in superseded}
+        temperatures.update({k: f.temperature for k, (c, f) in fitted.items()})
+        record.update({k: {**f.as_dict(), "frames": c, "source": source, "tta_views": sorted(views) if tta else None}
+                       for k, (c, f) in fitted.items()})
         return {key: temperatures, record_key: {"fits": list(record.values())}, **extra}
 
     try:
