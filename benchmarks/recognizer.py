@@ -49,37 +49,42 @@ def real_tracks(folder: Path) -> list[Track]:
     return out
 
 
-def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> dict:
+def evaluate(reader: Reader, tracks, fusions, counts, batch=64) -> tuple[dict, dict]:
+    """Scores per (rule, F), and per F every track's per-frame logits (what reader.read fuses; kept
+    so frame_agreement needs no second pass)."""
     truths = [GroundTruth.of_track(t) for t in tracks]
-    results = {}
+    results, logits_at = {}, {}
     for c in counts:
         full = {f: {} for f in fusions}  # TrackReadings, with their per-character probabilities
+        logits_at[c] = []
         for s in range(0, len(tracks), batch):
-            for rule, rs in reader.read(tracks[s:s + batch], fusions, frame_count=c).items():
+            chunk = tracks[s:s + batch]
+            logits = reader.track_logits(chunk, c)
+            logits_at[c] += logits
+            read = reader.readings_from_logits(chunk, logits, fusions, frames_used=reader.frames_used(chunk, c))
+            for rule, rs in read.items():
                 full[rule].update({r.track_id: r for r in rs})
         for rule in fusions:
             readings = {k: Reading(k, r.text, r.confidence) for k, r in full[rule].items()}
             conf, right = confidence_and_correct(truths, readings)
             results[(rule, c)] = (score(truths, readings), expected_calibration_error(conf, right),
                                   risk_coverage(conf, right), character_calibration(truths, full[rule]))
-    return results
+    return results, logits_at
 
 
-def frame_agreement(reader: Reader, tracks, rule: str = "product", batch: int = 64) -> list[dict]:
+def frame_agreement(reader: Reader, tracks, logits: list, rule: str = "product") -> list[dict]:
     """The fused reading's characters grouped by how many of the track's frames, each read alone,
     give that character in that slot: is a character the frames disagree on still as right as its
     probability says? One row per count: characters, accuracy, mean probability, and those read at
-    >= 0.9 with how often they are wrong."""
+    >= 0.9 with how often they are wrong. logits: each track's per-frame logits (evaluate's)."""
     groups: dict[int, list[tuple[float, bool]]] = {}
-    for s in range(0, len(tracks), batch):
-        chunk = tracks[s:s + batch]
-        logits = reader.track_logits(chunk)
-        for t, (chars, layouts), fused in zip(chunk, logits, reader.readings_from_logits(chunk, logits, [rule])[rule]):
-            frames = [(chars[f:f + 1], layouts[f:f + 1]) for f in range(chars.shape[0])]
-            alone = [a.text for a in reader.readings_from_logits([t] * len(frames), frames, [rule])[rule]]
-            for i, (c, p) in enumerate(zip(fused.text, fused.char_probs)):
-                k = sum(len(a) > i and a[i] == c for a in alone)
-                groups.setdefault(k, []).append((p, c == t.text[i]))
+    fused_all = reader.readings_from_logits(tracks, logits, [rule])[rule]
+    for t, (chars, layouts), fused in zip(tracks, logits, fused_all):
+        frames = [(chars[f:f + 1], layouts[f:f + 1]) for f in range(chars.shape[0])]
+        alone = [a.text for a in reader.readings_from_logits([t] * len(frames), frames, [rule])[rule]]
+        for i, (c, p) in enumerate(zip(fused.text, fused.char_probs)):
+            k = sum(len(a) > i and a[i] == c for a in alone)
+            groups.setdefault(k, []).append((p, c == t.text[i]))
     rows = []
     for k in sorted(groups):
         p, right = (np.array(x, dtype=float) for x in zip(*groups[k]))
@@ -143,7 +148,7 @@ def main() -> None:
     start = time.perf_counter()
     tracks = synthetic_tracks(args.tracks, args.preset)
     print(f"generated {len(tracks)} '{args.preset}' tracks (seed {TEST_SEED}) in {time.perf_counter() - start:.0f} s")
-    synth = evaluate(reader, tracks, list(FUSIONS), [1, 3, 5])
+    synth, synth_logits = evaluate(reader, tracks, list(FUSIONS), [1, 3, 5])
     print(table(synth, f"synthetic {args.preset}, {len(tracks)} tracks"))
     p1 = synth[("product", 1)][0].overall.recognition_rate
     p5 = synth[("product", 5)][0].overall.recognition_rate
@@ -157,7 +162,7 @@ def main() -> None:
         cells = [f"{100 * b['sure_error']:.2f} % of {b['sure_characters']}" if b["sure_error"] is not None else "-"
                  for b in synth[("product", c)][3]["sure_error_by_reading"]]
         print(f"| {c} | " + " | ".join(cells) + " |")
-    agreement = [] if args.no_frame_agreement else frame_agreement(reader, tracks)
+    agreement = [] if args.no_frame_agreement else frame_agreement(reader, tracks, synth_logits[5])
     if agreement:
         print("\n**characters of the product reading at F=5, by how many frames read them alone**\n")
         print("| frames agreeing | characters | right % | mean probability % | read at >= 0.9: count / wrong % |")
@@ -172,7 +177,7 @@ def main() -> None:
                          for k, v in synth.items()}}
     reals = real_tracks(REAL_LR) if REAL_LR.is_dir() else []
     if reals:
-        real = evaluate(reader, reals, ["single"], [1])
+        real, _ = evaluate(reader, reals, ["single"], [1])
         r = real[("single", 1)][0]
         print(f"\nreal LRLPR-26 LR frames ({len(reals)}, single frame): RR {100 * r.overall.recognition_rate:.1f}% "
               f"CER {100 * r.overall.cer:.1f}%")
