@@ -157,6 +157,7 @@ def test_vote_confidence_goes_through_the_map_of_its_rule_and_frame_count():
     out = EnsembleReader(readers, "vote", calibration=cal).read(tracks, ["product", "single"])
     assert out["product"][0].confidence == pytest.approx(0.7 / 2)
     assert out["single"][0].confidence == pytest.approx(0.7)  # no map for this rule: as voted
+    assert out["product"][0].calibrated and not out["single"][0].calibrated
     with pytest.raises(ValueError, match="'vote' rule"):
         EnsembleReader(readers, "logit", calibration=cal)
 
@@ -169,6 +170,22 @@ def test_logit_ensemble_applies_the_calibration_temperature(micro_parseq, noise_
     hot = EnsembleReader(pair, "logit", calibration=cal).read(tracks, ["product"])["product"]
     assert [r.text for r in raw] == [r.text for r in hot]
     assert all(b.confidence < a.confidence for a, b in zip(raw, hot))
+    assert not any(r.calibrated for r in raw) and all(r.calibrated for r in hot)
+
+
+def test_a_reading_says_whether_a_fitted_calibration_set_its_confidence(micro_parseq, noise_tracks):
+    """A confidence nothing was fitted for (this rule, this frame count) is a score, not a probability:
+    the reading says so, for predict and the report to tell the user."""
+    tracks = noise_tracks(frames=5)
+    reader = Reader(micro_parseq(), temperatures={"product@5": 2.0, "single": 1.3})
+    for rule, frames, fitted in (("product", 5, True), ("product", 3, False), ("single", 3, True),
+                                 ("char_majority", 5, False)):
+        readings = reader.read(tracks, [rule], frame_count=frames)[rule]
+        assert all(r.calibrated == fitted for r in readings), (rule, frames)
+    assert not any(r.calibrated for r in Reader(micro_parseq()).read(tracks, ["product"])["product"])
+    # With TTA the plain temperature serves where no TTA one was fitted (pick_calibration's fallback).
+    tta = Reader(micro_parseq(), temperatures={"product@5": 2.0}, tta_views=("identity", "gamma0.8"))
+    assert all(r.calibrated for r in tta.read(tracks, ["product"])["product"])
 
 
 def test_ensemble_calibration_file_round_trip_and_refusals(tmp_path):

@@ -31,9 +31,10 @@ def provenance(min_confidence=0.9) -> Provenance:
                       tta_views=None, min_confidence=min_confidence, command="ksrnet report x")
 
 
-def reading(text: str, confidence: float, probs=(0.99,) * 7) -> TrackReading:
+def reading(text: str, confidence: float, probs=(0.99,) * 7, calibrated: bool = True) -> TrackReading:
     return TrackReading("t", text, confidence, layout="Brazilian", char_probs=tuple(probs),
-                        alternatives=[[(c, p), ("8", 0.01)] for c, p in zip(text, probs)], frames_used=2)
+                        alternatives=[[(c, p), ("8", 0.01)] for c, p in zip(text, probs)], frames_used=2,
+                        calibrated=calibrated)
 
 
 def frame(text: str, confidence: float, name: str = "lr-001.png") -> FrameEvidence:
@@ -109,6 +110,16 @@ def test_no_threshold_means_no_illegible_verdicts():
     page = render_html(reports, [], provenance(min_confidence=None))
     assert "ILLEGIBLE" not in page and "no threshold" in page
     assert page.count('<td class="plate sure">') == 7  # not in doubt: the probabilities speak
+
+
+def test_a_confidence_no_calibration_set_is_marked_as_such():
+    fitted, raw = reading("ABC1234", 0.95), reading("ABD1234", 0.95, calibrated=False)
+    calibrated_page = render_html([TrackReport("t", fitted, [frame("ABC1234", 0.9)])], [], provenance())
+    assert "uncalibrated" not in calibrated_page and "NOT calibrated" not in calibrated_page
+    page = render_html([TrackReport("t", fitted, [frame("ABC1234", 0.9)]),
+                        TrackReport("u", raw, [frame("ABD1234", 0.9)])], [], provenance())
+    assert "1 of 2 confidences are NOT calibrated" in page and "the threshold below does not mean" in page
+    assert page.count('0.950 <span class="illegible">uncalibrated</span>') == 2  # summary row and section
 
 
 def synth_tree(tmp_path: Path, n: int = 2) -> Path:

@@ -366,17 +366,25 @@ def test_calibrate_saves_temperatures_that_predict_uses_and_abstention(trained_r
     assert sorted((f["fusion"], f["frames"] or 0) for f in per_count["calibration"]["fits"]) == \
         [("product", 0), ("product", 1), ("product", 5), ("single", 0)]  # 0: all frames
     assert_refused(invoke("calibrate", "--model", run, "--synth", 10, "--frames", "0"), "--frames")
-    # Abstention: at --min-confidence 1.0 every reading is written empty (illegible), confidence kept;
-    # --details still holds the guess.
+    # Abstention: at --min-confidence 1.0 every reading is written empty (illegible) with confidence 0,
+    # which is what an empty reading's chance of being right is; --details still holds the guess.
     out, details = tmp_path / "p.txt", tmp_path / "d.jsonl"
-    assert_ok(invoke("predict", synth_tracks, "--model", run, "--out", out, "--min-confidence", 1.0,
-                     "--details", details))
+    result = invoke("predict", synth_tracks, "--model", run, "--out", out, "--min-confidence", 1.0, "--details", details)
+    assert_ok(result)
+    assert "not calibrated" not in plain(result.output)  # product has a general temperature
     lines = out.read_text().splitlines()
-    assert len(lines) == 3 and all(re.match(r"^track_\d{5},;\d\.\d+$", line) for line in lines), lines
+    assert len(lines) == 3 and all(re.match(r"^track_\d{5},;0\.0+$", line) for line in lines), lines
     rows = [json.loads(line) for line in details.read_text().splitlines()]
-    assert all(r["illegible"] and len(r["text"]) == 7 for r in rows)
+    assert all(r["illegible"] and len(r["text"]) == 7 and r["confidence"] > 0 and r["calibrated"] for r in rows)
     assert_ok(invoke("predict", synth_tracks, "--model", run, "--out", out, "--min-confidence", 0.0))
     assert all(PREDICTION_LINE.match(line) for line in out.read_text().splitlines())
+    # A rule nothing was fitted for reads, and says its confidences are not probabilities.
+    result = invoke("predict", synth_tracks, "--model", run, "--out", out, "--fusion", "char_majority",
+                    "--details", details)
+    assert_ok(result)
+    assert plain("3 of 3 confidences are not calibrated") in plain(result.output)
+    assert plain("--fusions char_majority --frames 5") in plain(result.output)
+    assert not any(json.loads(line)["calibrated"] for line in details.read_text().splitlines())
     # A broken temperature in the JSON is a clear error, not a crash.
     meta["temperature"] = {"vote": 2.0}
     (run / "model.json").write_text(json.dumps(meta))

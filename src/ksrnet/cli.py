@@ -366,13 +366,16 @@ def predict(
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
                                                    help="Abstain below this (calibrated) confidence: the reading "
-                                                   "is written empty, i.e. illegible, with its confidence kept."),
+                                                   "is written empty, i.e. illegible, with confidence 0 (an empty "
+                                                   "reading is never the plate); --details keeps the guess."),
 ) -> None:
     """Read every track and write predictions.txt (track_id,TEXT;confidence).
 
     Unreadable tracks are reported and written with an empty reading and confidence 0, never dropped.
     With --min-confidence, readings the model is not sure enough of are written empty (illegible)
-    instead of as a guess; --details still holds the guess and its alternatives.
+    with confidence 0 instead of as a guess; --details still holds the guess, its confidence and
+    its alternatives. A note says so when a confidence is not calibrated (no temperature fitted for
+    the fusion rule at that frame count).
     """
     from rich.markup import escape
 
@@ -389,7 +392,7 @@ def predict(
     paths = discover_or_fail(tracks)
     check_submittable_ids(paths)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
-    preds, extra, failures, abstained = [], [], [], 0
+    preds, extra, readings, failures, abstained = [], [], [], [], 0
     for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
         for path, t in batch:
@@ -400,8 +403,11 @@ def predict(
             for r in reader.read(good, [fusion], frame_count=frames)[fusion]:
                 illegible = min_confidence is not None and r.confidence < min_confidence
                 abstained += illegible
-                preds.append(Prediction(r.track_id, "" if illegible else r.text, r.confidence))
+                # The confidence of the line is that of what it says: an empty reading is never right,
+                # and keeping the guess's confidence there would lower the confidence gap.
+                preds.append(Prediction(r.track_id, "", 0.0) if illegible else Prediction(r.track_id, r.text, r.confidence))
                 extra.append(r.__dict__ | {"illegible": illegible})
+                readings.append(r)
     try:
         write_predictions(preds, out, zip_path=zip_path)
     except OSError as exc:
@@ -413,6 +419,29 @@ def predict(
     console.print(f"wrote {len(preds)} predictions to {escape(str(out))}" + (" (+ submission.zip)" if make_zip else ""))
     if min_confidence is not None:
         console.print(f"{abstained} of {len(extra)} readings below confidence {min_confidence} written as illegible")
+    note_uncalibrated(readings, fusion, getattr(reader, "rule", None), min_confidence)
+
+
+def note_uncalibrated(readings: list, fusion: str, ensemble_rule: Optional[str] = None,
+                      min_confidence: Optional[float] = None) -> None:
+    """Tell the user which confidences no fitted calibration set (the fusion rule has no temperature,
+    or confidence map, at that frame count): they rank readings but are not probabilities.
+    ensemble_rule: the reader's, when it is an ensemble (calibrated into a file of its own)."""
+    from collections import Counter
+
+    raw = Counter(r.frames_used for r in readings if not r.calibrated)
+    if not raw:
+        return
+    counts = ", ".join(f"{n} frame{'s' if n != 1 else ''}" for n in sorted(raw))
+    from rich.markup import escape
+
+    err_console.print("[yellow]note:[/yellow] " + escape(
+        f"{sum(raw.values())} of {len(readings)} confidences are not calibrated: nothing is "
+        f"fitted for fusion {fusion} at {counts}, so they rank readings but are not probabilities"
+        + (f" (and --min-confidence {min_confidence} compares them as they are)" if min_confidence is not None else "")
+        + f"; fit it with `ksrnet calibrate --fusions {fusion} --frames {','.join(map(str, sorted(raw)))}` and the "
+        "same --model options" + (f", --ensemble {ensemble_rule} --out FILE, then read with --calibration FILE"
+                                  if ensemble_rule else "")), soft_wrap=True, highlight=False)
 
 
 def check_submittable_ids(paths: list) -> None:
@@ -1110,6 +1139,7 @@ def report(
     illegible = sum(r.illegible for r in reports)
     console.print(f"wrote {out}: {len(reports)} tracks read ({illegible} below {min_confidence} marked illegible)"
                   + (f", {len(unreadable)} unreadable" if unreadable else ""), markup=False, highlight=False)
+    note_uncalibrated([r.reading for r in reports], fusion, getattr(reader, "rule", None), min_confidence)
 
 
 @app.command()

@@ -28,6 +28,9 @@ class TrackReading:
     alternatives: list[list[tuple[str, float]]] = field(default_factory=list)
     frames_used: int = 0
     error: str | None = None
+    # whether a fitted calibration (a temperature, or an ensemble's confidence map) for this fusion
+    # rule and frame count set the confidence; if not, it is the raw one, a rank and not a probability
+    calibrated: bool = False
 
 
 def select_frames(frames: Sequence, count: int | None) -> list:
@@ -196,7 +199,8 @@ class Reader:
         counts = list(frames_used) if frames_used is not None else [c.shape[0] for c, _ in logits]
         for track, (char_logits, layout_logits), n in zip(tracks, logits, counts):
             for rule in fusions:
-                t = pick_temperature(self.temperatures, rule, n, tta=self.tta_views is not None)
+                fitted = pick_calibration(self.temperatures, rule, n, self.tta_views is not None)
+                t = 1.0 if fitted is None else float(fitted)  # as pick_temperature
                 r = fuse(rule, char_logits / t, layout_logits / t, self.masks, topk)
                 results[rule].append(TrackReading(
                     track_id=track.track_id,
@@ -207,6 +211,7 @@ class Reader:
                     alternatives=[[(CHARSET[i], p) for i, p in zip(ids, ps)]
                                   for ids, ps in zip(r.topk_indices, r.topk_probs)],
                     frames_used=n,
+                    calibrated=fitted is not None,
                 ))
         return results
 
@@ -280,6 +285,7 @@ class EnsembleReader(Reader):
                 best = max(readings, key=lambda r: (votes[r.text], r.confidence))
                 confidence = sum(r.confidence for r in readings if r.text == best.text) / len(readings)
                 mapping = pick_calibration(self.confidence_maps, rule, best.frames_used)
-                rows.append(replace(best, confidence=mapping(confidence) if mapping else confidence))
+                rows.append(replace(best, confidence=mapping(confidence) if mapping else confidence,
+                                    calibrated=mapping is not None))
             results[rule] = rows
         return results

@@ -197,6 +197,13 @@ def _verdict(report: TrackReport, threshold: float | None) -> str:
     return f'<span class="plate">{_esc(report.reading.text) or "(none)"}</span>'
 
 
+def _confidence(reading: TrackReading) -> str:
+    """The confidence as shown; one no fitted calibration set is marked, since it is a score that
+    orders readings, not the probability the page says confidences are."""
+    shown = _num(reading.confidence, 3)
+    return shown if reading.calibrated else f'{shown} <span class="illegible">uncalibrated</span>'
+
+
 def _truth_cell(report: TrackReport) -> str:
     if report.truth is None:
         return "-"
@@ -212,7 +219,7 @@ def _summary(reports: list[TrackReport], unreadable: list[UnreadableTrack], prov
         weakest = min(r.reading.char_probs, default=0.0)
         rows.append(
             f'<tr><td><a href="#{_anchor(i)}">{_esc(r.track_id)}</a></td>'
-            f"<td>{_verdict(r, provenance.min_confidence)}</td><td>{_num(r.reading.confidence, 3)}</td>"
+            f"<td>{_verdict(r, provenance.min_confidence)}</td><td>{_confidence(r.reading)}</td>"
             f'<td class="{_band(weakest, r.illegible)}">{_num(weakest, 3)}</td><td>{frames_agreeing(r)} of {len(r.frames)}</td>'
             + (f"<td>{_truth_cell(r)}</td>" if has_truth else "") + "</tr>")
     for u in unreadable:
@@ -255,7 +262,7 @@ def _track_section(index: int, report: TrackReport, provenance: Provenance) -> s
     layout = f"{_esc(r.layout)}" if r.layout else "-"
     source = f"<p>folder <code>{_esc(report.source)}</code></p>" if report.source else ""
     return (f'<section id="{_anchor(index)}"><h2>{_esc(report.track_id)}</h2>{source}'
-            f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {_num(r.confidence, 3)} "
+            f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {_confidence(r)} "
             f"(layout {layout}; {r.frames_used} frame{'s' if r.frames_used != 1 else ''} fused by "
             f"{_esc(provenance.fusion)})"
             + (f"; annotation {_truth_cell(report)}" if report.truth is not None else "") + "</p>"
@@ -286,6 +293,13 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
         right = sum(r.reading.text == r.truth for r in with_truth)
         lines.append(f"Against the annotations: {right} of {len(with_truth)} readings right (illegible ones included "
                      "with their best guess).")
+    raw = [r for r in reports if not r.reading.calibrated]
+    if raw:
+        lines.append(f"{len(raw)} of {len(reports)} confidences are NOT calibrated (marked uncalibrated): nothing "
+                     f"was fitted for fusion {provenance.fusion} at their frame count, so they rank readings but are "
+                     "not probabilities" + ("" if provenance.min_confidence is None else
+                                            ", and the threshold below does not mean for them what it says")
+                     + ". Fit a calibration with `ksrnet calibrate`.")
     explain = (
         "The confidence of a reading is the model's calibrated probability that all seven characters are right. "
         f"Character colours: green at least {SURE:g}, yellow at least {DOUBTFUL:g}, red below: a red character "
