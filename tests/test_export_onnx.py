@@ -67,3 +67,79 @@ def test_bench_threads_reach_onnxruntime(tmp_path, monkeypatch):
     path = export_onnx(micro(), tmp_path / "m.onnx")
     reader = cli_readers.make_readers([str(path)], "cpu", "nar", None, "logit", "onnx", threads=1)
     assert reader.model.session.get_session_options().intra_op_num_threads == 1
+
+
+# --- `ksrnet export` and `ksrnet bench --backend onnx` on a saved micro model ----------------------
+
+def saved_micro(tmp_path):
+    from ksrnet.weights import save_model
+
+    model = micro()
+    return save_model(model, model.config, tmp_path / "run" / "model.safetensors")
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from ksrnet.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_export_refuses_a_name_without_the_onnx_suffix(tmp_path):
+    # "run/model" would put its metadata in run/model.json: the metadata of run/model.safetensors.
+    weights = saved_micro(tmp_path)
+    source_meta = weights.with_suffix(".json").read_text()
+    with pytest.raises(ValueError, match=".onnx"):
+        export_onnx(micro(), tmp_path / "run" / "model")
+    result = invoke("export", "--onnx", tmp_path / "run" / "model", "--model", weights, "--check-tracks", 1)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert ".onnx" in result.output
+    assert weights.with_suffix(".json").read_text() == source_meta
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_export_that_fails_its_parity_check_leaves_the_earlier_export(tmp_path, monkeypatch):
+    from ksrnet import export_onnx as module
+
+    weights, onnx = saved_micro(tmp_path), tmp_path / "out" / "m.onnx"
+    result = invoke("export", "--onnx", onnx, "--model", weights, "--check-tracks", 1)
+    assert result.exit_code == 0, result.output
+    before = onnx.read_bytes(), onnx_meta_path(onnx).read_text()
+
+    def failing(model, runtime, images):
+        return module.Parity(1.0, 1.0, images.shape[0], readings_differ=1)
+
+    monkeypatch.setattr(module, "check_parity", failing)
+    result = invoke("export", "--onnx", onnx, "--model", weights, "--check-tracks", 1, "--refine-iters", 0)
+    assert result.exit_code == 1 and "differ" in result.output
+    assert (onnx.read_bytes(), onnx_meta_path(onnx).read_text()) == before
+    assert sorted(p.name for p in onnx.parent.iterdir()) == ["m.onnx", "m.onnx.json"]  # no staged leftovers
+
+
+def test_onnxruntime_runs_with_the_thread_count_bench_and_export_report(tmp_path, monkeypatch):
+    """Without --threads, onnxruntime would take every core while the figures say torch's count."""
+    from ksrnet import bench as bench_module
+    from ksrnet import export_onnx as module
+
+    weights, onnx = saved_micro(tmp_path), tmp_path / "m.onnx"
+    sessions = []
+
+    class Recorded(module.OnnxParseq):
+        def __init__(self, path, threads=None):
+            super().__init__(path, threads)
+            sessions.append(self.session.get_session_options().intra_op_num_threads)
+
+    monkeypatch.setattr(module, "OnnxParseq", Recorded)
+    assert invoke("export", "--onnx", onnx, "--model", weights, "--check-tracks", 1).exit_code == 0
+    monkeypatch.setattr(bench_module, "bench", lambda *args: [])  # only the reader it was given matters
+    result = invoke("bench", "--model", onnx, "--backend", "onnx", "--batches", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert sessions == [torch.get_num_threads()] * 2 == [json.loads(result.stdout)["threads"]] * 2
+
+
+def test_an_onnx_model_read_with_the_torch_backend_is_pointed_to_onnx(tmp_path):
+    onnx = export_onnx(micro(), tmp_path / "m.onnx")
+    result = invoke("bench", "--model", onnx, "--batches", 1)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "--backend onnx" in result.output

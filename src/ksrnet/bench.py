@@ -34,11 +34,20 @@ class BenchRow:
         return asdict(self)
 
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
+def _sync(device: torch.device | None) -> None:
+    # CUDA kernels run after the call that queues them returns: without waiting for them, a timing
+    # measures the launches, not the work.
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, repeats: int, device: torch.device | None = None) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         out = fn()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -48,16 +57,16 @@ def bench_batch(reader: Reader, tracks: list, fusion: str, frame_count: int | No
     """Time reading `tracks` as one batch: the whole path, then each component on its own."""
     model, device = reader.model, reader.device
     reader.read(tracks, [fusion], frame_count=frame_count)  # warm-up (allocations, thread pools)
-    total, _ = _timed(lambda: reader.read(tracks, [fusion], frame_count=frame_count), repeats)
+    total, _ = _timed(lambda: reader.read(tracks, [fusion], frame_count=frame_count), repeats, device)
     chosen = [select_frames(t.lr, frame_count) for t in tracks]
     flat = [f for frames in chosen for f in frames]
-    pre, images = _timed(lambda: frames_to_tensor(flat, reader.height, reader.width).to(device), repeats)
-    net, _ = _timed(lambda: model(images, mode=reader.mode, refine_iters=reader.refine_iters), repeats)
+    pre, images = _timed(lambda: frames_to_tensor(flat, reader.height, reader.width).to(device), repeats, device)
+    net, _ = _timed(lambda: model(images, mode=reader.mode, refine_iters=reader.refine_iters), repeats, device)
     enc = dec = None
     if hasattr(model, "encode"):  # a PyTorch Parseq; an ONNX session has no separate halves
-        enc, memory = _timed(lambda: model.encode(images), repeats)
+        enc, memory = _timed(lambda: model.encode(images), repeats, device)
         dec, _ = _timed(lambda: model.decode_memory(memory, mode=reader.mode, refine_iters=reader.refine_iters),
-                        repeats)
+                        repeats, device)
     logits = reader.track_logits(tracks, frame_count)
 
     def fuse_all():

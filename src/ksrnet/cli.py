@@ -700,7 +700,9 @@ def bench_cmd(
     batches: str = typer.Option("1,64", "--batches", help="Comma-separated batch sizes (tracks per batch)."),
     fusion: str = typer.Option("product", "--fusion"),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Use the last N frames (default all 5)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="CPU threads of torch, or of onnxruntime with --backend onnx "
+                                               "(default: torch's)."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed passes per figure (the best is kept)."),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
@@ -719,10 +721,11 @@ def bench_cmd(
     check_fusions_and_mode([fusion], mode)
     if restoration_model(model)[0] is not None:
         fail("bench times per-frame recognizers; for KSR-Net see benchmarks/ksrnet_cost.py or eval --ablation")
-    reader = make_readers([model] if model else None, device, mode, None, "logit", backend, threads=threads)
-    tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
     previous = torch.get_num_threads()
     used = threads or previous
+    # onnxruntime gets the thread count the table reports too: left to itself it takes every core.
+    reader = make_readers([model] if model else None, device, mode, None, "logit", backend, threads=used)
+    tracks = [generate_track(BENCH_SEED, i, preset="hard") for i in range(max(sizes))]
     torch.set_num_threads(used)
     try:
         rows = bench(reader, tracks, sizes, fusion, frames, repeats)
@@ -748,16 +751,18 @@ def bench_cmd(
 
 @app.command("export")
 def export_cmd(
-    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (its metadata goes to FILE.json)."),
+    onnx: Path = typer.Option(..., "--onnx",
+                              help="ONNX file to write, named *.onnx (its metadata goes to FILE.onnx.json)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir."),
     refine_iters: Optional[int] = typer.Option(None, "--refine-iters", min=0,
                                                help="Refinement steps baked into the graph (default: the model's)."),
     check_tracks: int = typer.Option(32, "--check-tracks", min=1, help="Synthetic tracks for the parity check."),
 ) -> None:
     """Export the recognizer to ONNX (NAR + fixed refinement, dynamic batch), then check it against
-    PyTorch on synthetic frames: prints the largest logit difference and fails if any reading differs.
-    Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`. FILE.json holds a copy of the
-    model's temperatures as they are now: after `ksrnet calibrate`, export again."""
+    PyTorch on synthetic frames: prints the largest logit difference and fails if any reading differs,
+    leaving FILE.onnx as it was (absent, or an earlier export).
+    Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`. FILE.onnx.json holds a copy of
+    the model's temperatures as they are now: after `ksrnet calibrate`, export again."""
     import time
 
     import torch
@@ -769,23 +774,39 @@ def export_cmd(
     from ksrnet.weights import ModelLoadError, load_model
 
     try:
-        from ksrnet.export_onnx import OnnxParseq, check_parity, export_onnx
+        from ksrnet.export_onnx import OnnxParseq, check_onnx_path, check_parity, export_onnx, onnx_meta_path
     except ImportError:
         fail("export needs onnx and onnxruntime: pip install 'ksrnet[onnx]'")
+    try:
+        check_onnx_path(onnx)
+    except ValueError as exc:
+        fail(f"--onnx {exc}")
     check_output_path(onnx, "--onnx")
     try:
         net, meta = load_model(model)
     except ModelLoadError as exc:
         fail(str(exc))
+    # Written beside FILE.onnx under another name and moved there only once the parity check passed.
+    staged = onnx.with_name(f".{onnx.name}.checking.onnx")
     try:
-        export_onnx(net, onnx, meta, refine_iters)
-    except OSError as exc:
-        fail(f"cannot write {onnx}: {exc.strerror or exc}")
-    runtime = OnnxParseq(onnx)
-    frames = [f for i in range(check_tracks) for f in generate_track(BENCH_SEED, i, preset="mix").lr]
-    images = frames_to_tensor(frames, net.config.img_h, net.config.img_w)
-    parity = check_parity(net, runtime, images)
-    console.print(f"wrote {escape(str(onnx))} (+ {escape(onnx.name)}.json); parity on {parity.frames} frames: max |diff| char logits "
+        try:
+            export_onnx(net, staged, meta, refine_iters)
+        except OSError as exc:
+            fail(f"cannot write {onnx}: {exc.strerror or exc}")
+        # The thread count the speed line reports, for onnxruntime too (its default is every core).
+        runtime = OnnxParseq(staged, threads=torch.get_num_threads())
+        frames = [f for i in range(check_tracks) for f in generate_track(BENCH_SEED, i, preset="mix").lr]
+        images = frames_to_tensor(frames, net.config.img_h, net.config.img_w)
+        parity = check_parity(net, runtime, images)
+        if not parity.readings_differ:
+            staged.replace(onnx)
+            onnx_meta_path(staged).replace(onnx_meta_path(onnx))
+    finally:
+        for leftover in (staged, onnx_meta_path(staged)):
+            leftover.unlink(missing_ok=True)
+    written = "did not write" if parity.readings_differ else "wrote"
+    console.print(f"{written} {escape(str(onnx))} (+ {escape(onnx.name)}.json); parity on {parity.frames} frames: "
+                  "max |diff| char logits "
                   f"{parity.max_abs_char_logits:.2e}, layout logits {parity.max_abs_layout_logits:.2e}; "
                   f"readings that differ: {parity.readings_differ}")
     timings = {}

@@ -78,6 +78,9 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
     if backend not in ("torch", "onnx"):
         fail(f"--backend must be torch or onnx, got {backend!r}")
     models = list(models or [None])
+    onnx = [m for m in models if backend == "torch" and str(m).endswith(".onnx")]
+    if onnx:  # else the refusal is about a missing FILE.json, a name the user never wrote
+        fail(f"--model {onnx[0]} is an ONNX export: read it with --backend onnx")
     if len(models) == 1 and calibration is not None:
         fail("--calibration is for ensembles (several --model); a single model's temperatures live in its JSON "
              "(`ksrnet calibrate --model M`)")

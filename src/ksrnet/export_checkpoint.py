@@ -5,6 +5,7 @@ Usage: python -m ksrnet.export_checkpoint RUN/checkpoints/last.ckpt OUT.safetens
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -24,7 +25,17 @@ def export_checkpoint(ckpt: Path, out: Path) -> None:
     save_model(model, config.model, out, extra={"from_checkpoint": str(ckpt), "global_step": state.get("global_step")})
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 3:
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
         sys.exit(__doc__)
-    export_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))
+    try:
+        export_checkpoint(Path(argv[0]), Path(argv[1]))
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        # A missing or corrupt file, or a checkpoint of another kind (KSR-Net training writes its own
+        # weights): one line, not a traceback.
+        sys.exit(f"error: cannot export {argv[0]}, which must be a recognizer training checkpoint "
+                 f"(`ksrnet train`): {exc!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -37,8 +37,16 @@ def onnx_meta_path(onnx_path: Path) -> Path:
     return Path(str(onnx_path) + ".json")
 
 
+def check_onnx_path(path: str | Path) -> None:
+    """Refuse a file name without ".onnx": the ONNX backend reads only such names, and the metadata
+    of "DIR/model" would be "DIR/model.json", the metadata file of DIR/model.safetensors."""
+    if not str(path).endswith(".onnx"):
+        raise ValueError(f"{path}: give the ONNX file a name ending in .onnx (its metadata goes to FILE.onnx.json)")
+
+
 def export_onnx(model: Parseq, path: str | Path, meta: dict | None = None, refine_iters: int | None = None) -> Path:
     """Write path (.onnx) and path.json (the model's metadata plus the exported refine_iters)."""
+    check_onnx_path(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     iters = model.config.refine_iters if refine_iters is None else refine_iters
