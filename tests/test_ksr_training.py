@@ -525,6 +525,18 @@ def test_variants_start_from_each_others_weights_where_the_parts_agree(tmp_path,
         train_ksrnet(v1_late, tmp_path / "v1-late", "3", progress=False)
 
 
+def test_a_run_on_another_input_grid_starts_from_weights_trained_on_this_one(tmp_path, recognizer_path):
+    """No weight depends on lr_size, so a 16x48 run's weights start a 20x48 run (how the CPU runs moved to
+    the taller grid most crops have); other config differences are still refused."""
+    first = train_ksrnet(micro(recognizer_path), tmp_path / "grid16", "3", progress=False)
+    taller = micro(recognizer_path, model={"lr_size": [20, 48]}, init_weights=str(first.parent))
+    out = train_ksrnet(taller, tmp_path / "grid20", "3", progress=False)
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["lr_size"] == [20, 48]
+    wider = micro(recognizer_path, model={"restore": {"features": 8, "num_res_blocks": 1}}, init_weights=str(first.parent))
+    with pytest.raises(ValueError, match="another KSR-Net config"):
+        train_ksrnet(wider, tmp_path / "other", "3", progress=False)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("ksrnet-*.yaml")), ids=lambda p: p.name)
 def test_every_ksrnet_config_in_the_repo_loads(path):
     cfg = KSRTrainConfig.load(path)

@@ -418,6 +418,10 @@ def _load_init(module: KSRStageModule, source: Path, skip_recognizer: bool) -> N
         # v1: a v2/final run's stage 1-2 weights without HAM are then exactly a v1 start.
         saved.pop("variant"), mine.pop("variant")
         state = {k: v for k, v in state.items() if not k.startswith("ham.")}
+    # No weight depends on the input grid (convolutions, and attention within windows with relative
+    # positions, padded to any size), so weights trained on one grid are a valid start on another;
+    # load_state_dict still refuses any shape that differs.
+    saved.pop("lr_size"), mine.pop("lr_size")
     if skip_recognizer:
         saved.pop("recognizer"), mine.pop("recognizer")
         state = {k: v for k, v in state.items() if not k.startswith("recognizer.")}
