@@ -288,6 +288,7 @@ def test_score_table_mentions_missing_and_unknown_tracks(scored_tree, tmp_path):
     assert "│all│4│50.00│28.57│71.43│37.50│1│1│" in out, result.stdout
     assert re.search(r"\b1 tracks? ha(s|ve) no prediction", result.stderr), result.stderr
     assert re.search(r"\b1 predictions? names? unknown tracks?", result.stderr), result.stderr
+    assert "track_99999" in result.stderr  # the help says they are listed; only their count was
 
 
 def test_score_warns_about_readings_it_normalised(scored_tree, tmp_path):
@@ -408,6 +409,19 @@ def test_predict_and_eval_reject_unknown_fusion_and_decode_before_reading(tmp_pa
     assert result.exit_code == 2 and "unknown fusion median" in " ".join(result.output.split())
     result = runner.invoke(app, ["predict", str(tmp_path), "--decode", "beam"])
     assert result.exit_code == 2 and "--decode must be nar or ar" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--ablation", "--frames", "1"], "--frames"),
+    (["--ablation", "--fusions", "product", "--backend", "onnx"], "--fusions, --backend"),
+    (["TRACKS", "--presets", "medium"], "--presets"),
+    (["TRACKS", "--synth-tracks", "50"], "--synth-tracks"),
+])
+def test_eval_refuses_options_its_mode_would_ignore(tmp_path, args, named):
+    # They were silently dropped: an ablation "at one frame" read all five, a non-ablation run ignored --presets.
+    result = invoke("eval", *[tmp_path if a == "TRACKS" else a for a in args])
+    assert_exit(result, 2)
+    assert mentions(result.stderr, named), result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +558,9 @@ def test_synth_refuses_bad_codec_seed_and_a_used_folder(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     assert_exit(invoke("synth", a_file, "-n", "1"), 2)
+    result = invoke("synth", a_file / "sub", "-n", "1")  # was a NotADirectoryError traceback
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "cannot write under")
 
 
 @pytest.mark.parametrize("device, message", [("foo", "not a device"), ("cuda:99", "cuda:99")])
@@ -604,6 +621,7 @@ def test_contact_sheet_writes_one_row_per_track_and_the_real_frames(tmp_path):
     (["sheet.txt"], "give a .png"),
     (["sheet.png", "--preset", "foo"], "unknown preset 'foo'"),
     (["sheet.png", "--real", "nowhere"], "is not a folder"),
+    (["sheet.png", "--seed", "-1"], "--seed"),  # was a numpy traceback (seeds must be >= 0)
 ])
 def test_contact_sheet_refuses_bad_options(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

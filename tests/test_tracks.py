@@ -308,6 +308,11 @@ BAD_CASES = {
                                "bottom-left must be [x, y] numbers"),
     "corner not a number": (_annotate(corners={"lr-001.png": {**quad(0, 0), "top-left": ["a", 1]}}),
                             "top-left must be [x, y] numbers"),
+    # Corrupt numbers: 1e39 was kept as an inf corner; an integer of 400 digits was an OverflowError traceback.
+    "corner beyond float32": (_annotate(corners={"lr-001.png": {**quad(0, 0), "top-left": [1e39, 1]}}),
+                              "top-left must be [x, y] numbers"),
+    "corner of 400 digits": (_annotate(corners={"lr-001.png": {**quad(0, 0), "top-left": [10 ** 400, 1]}}),
+                             "top-left must be [x, y] numbers"),
 }
 
 
@@ -340,6 +345,18 @@ def test_truncated_jpeg_fails_even_if_pil_was_told_to_accept_truncation(tmp_path
     with pytest.raises(TrackError, match="lr-002.jpg is truncated"):
         read_track(path)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is put back
+
+
+def test_a_frame_numbered_far_out_is_refused_quickly_with_a_short_message(tmp_path):
+    # A stray date-stamped frame (lr-20240101.png) once made the reader list 20 million missing names.
+    path = tmp_path / "track_1"
+    make_track(path, n=2, ext="png", hr=False, text=None)
+    (path / "lr-002.png").rename(path / "lr-20240101.png")
+    with pytest.raises(TrackError) as info:
+        read_track(path)
+    problem = info.value.problem
+    assert problem.startswith("missing lr-002, lr-003,") and "lr-009 and 20240091 more" in problem
+    assert len(problem) < 300
 
 
 def test_track_error_survives_pickling():

@@ -149,7 +149,10 @@ def score(
         if report.overall.missing:
             err_console.print(f"[yellow]{report.overall.missing} tracks have no prediction (counted wrong)[/yellow]")
         if report.extra_predictions:
-            err_console.print(f"[yellow]{len(report.extra_predictions)} predictions name unknown tracks[/yellow]")
+            # Named, as the help promises: usually an id spelt another way (track_1 for track_00001).
+            extra = report.extra_predictions
+            err_console.print(f"[yellow]{len(extra)} predictions name unknown tracks (not scored):[/yellow] "
+                              f"{escape(', '.join(extra[:5]))}{' ...' if len(extra) > 5 else ''}", soft_wrap=True)
 
 
 @app.command("check-data")
@@ -218,10 +221,15 @@ def synth(
     if out.is_dir() and any(out.iterdir()):
         fail(f"{out} is not empty: give a new or empty folder (an earlier synthetic set there would be mixed "
              "with this one)")
-    with progress_bar() as progress:
-        task = progress.add_task("synthesising tracks", total=tracks)
-        write_synthetic_dataset(out, tracks, seed=seed, preset=preset, fmt=fmt, with_hr=not no_hr, codec=codec,
-                                progress=lambda done, total: progress.update(task, completed=done))
+    try:
+        # A path through a file, or in a place that takes no folders, is refused before any track is made.
+        out.mkdir(parents=True, exist_ok=True)
+        with progress_bar() as progress:
+            task = progress.add_task("synthesising tracks", total=tracks)
+            write_synthetic_dataset(out, tracks, seed=seed, preset=preset, fmt=fmt, with_hr=not no_hr, codec=codec,
+                                    progress=lambda done, total: progress.update(task, completed=done))
+    except OSError as exc:  # disk full midway: the tracks written so far are whole, but the set is not
+        fail(f"cannot write under {out}: {exc.strerror or exc}")
     console.print(f"wrote {tracks} tracks under {out}", markup=False, highlight=False)
 
 
@@ -229,7 +237,7 @@ def synth(
 def contact_sheet_cmd(
     out: Path = typer.Argument(Path("contact_sheet.png"), help="PNG to write."),
     tracks: int = typer.Option(8, "--tracks", "-n", min=1, help="Synthetic tracks (one row of 5 frames each)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same synthetic rows (as in synth)."),
     preset: str = typer.Option("hard", "--preset", help="easy | medium | hard | mix"),
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real LR frames to show below "
                                         "(e.g. ../shared/real-samples/lrlpr26_frames)."),
@@ -477,6 +485,15 @@ def refuse_duplicate_ids(paths: list, keyed_by_id: str, advice: str) -> None:
              f"{shown}{' ...' if len(dupes) > 5 else ''}; {advice}")
 
 
+def refuse_given(ctx: typer.Context, names: tuple, why: str) -> None:
+    """End with one line naming the options among `names` (parameter names) that the user gave,
+    rather than run without them as if they had been honoured."""
+    given = [p.opts[0] for p in ctx.command.params if p.name in names
+             and ctx.get_parameter_source(p.name).name in ("COMMANDLINE", "ENVIRONMENT")]
+    if given:
+        fail(f"{', '.join(given)} {why}")
+
+
 def _truth_of_unreadable(path: Path):
     """Ground truth of a track whose frames cannot be read, if its annotations can."""
     from ksrnet.tracks import TrackError
@@ -489,6 +506,7 @@ def _truth_of_unreadable(path: Path):
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     tracks: Optional[Path] = typer.Argument(None, help="Annotated LRLPR-26 folder (or `ksrnet synth` output); "
                                             "optional with --ablation."),
     model: Optional[List[str]] = typer.Option(None, "--model", help="Model name, .safetensors file or run dir; "
@@ -526,6 +544,8 @@ def eval_cmd(
     from ksrnet.metrics import GroundTruth, Reading, score as score_readings
 
     if ablation:
+        # The ablation rows fix their own frames and fusions and read with torch: these would be ignored.
+        refuse_given(ctx, ("fusions", "frame_counts", "backend"), "do not apply to --ablation")
         _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
                   parse_tta_views(tta, tta_views), ensemble, as_json, calibration)
         return
@@ -533,6 +553,7 @@ def eval_cmd(
         fail("eval needs TRACKS (an annotated folder) unless --ablation is given")
     if ksrnet_models or markdown is not None:
         fail("--ksrnet and --markdown belong to --ablation")
+    refuse_given(ctx, ("synth_tracks", "presets"), "belong to --ablation")
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     counts = _frame_counts(frame_counts)

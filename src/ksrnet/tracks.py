@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -35,6 +36,8 @@ FRAME_KINDS = ("lr", "hr")
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 # Real LRLPR-26 crops of one track differ by a few pixels; only a gross mismatch hints at a mixed-up track.
 MAX_AREA_RATIO = 4.0
+# Frame names quoted in one error message, at most (a folder may hold thousands of stray frames).
+MAX_NAMES_SHOWN = 8
 
 _FRAME_RE = re.compile(r"^(lr|hr)-(\d+)\.(png|jpe?g)$", re.IGNORECASE)
 _FRAME_LIKE_RE = re.compile(r"^(lr|hr)-\d+\.[^.]+$", re.IGNORECASE)
@@ -336,8 +339,18 @@ def _parse_quad(name: str, value, fail: Callable[[str], TrackError]) -> np.ndarr
     return out
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number the float32 corners can hold: a corrupt 1e39 would become inf, and an integer of
+    hundreds of digits does not even convert to a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+    except OverflowError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,10 +396,15 @@ def _check_numbering(kind: str, frames: list[tuple[int, str]], fail: Callable[[s
         if number in by_number:
             raise fail(f"two files for {kind} frame {number}: {by_number[number]} and {name}")
         by_number[number] = name
-    missing = [n for n in range(1, max(by_number) + 1) if n not in by_number]
-    if missing:
+    last = max(by_number)
+    if last > len(by_number):
+        # Counted, never listed in full: a stray lr-20240101.png must not make a 20-million-name message.
+        missing = itertools.islice((n for n in range(1, last + 1) if n not in by_number), MAX_NAMES_SHOWN)
         names = ", ".join(f"{kind}-{n:03d}" for n in missing)
-        raise fail(f"missing {names} (found {', '.join(by_number.values())})")
+        more = last - len(by_number) - MAX_NAMES_SHOWN
+        found = list(by_number.values())
+        raise fail(f"missing {names}{f' and {more} more' if more > 0 else ''} "
+                   f"(found {', '.join(found[:MAX_NAMES_SHOWN])}{', ...' if len(found) > MAX_NAMES_SHOWN else ''})")
     return [name for _, name in frames]
 
 
