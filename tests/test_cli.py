@@ -113,6 +113,15 @@ def test_check_data_good_tree_json_counts_and_sizes(good_tree):
     assert stats["failures"] == [] and stats["warnings"] == []
 
 
+def test_check_data_notes_track_ids_in_two_folders_that_predict_would_refuse(good_tree):
+    make_track(good_tree / "test" / "track_00001", n=5, lr_size=(50, 16), text=None, seed=5)
+    result = invoke("check-data", good_tree, "--json")
+    assert_exit(result, 0)  # a valid training set; only reading it as one set is refused
+    assert json.loads(result.stdout)["tracks_ok"] == 5  # the note is not in the JSON
+    assert mentions(result.output, "1 track id(s) occur in more than one folder (track_00001)")
+    assert "more than one folder" not in invoke("check-data", good_tree / "train").output
+
+
 def test_check_data_good_tree_table(good_tree):
     result = invoke("check-data", good_tree)
     assert_exit(result, 0)

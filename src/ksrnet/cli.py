@@ -183,8 +183,24 @@ def check_data(
         print(json.dumps(stats.as_dict(), indent=2))
     else:
         stats.print(console)
+    note_duplicate_ids(paths)
     if stats.failures:
         raise typer.Exit(1)
+
+
+def note_duplicate_ids(paths: list) -> None:
+    """Warn of track ids found in more than one folder: fine for training, but predict and eval key
+    their outputs by track id and refuse such a set (read one split or scenario at a time)."""
+    from rich.markup import escape
+
+    from ksrnet.tracks import duplicate_ids
+
+    dupes = duplicate_ids(path.name for path in paths)
+    if dupes:
+        err_console.print(f"[yellow]note:[/yellow] {len(dupes)} track id(s) occur in more than one folder "
+                          f"({escape(', '.join(dupes[:5]))}{' ...' if len(dupes) > 5 else ''}): predict and eval "
+                          "key their outputs by track id and refuse such a set; read one split or scenario at a time",
+                          soft_wrap=True)
 
 
 @app.command()
@@ -200,7 +216,7 @@ def synth(
 ) -> None:
     """Generate synthetic tracks with known text, corners, flow to the reference frame and canonical HR.
 
-    Each track folder holds lr-001..005.png, hr-001..005.png, annotations.json (plate_text,
+    Each track folder holds lr-001..005.png, hr-001..005.png (.jpg with --format jpg), annotations.json (plate_text,
     plate_layout, corners) and synth_gt.npz (flows, homographies to the canonical plate, the
     canonical HR plate; see ksrnet/synth/dataset.py).
     """
