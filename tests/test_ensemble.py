@@ -49,3 +49,50 @@ def test_bad_ensembles_are_refused():
         EnsembleReader([FixedReader([])], "vote")
     with pytest.raises(ValueError, match="ensemble rule"):
         EnsembleReader([FixedReader([]), FixedReader([])], "median")
+
+
+def test_a_tied_vote_goes_to_the_text_with_the_higher_vote_confidence():
+    # 2-2 split: ABC1234 has the single most confident member (0.9) but the lower share (0.95 / 4),
+    # XYZ9876 the higher (1.2 / 4); the reading returned must be the one its own confidence ranks first.
+    members = [FixedReader([("ABC1234", 0.9)]), FixedReader([("ABC1234", 0.05)]),
+               FixedReader([("XYZ9876", 0.6)]), FixedReader([("XYZ9876", 0.6)])]
+    out = EnsembleReader(members, "vote").read([Track("t1", [])], ["product"])["product"][0]
+    assert out.text == "XYZ9876" and out.confidence == pytest.approx(1.2 / 4)
+
+
+class OneRowReader(Reader):
+    """A restoration-like member: one row of logits per track, whatever its frame count."""
+
+    def __init__(self, seed: int):
+        import torch
+
+        from ksrnet.plates import layout_masks
+
+        self.seed, self.tta_views, self.temperatures = seed, None, {}
+        self.masks = torch.from_numpy(layout_masks())
+
+    def frames_used(self, tracks, frame_count):
+        return [len(t.lr) if frame_count is None else min(frame_count, len(t.lr)) for t in tracks]
+
+    def track_logits(self, tracks, frame_count=None):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed)
+        return [(3 * torch.randn(1, 7, len(self.masks[0, 0]), generator=g), torch.randn(1, 2, generator=g))
+                for _ in tracks]
+
+
+def test_a_logit_ensemble_of_restoration_members_picks_the_calibration_of_the_frames_read():
+    from types import SimpleNamespace
+
+    from ksrnet.ensemble_calibration import EnsembleCalibration, Member
+
+    members = [OneRowReader(0), OneRowReader(1)]
+    calibration = EnsembleCalibration(rule="logit", members=[Member("a", "ksrnet", "1"), Member("b", "ksrnet", "2")],
+                                      temperatures={"product@5": 3.0, "product@1": 0.5})
+    track = SimpleNamespace(track_id="t1", lr=[None] * 5)
+    out = EnsembleReader(members, "logit", calibration=calibration).read([track], ["product"])["product"][0]
+    assert out.frames_used == 5 and out.calibrated
+    hot = EnsembleReader(members, "logit", calibration=EnsembleCalibration(
+        rule="logit", members=calibration.members, temperatures={"product": 3.0})).read([track], ["product"])
+    assert out.confidence == pytest.approx(hot["product"][0].confidence)  # T = 3, not product@1's 0.5

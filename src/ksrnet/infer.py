@@ -238,8 +238,9 @@ class EnsembleReader(Reader):
 
     rule "logit": every member's per-frame log-probabilities are averaged, then fused like one
     model's. rule "vote": each member fuses on its own; the reading most members give wins (ties go
-    to the most confident), with confidence = the agreeing members' confidences summed over all
-    members, so a split vote cannot come out confident.
+    to the higher confidence), with confidence = the agreeing members' confidences summed over all
+    members, so a split vote cannot come out confident. Its characters' probabilities and alternatives
+    are those of the most confident agreeing member.
 
     calibration (ksrnet.ensemble_calibration.EnsembleCalibration, fitted for these members and this
     rule): "logit" divides the averaged log-probabilities by its temperatures before fusion; "vote"
@@ -260,6 +261,12 @@ class EnsembleReader(Reader):
         # The ensemble's own keys are plain: its calibration file records the TTA views it was fitted with.
         self.tta_views = None
         self.masks = self.readers[0].masks
+
+    def frames_used(self, tracks: list, frame_count: int | None) -> list[int] | None:
+        """The members' own count: restoration members give one row of logits per track, and without
+        this a 5-frame track would pick the "rule@1" calibration (or none) instead of "rule@5"."""
+        counts = [r.frames_used(tracks, frame_count) for r in self.readers]
+        return next((c for c in counts if c is not None), None)
 
     def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         per_member = [r.track_logits(tracks, frame_count) for r in self.readers]
@@ -282,8 +289,12 @@ class EnsembleReader(Reader):
             for i in range(len(tracks)):
                 readings = [m[rule][i] for m in members]
                 votes = Counter(r.text for r in readings)
-                best = max(readings, key=lambda r: (votes[r.text], r.confidence))
-                confidence = sum(r.confidence for r in readings if r.text == best.text) / len(readings)
+                # The vote's confidence of each text; a tie in votes goes to the higher one, so the
+                # reading returned is never less confident (by the confidence reported) than a tied rival.
+                share = {text: sum(r.confidence for r in readings if r.text == text) / len(readings) for text in votes}
+                text = max(votes, key=lambda t: (votes[t], share[t]))
+                best = max((r for r in readings if r.text == text), key=lambda r: r.confidence)
+                confidence = share[text]
                 mapping = pick_calibration(self.confidence_maps, rule, best.frames_used)
                 rows.append(replace(best, confidence=mapping(confidence) if mapping else confidence,
                                     calibrated=mapping is not None))
