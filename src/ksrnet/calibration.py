@@ -166,6 +166,12 @@ class FitFigures:
 @dataclass(frozen=True)
 class CalibrationFit(FitFigures):
     temperature: float
+    # For rules that pick a frame or vote (single, the majorities) the temperature can change the reading
+    # itself, which the fit (lowest cross-entropy) does not weigh: the rate at T = 1, to compare.
+    recognition_rate_at_1: float | None = None
+    # No optimum was found: the set has no right reading (the cross-entropy then falls as T grows
+    # until confidences underflow), or the best T is the searched range's end (confidences far off).
+    unbounded: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -195,7 +201,9 @@ def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
     for step in FINE_STEPS:
         consider(centre * step)
     loss, t, conf, right = best
-    return CalibrationFit(temperature=float(t), **FitFigures.measure(rule, conf1, conf, right, right1))
+    unbounded = not right.any() or not COARSE_GRID[0] < t < COARSE_GRID[-1]
+    return CalibrationFit(temperature=float(t), recognition_rate_at_1=float(np.mean(right1)), unbounded=unbounded,
+                          **FitFigures.measure(rule, conf1, conf, right, right1))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1010,6 +1010,7 @@ def calibrate(
         table.add_row(f.fusion, "all" if c is None else str(c), fitted, _fmt(f.recognition_rate),
                       _fmt(f.ece_before), _fmt(f.ece_after), _fmt(f.gap_before), _fmt(f.gap_after))
     console.print(table)
+    note_doubtful_fits(fits)
     if by_reading:
         console.print("isotonic maps of the vote's confidence: ECE after is in-sample, where such a map fits its own "
                       "bins; judge it on other tracks (`ksrnet eval ... --calibration FILE`)")
@@ -1019,6 +1020,22 @@ def calibrate(
         _write_ensemble_calibration(out, reader, models, views, fits, source)
     else:
         _store_temperatures(models[0], views, fits, source, seen_counts)
+
+
+def note_doubtful_fits(fits: list) -> None:
+    """Say where a fitted temperature should not be trusted as it is: it lies at the end of the range
+    searched, or it changed which reading a frame-picking or voting rule gives (and so its RR)."""
+    for c, f in fits:
+        where = f"{f.fusion} at F={'all' if c is None else c}"
+        if getattr(f, "unbounded", False):
+            err_console.print(f"[yellow]note:[/yellow] {where}: no best temperature was found (no validation reading "
+                              f"is right, or the confidences are far off), so {f.temperature:.2f} is where the search "
+                              "stopped; fit on tracks the model reads better before relying on it", soft_wrap=True)
+        before = getattr(f, "recognition_rate_at_1", None)
+        if before is not None and abs(before - f.recognition_rate) > 1e-9:
+            err_console.print(f"[yellow]note:[/yellow] {where}: the temperature changes which reading this rule gives: "
+                              f"RR {_fmt(before)} % at T = 1, {_fmt(f.recognition_rate)} % with the fitted "
+                              f"{f.temperature:.2f}", soft_wrap=True)
 
 
 def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: list, source: str) -> None:
