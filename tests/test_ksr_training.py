@@ -386,6 +386,27 @@ def test_interrupted_stage_resumes(tmp_path, recognizer_path, step_recorder):
         train_ksrnet(other, run, "2", progress=False)
 
 
+def test_resumed_stage_takes_the_changed_lr_floor_and_weight_decay(tmp_path, recognizer_path):
+    """The checkpoint's optimizer and scheduler states used to override a changed stage lr, min_lr
+    and weight_decay, though the resume warning said training continued under the new values."""
+    run = tmp_path / "run"
+    stage = {"schedule": "cosine_restarts", "restart_steps": 10, "lr": 1e-3, "min_lr": 1e-6, "weight_decay": 1e-4}
+    train_ksrnet(micro(recognizer_path, stage1=stage), run, "1", progress=False)
+    changed = {**stage, "max_epochs": 2, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05}
+    with pytest.warns(UserWarning, match="changed config section"):
+        train_ksrnet(micro(recognizer_path, stage1=changed), run, "1", progress=False)
+    state = torch.load(run / "stage-1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4
+    # Another schedule cannot take over the checkpoint's scheduler state: refused, not a traceback.
+    with pytest.raises(ValueError, match="stage1.schedule cannot change"):
+        train_ksrnet(micro(recognizer_path, stage1={**changed, "schedule": "cosine"}), run, "1", progress=False)
+    sched = state["lr_schedulers"][0]
+    assert sched["base_lrs"] == pytest.approx([1e-4, 1e-4]) and sched["eta_min"] == 1e-7
+    decay, no_decay = state["optimizer_states"][0]["param_groups"]
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["lr"] <= 1e-4
+
+
 def test_bad_recognizer_or_foreign_run_dir_leave_the_run_dir_usable(tmp_path, recognizer_path):
     from ksrnet.train_config import TrainConfig
     from ksrnet.weights import ModelLoadError
@@ -402,6 +423,18 @@ def test_bad_recognizer_or_foreign_run_dir_leave_the_run_dir_usable(tmp_path, re
     TrainConfig().save(other / "config.yaml")
     with pytest.raises(ConfigError, match="holds a run this command cannot resume"):
         train_ksrnet(micro(recognizer_path), other, "1", progress=False)
+
+
+def test_a_model_refused_by_init_weights_is_not_recorded_as_the_runs(tmp_path, recognizer_path):
+    """config.yaml was written before init_weights were loaded: after a model they do not fit, the
+    corrected config's rerun was refused as "a run with another model"."""
+    train_ksrnet(micro(recognizer_path), tmp_path / "first", "1", progress=False)
+    start, run = str(tmp_path / "first"), tmp_path / "run"
+    wrong = micro(recognizer_path, init_weights=start, model={"flow": {"base_channels": 8}})
+    with pytest.raises(ValueError, match="another KSR-Net config"):
+        train_ksrnet(wrong, run, "1", progress=False)
+    assert not (run / "config.yaml").exists()
+    assert train_ksrnet(micro(recognizer_path, init_weights=start), run, "1", progress=False).is_file()
 
 
 def test_rerunning_an_earlier_stage_keeps_the_run_dirs_latest_weights(tmp_path, recognizer_path):

@@ -152,6 +152,9 @@ def test_replace_keeps_other_sections():
     (micro(trainer={"checkpoint_every_n_steps": 0}), ["trainer", "checkpoint_every_n_steps must be >= 1"]),
     (micro(trainer={"gradient_clip": -1.0}), ["trainer", "gradient_clip must be >= 0"]),
     ({**MICRO, "init_weights": 5}, ["init_weights", "expected a path or name", "5"]),
+    # Non-finite numbers: .inf crashed in Lightning's timer, .nan got a message about clip_gradients.
+    (micro(trainer={"max_minutes": float("inf")}), ["trainer.max_minutes", "finite", "inf"]),
+    (micro(trainer={"gradient_clip": float("nan")}), ["trainer.gradient_clip", "finite", "nan"]),
 ])
 def test_bad_configs_raise_config_error_naming_the_problem(tmp_path, data, needles):
     path = write_yaml(tmp_path / "bad.yaml", data)
@@ -216,6 +219,17 @@ def test_cli_train_refuses_unusable_weights_or_data_in_one_line(tmp_path, kind, 
     result = invoke("train", config, "--run-dir", tmp_path / "run")
     assert_refused(result, *needles)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_corrected_init_weights_reruns_in_the_same_run_dir(tmp_path):
+    """A refused init_weights is not recorded in config.yaml: the corrected config's rerun was
+    refused as "a run with another model config or init_weights" though nothing had trained."""
+    run = tmp_path / "run"
+    assert_refused(invoke("train", write_yaml(tmp_path / "bad.yaml", _unusable("init_missing", tmp_path)),
+                          "--run-dir", run), "init_weights", "nope.safetensors")
+    assert not (run / "config.yaml").exists()
+    assert_ok(invoke("train", write_yaml(tmp_path / "good.yaml", MICRO), "--run-dir", run))
+    assert (run / "model.safetensors").is_file()
 
 
 def test_cli_train_refuses_a_run_dir_it_cannot_resume(tmp_path):
@@ -555,6 +569,32 @@ def test_resume_with_more_epochs_continues_the_run(trained_run, tmp_path, counte
     assert json.loads((run / "model.json").read_text())["val_rr_track_product"] == rr
 
 
+def test_resume_trains_on_under_a_changed_lr_and_weight_decay(trained_run, tmp_path):
+    """Lightning's restore put the checkpoint's lr and weight decay back: a resumed run trained on
+    under the old ones while the warning and config.yaml said the new ones applied."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = TrainConfig.from_dict(micro(optim={"lr": 3e-4, "weight_decay": 0.05}, trainer={"max_epochs": 2}))
+    with pytest.warns(UserWarning, match="changed config section"):
+        training.train(cfg, run, progress=False)
+    state = ckpt(run)
+    assert state["global_step"] == 2 * STEPS_PER_EPOCH
+    decay, no_decay = state["optimizer_states"][0]["param_groups"]
+    assert decay["max_lr"] == pytest.approx(3e-4) and decay["weight_decay"] == 0.05
+    assert no_decay["max_lr"] == pytest.approx(3e-4) and no_decay["weight_decay"] == 0.0
+
+
+def test_resume_refuses_another_schedule_before_touching_the_run(trained_run, tmp_path):
+    """The checkpoint's one-cycle state restored into a cosine scheduler (or back) failed at the
+    first step with a traceback (KeyError 'max_lr'), after config.yaml had recorded the new schedule."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "config.yaml").read_text()
+    config = write_yaml(tmp_path / "cosine.yaml", micro(optim={"schedule": "cosine"}, trainer={"max_epochs": 2}))
+    assert_refused(invoke("train", config, "--run-dir", run), "optim.schedule cannot change", "new run dir")
+    assert (run / "config.yaml").read_text() == before
+
+
 def test_no_resume_starts_over(trained_run, tmp_path, counter):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -562,6 +602,8 @@ def test_no_resume_starts_over(trained_run, tmp_path, counter):
     assert_ok(invoke("train", config, "--run-dir", run, "--no-resume"))
     assert counter.started_at == [0] and len(counter.batches) == STEPS_PER_EPOCH
     assert ckpt(run)["global_step"] == STEPS_PER_EPOCH
+    # The replaced run's best checkpoint is gone, not left beside the new one's (best-...-v1.ckpt).
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch=0-step=2.ckpt", "last.ckpt"]
 
 
 def test_crashed_run_resumes_mid_epoch(tmp_path, counter):

@@ -306,7 +306,8 @@ def train_cmd(
     devices: Optional[int] = typer.Option(None, "--devices", help="Devices per node (overrides the config)."),
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Nodes for DDP (overrides the config)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Overrides trainer.max_epochs."),
-    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if run-dir holds a checkpoint."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if run-dir holds a checkpoint "
+                                   "(its checkpoints are deleted when training starts)."),
 ) -> None:
     """Train the PARSeq recognizer on on-the-fly synthetic tracks and/or an LRLPR-26 folder.
 

@@ -68,8 +68,9 @@ from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
 from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_probs
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
-from ksrnet.train_config import ConfigError, check_resumable
-from ksrnet.training import WallClockLR, _EpochSetter, _precision, previous_metadata
+from ksrnet.train_config import ConfigError, check_resumable, check_schedule_kept
+from ksrnet.training import (WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata,
+                              reapply_optim_settings)
 from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
@@ -331,6 +332,12 @@ class KSRStageModule(WallClockLR, L.LightningModule):
             self.log(f"val/{k}", value, prog_bar=True, sync_dist=True)
         self._val.clear()
 
+    def on_train_start(self):
+        if self._restored_step is not None:  # resumed: the checkpoint's lr / weight decay were restored
+            sc: StageConfig = self.config.stage(self.stage)
+            reapply_optim_settings(self.trainer.optimizers[0], self.lr_schedulers(),
+                                   None if sc.schedule == "time_cosine" else sc.lr, sc.weight_decay, sc.min_lr)
+
     def wall_clock_plan(self):
         sc: StageConfig = self.config.stage(self.stage)
         return (sc.lr, sc.max_minutes, sc.warmup_fraction, sc.min_lr / sc.lr) if sc.schedule == "time_cosine" else None
@@ -467,7 +474,10 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if resume:
-        check_resumable(config, run_dir, ("model", "recognizer_weights"), "model or recognizer")
+        saved = check_resumable(config, run_dir, ("model", "recognizer_weights"), "model or recognizer")
+        if saved is not None:
+            check_schedule_kept(saved.stage(stage).schedule, sc.schedule, stage_key(stage),
+                                stage_dir(run_dir, stage) / "checkpoints" / "last.ckpt")
     if stage == "3" and config.recognizer_weights is None:
         raise ConfigError("stage 3 needs recognizer_weights (its perceptual / semantic losses read the SR image)")
     # Before config.yaml is written: a mistyped recognizer_weights saved there made the corrected
@@ -477,9 +487,7 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     if blocks and max(blocks) >= depth:  # else refused only when stage 3 starts, after the other stages
         raise ConfigError(f"losses.perceptual_blocks {blocks}: the recognizer's encoder has {depth} block(s), "
                           f"indices 0..{depth - 1}")
-    config.save(config_path)
     sdir = stage_dir(run_dir, stage)
-    sdir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.data.seed + STAGES.index(stage), workers=True, verbose=False)
     module = KSRStageModule(config, stage, model_config)
     ckpt_dir = sdir / "checkpoints"
@@ -491,6 +499,9 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
             _load_init(module, source, skip_recognizer=recognizer is not None)
     if recognizer is not None:
         module.model.recognizer.load_state_dict(recognizer.state_dict())
+    # Only now: a model refused by init_weights, saved as the run's, made the corrected rerun refused.
+    config.save(config_path)
+    sdir.mkdir(parents=True, exist_ok=True)
 
     train_data, val_data = build_stage_data(config, model_config, stage)
     t = config.trainer
@@ -527,6 +538,8 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0,
     )
+    if not resume:
+        discard_checkpoints(ckpt_dir)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None)
     if trainer.interrupted:
         raise RuntimeError(f"stage {stage} was interrupted; run it again to resume from {last}")

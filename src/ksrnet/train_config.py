@@ -7,6 +7,7 @@ and trainer need. Unknown keys are errors so a typo in a YAML file never silentl
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ def _check_types(cls, data: dict, where: str) -> None:
                 except ValueError:
                     pass
             raise ConfigError(f"{where}.{f.name}: expected {' or '.join(names)}, got {value!r}{hint}")
+        # YAML's .inf / .nan pass every range check written as a comparison that fails (nan) or holds
+        # (inf > 0): max_minutes: .inf crashed in Lightning's timer with a traceback.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{f.name}: expected a finite number, got {value!r}")
 
 
 def load_yaml_mapping(path: str | Path) -> dict:
@@ -87,16 +92,17 @@ def changed_sections(saved, config) -> list[str]:
     return [f.name for f in fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
 
 
-def check_resumable(config, run_dir: Path, fixed: tuple[str, ...], what: str) -> None:
+def check_resumable(config, run_dir: Path, fixed: tuple[str, ...], what: str):
     """Before a run continues in run_dir under config (a TrainConfig or KSRTrainConfig): refuse a run
     dir of the other kind, or one started with other `fixed` sections (`what` names them to the
     user); warn (not refuse: extending --max-epochs is a change too) of any other changed section,
-    since config.yaml is then replaced by the new values. A run dir without config.yaml is fresh."""
+    since config.yaml is then replaced by the new values. A run dir without config.yaml is fresh.
+    Returns the saved config (None for a fresh run dir)."""
     import warnings
 
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.exists():
-        return
+        return None
     try:
         saved = type(config).load(config_path)
     except ConfigError as exc:  # e.g. a KSR-Net run dir: "unknown section(s)" alone blamed the user's config
@@ -107,6 +113,15 @@ def check_resumable(config, run_dir: Path, fixed: tuple[str, ...], what: str) ->
     if changed:
         warnings.warn(f"resuming {run_dir} with changed config section(s) {', '.join(changed)}: training "
                       "continues under the new values, and its config.yaml now records them", stacklevel=3)
+    return saved
+
+
+def check_schedule_kept(saved: str, schedule: str, where: str, checkpoint: Path) -> None:
+    """A checkpoint holds its schedule's state (or none): restored into another schedule's scheduler
+    it failed at the first step (KeyError 'max_lr' for cosine -> onecycle) or was silently ignored."""
+    if Path(checkpoint).exists() and saved != schedule:
+        raise ValueError(f"{where}.schedule cannot change from {saved} to {schedule} in a run that resumes "
+                         f"from {checkpoint}; use a new run dir (init_weights can start it from this run's weights)")
 
 
 def check_track_source(data, *, tracks: str, preset: str, frames: str) -> None:

@@ -17,7 +17,7 @@ from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
-from ksrnet.train_config import TrainConfig, check_resumable
+from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
 
 
 class RecognizerSamples(IterableDataset):
@@ -113,6 +113,42 @@ class WallClockLR:
         return self._restored_step is not None and self._restored_step == self.trainer.global_step
 
 
+def reapply_optim_settings(optimizer, scheduler, lr: float | None, weight_decay: float,
+                           min_lr: float | None = None) -> None:
+    """Put the config's peak learning rate and weight decay back after Lightning restored a checkpoint.
+
+    The restore replaces the param groups (lr, weight_decay and the anchors the schedulers read:
+    initial_lr, max_lr, min_lr) and the schedulers' base_lrs with the checkpoint's, so a run resumed
+    with a changed lr or weight_decay trained on under the old ones while config.yaml recorded the new.
+    The schedule keeps its position; its learning rates are rescaled by new peak / old peak.
+    ``lr`` None: the rate is set from the wall clock before every step (time_cosine). Group 0 is the
+    decayed group (both modules' configure_optimizers), the others are never decayed.
+    """
+    groups = optimizer.param_groups
+    groups[0]["weight_decay"] = weight_decay
+    if lr is not None:
+        old = groups[0].get("max_lr", groups[0].get("initial_lr", groups[0]["lr"]))  # onecycle / others / none
+        ratio = lr / old
+        for group in groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] *= ratio
+        if scheduler is not None:
+            scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+    if min_lr is not None and hasattr(scheduler, "eta_min"):  # warm restarts: an absolute floor
+        scheduler.eta_min = min_lr
+    if scheduler is not None:
+        scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def discard_checkpoints(ckpt_dir: Path) -> None:
+    """Delete the checkpoints of the run a fresh start (resume off) replaces: its last.ckpt is
+    overwritten anyway, and its best-*.ckpt stayed beside the new run's (named -v1), two runs mixed
+    under one config.yaml."""
+    for path in Path(ckpt_dir).glob("*.ckpt"):
+        path.unlink(missing_ok=True)  # under DDP every rank runs this, on a shared folder
+
+
 def previous_metadata(weights: Path) -> dict:
     """The JSON beside weights written earlier ({} when absent or unreadable)."""
     import json
@@ -190,6 +226,12 @@ class RecognizerModule(WallClockLR, L.LightningModule):
         self.log("val/rr_track_product", float(arr[:, 1].mean()), prog_bar=True, sync_dist=True)
         self._val.clear()
 
+    def on_train_start(self):
+        if self._restored_step is not None:  # resumed: the checkpoint's lr / weight decay were restored
+            o = self.config.optim
+            reapply_optim_settings(self.trainer.optimizers[0], self.lr_schedulers(),
+                                   None if o.schedule == "time_cosine" else o.lr, o.weight_decay)
+
     def wall_clock_plan(self):
         o = self.config.optim
         return (o.lr, self.config.trainer.max_minutes, o.warmup_fraction, 1e-3) if o.schedule == "time_cosine" else None
@@ -266,6 +308,25 @@ def build_datasets(config: TrainConfig):
     return RecognizerSamples(train, config), RecognizerSamples(val, config)
 
 
+def initial_model(config: TrainConfig) -> Parseq | None:
+    """The recognizer config.init_weights holds, fitted to config.model (None without init_weights)."""
+    if not config.init_weights:
+        return None
+    from ksrnet.weights import ModelLoadError, load_model
+
+    try:
+        start, meta = load_model(config.init_weights)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"init_weights: {exc}") from None
+    if ParseqConfig.from_dict(meta["config"]) != config.model:
+        try:  # a model of another input size keeps its weights; its position table is resampled
+            start = adapt_to_input_size(start, config.model)
+        except ValueError:
+            raise ValueError(f"init_weights {config.init_weights} were built with another model config "
+                             "(only img_h / img_w may differ)") from None
+    return start
+
+
 def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: bool = True) -> Path:
     """Train the recognizer into run_dir; resumes from run_dir/checkpoints/last.ckpt when present.
 
@@ -279,10 +340,16 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    if resume:
-        # init_weights too: a run resumed from its last.ckpt never reads them, so a config meant to
-        # continue the finished run's weights trained nothing (its time budget was spent) and exported them.
-        check_resumable(config, run_dir, ("model", "init_weights"), "model config or init_weights")
+    # init_weights too: a run resumed from its last.ckpt never reads them, so a config meant to
+    # continue the finished run's weights trained nothing (its time budget was spent) and exported them.
+    saved = check_resumable(config, run_dir, ("model", "init_weights"), "model config or init_weights") \
+        if resume else None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if saved is not None:
+        check_schedule_kept(saved.optim.schedule, config.optim.schedule, "optim", last)
+    # Before config.yaml is written: init_weights is a fixed section of the run dir, so a mistyped or
+    # unfitting one saved there made the corrected config's rerun refused as "another init_weights".
+    start = None if resume and last.exists() else initial_model(config)
     config.save(config_path)
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     train_samples, val_samples = build_datasets(config)
@@ -319,21 +386,10 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         num_sanity_val_steps=0,
     )
-    last = ckpt_dir / "last.ckpt"
-    if config.init_weights and not (resume and last.exists()):
-        from ksrnet.weights import ModelLoadError, load_model
-
-        try:
-            start, meta = load_model(config.init_weights)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"init_weights: {exc}") from None
-        if ParseqConfig.from_dict(meta["config"]) != config.model:
-            try:  # a model of another input size keeps its weights; its position table is resampled
-                start = adapt_to_input_size(start, config.model)
-            except ValueError:
-                raise ValueError(f"init_weights {config.init_weights} were built with another model config "
-                                 "(only img_h / img_w may differ)") from None
+    if start is not None:
         module.model.load_state_dict(start.state_dict())
+    if not resume:
+        discard_checkpoints(ckpt_dir)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
     if not trainer.interrupted:
         # ModelCheckpoint refreshes last.ckpt only every checkpoint_every_n_steps: without this, a
