@@ -137,6 +137,7 @@ def test_replace_keeps_other_sections():
     (micro(optim={"schedule": "linear"}), ["optim", "onecycle"]),
     (micro(optim={"lr": 2.0}), ["optim", "lr must be in (0, 1)"]),
     (micro(optim={"lr": "1e-3"}), ["optim.lr", "expected float", "'1e-3'", "0.001"]),
+    (micro(trainer={"precision": 32}), ["trainer.precision", "expected str", "quote it: '32'"]),
     (micro(trainer={"max_epochs": 0}), ["trainer", "max_epochs"]),
     (micro(trainer={"max_epochs": "ten"}), ["trainer.max_epochs", "expected int", "'ten'"]),
     (micro(trainer={"max_epochs": True}), ["trainer.max_epochs", "expected int"]),

@@ -53,6 +53,8 @@ def _check_types(cls, data: dict, where: str) -> None:
                     hint = " (YAML reads 1e-3 as text: write 1.0e-3 or 0.001)"
                 except ValueError:
                     pass
+            if names == ["str"] and isinstance(value, (int, float)) and not isinstance(value, bool):
+                hint = f" (quote it: '{value}')"  # precision: 32 is read as a number
             raise ConfigError(f"{where}.{f.name}: expected {' or '.join(names)}, got {value!r}{hint}")
         # YAML's .inf / .nan pass every range check written as a comparison that fails (nan) or holds
         # (inf > 0): max_minutes: .inf crashed in Lightning's timer with a traceback.
