@@ -37,7 +37,7 @@ def test_tta_keys_round_trip_and_bad_keys_are_refused(micro_parseq):
                               ("char_majority", None, False)):
         assert parse_temperature_key(temperature_key(rule, frames, tta)) == (rule, frames, tta)
     for bad in ("tta:", "tta:vote", "tta:product@0", "tta:product@x", "TTA:product", "tta:tta:product",
-                "product@", "tta:product@", "product@5@1", 3):
+                "product@", "tta:product@", "product@5@1", "product@05", "tta:product@005", 3):
         assert parse_temperature_key(bad) is None, bad
     model = micro_parseq()
     Reader(model, temperatures={"tta:product@5": 2.0, "tta:product": 1.5, "product": 1.2})

@@ -64,7 +64,8 @@ def parse_temperature_key(key) -> tuple[str, int | None, bool] | None:
         return None
     if not frames:
         return (rule, None, tta) if "@" not in key else None
-    return (rule, int(frames), tta) if frames.isdigit() and int(frames) >= 1 else None
+    # Only the spelling temperature_key writes: "product@05" would be stored and never looked up.
+    return (rule, int(frames), tta) if frames.isdigit() and int(frames) >= 1 and str(int(frames)) == frames else None
 
 
 def checked_temperatures(temperatures: dict[str, float] | None) -> dict[str, float]:
