@@ -24,6 +24,8 @@ def test_ece_of_hand_made_sets():
     assert expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 0, 0, 0]) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         expected_calibration_error([], [])
+    with pytest.raises(ValueError, match="finite"):
+        expected_calibration_error([0.9, float("nan")], [True, False])
 
 
 def test_character_calibration_counts_each_read_character_against_the_truth():

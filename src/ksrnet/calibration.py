@@ -37,6 +37,8 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> flo
     right = np.asarray(correct, dtype=np.float64)
     if conf.shape != right.shape or conf.ndim != 1 or conf.size == 0:
         raise ValueError("confidence and correct must be equal-length, non-empty 1-D sequences")
+    if not np.isfinite(conf).all():  # NaN falls in no bin but would still count in the denominator
+        raise ValueError("confidences must be finite numbers")
     which = np.minimum((conf * bins).astype(int), bins - 1)
     total = 0.0
     for b in range(bins):
