@@ -626,6 +626,23 @@ def test_contact_sheet_writes_one_row_per_track_and_the_real_frames(tmp_path):
     assert heights[1] > heights[0]
 
 
+def test_contact_sheet_shows_real_frames_whole_and_only_lr_ones(tmp_path):
+    from ksrnet.synth.contact_sheet import contact_sheet, real_frames
+
+    real = tmp_path / "real"
+    real.mkdir()
+    big = np.zeros((30, 70, 3), np.uint8)
+    big[0, 0] = big[-1, -1] = 255  # corners a cropped cell would lose
+    Image.fromarray(big).save(real / "track_00001_lr-001_ABC1234_70x30.png")
+    Image.fromarray(np.zeros((40, 90, 3), np.uint8)).save(real / "track_00001_hr-001_LRX1D23.png")  # LR in the text
+    assert [name for name, _ in real_frames(real)] == ["track_00001_lr-001_ABC1234_70x30"]
+    sheet = contact_sheet(1, real_dir=real, scale=1)
+    # Every cell grows to 30x70: a label bar of 14 rows, the cells, 4 rows of padding, per row of the sheet.
+    assert sheet.shape[:2] == (2 * (14 + 30 + 4), 5 * 70)
+    top = 14 + 30 + 4 + 14
+    assert np.array_equal(sheet[top:top + 30, :70], big)  # the real frame, whole
+
+
 @pytest.mark.parametrize("args, message", [
     (["sheet.txt"], "give a .png"),
     (["sheet.png", "--preset", "foo"], "unknown preset 'foo'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -9,15 +10,19 @@ import numpy as np
 
 from ksrnet.synth.dataset import generate_track
 
-CELL_H, CELL_W = 21, 56  # a little above the largest LRLPR-26 LR crop, so nothing is shrunk
+CELL_H, CELL_W = 21, 56  # a little above the largest LRLPR-26 LR crop; grown for any larger frame
+# "lr" as a word of a file name (track_00001_lr-005_..., ..._lr_ABC1234_...), not inside plate text.
+_LR_NAME = re.compile(r"(^|[_\-. ])lr([_\-. ]|\d|$)", re.IGNORECASE)
 
 
-def _cell(frame: np.ndarray) -> np.ndarray:
-    """Frame at native scale, centred on a mid-grey cell (sizes stay comparable across rows)."""
-    cell = np.full((CELL_H, CELL_W, 3), 128, np.uint8)
-    h, w = min(frame.shape[0], CELL_H), min(frame.shape[1], CELL_W)
-    y, x = (CELL_H - h) // 2, (CELL_W - w) // 2
-    cell[y:y + h, x:x + w] = frame[:h, :w]
+def _cell(frame: np.ndarray, size: tuple[int, int] = (CELL_H, CELL_W)) -> np.ndarray:
+    """Frame at native scale, centred on a mid-grey cell of `size` (h, w), which holds it whole
+    (sizes stay comparable across rows)."""
+    cell_h, cell_w = size
+    cell = np.full((cell_h, cell_w, 3), 128, np.uint8)
+    h, w = frame.shape[:2]
+    y, x = (cell_h - h) // 2, (cell_w - w) // 2
+    cell[y:y + h, x:x + w] = frame
     return cell
 
 
@@ -28,10 +33,10 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 
 def real_frames(folder: Path) -> list[tuple[str, np.ndarray]]:
-    """LR frames of a folder of real samples (files with 'lr' in the name), RGB."""
+    """LR frames of a folder of real samples (files with the word 'lr' in the name), RGB."""
     out = []
     for path in sorted(Path(folder).glob("*")):
-        if "lr" in path.name.lower() and path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        if _LR_NAME.search(path.stem) and path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is not None:
                 out.append((path.stem, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
@@ -41,17 +46,20 @@ def real_frames(folder: Path) -> list[tuple[str, np.ndarray]]:
 def contact_sheet(num_tracks: int = 8, *, seed: int = 0, preset: str = "hard", real_dir: Path | None = None,
                   scale: int = 4) -> np.ndarray:
     """RGB image: one row per synthetic track (its 5 LR frames), then a row of real LR frames."""
+    tracks = [generate_track(seed, i, preset=preset) for i in range(num_tracks)]
+    reals = real_frames(real_dir) if real_dir is not None else []
+    frames = [f for t in tracks for f in t.lr] + [f for _, f in reals]
+    size = (max([CELL_H] + [f.shape[0] for f in frames]), max([CELL_W] + [f.shape[1] for f in frames]))
     rows = []
-    for i in range(num_tracks):
-        track = generate_track(seed, i, preset=preset)
-        row = np.hstack([_cell(f) for f in track.lr])
+    for i, track in enumerate(tracks):
+        row = np.hstack([_cell(f, size) for f in track.lr])
         rows.append(_label(cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST),
                            f"synthetic {preset} #{i}: {track.text}"))
-    if real_dir is not None:
-        reals = real_frames(real_dir)
+    if reals:
         for start in range(0, len(reals), 5):
             chunk = reals[start:start + 5]
-            row = np.hstack([_cell(f) for _, f in chunk] + [_cell(np.full((1, 1, 3), 128, np.uint8))] * (5 - len(chunk)))
+            blank = np.full((1, 1, 3), 128, np.uint8)
+            row = np.hstack([_cell(f, size) for _, f in chunk] + [_cell(blank, size)] * (5 - len(chunk)))
             names = "  ".join(n.split("_lr")[0][-12:] for n, _ in chunk)
             rows.append(_label(cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST),
                                f"REAL: {names}"))
