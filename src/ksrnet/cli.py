@@ -901,7 +901,8 @@ def calibrate(
     test set), and prints ECE and confidence gap before and after. predict and eval then use it.
     With --frames 1,3,5 each frame count gets its own temperature (fusing more frames compounds
     confidence), used for tracks of exactly that many frames; temperatures fitted before for other
-    rules or counts are kept.
+    rules or counts are kept. A fit without --frames replaces its rule's per-count temperatures for
+    the frame counts of the tracks it was fitted on (they would take precedence over it).
 
     With --tta the temperatures of reading under the TTA views are fitted and stored as tta:RULE@F
     with the views; a reader with those views uses them, else (none stored, or stored for other

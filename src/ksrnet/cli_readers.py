@@ -51,8 +51,8 @@ def parse_tta_views(tta: bool, views: Optional[str]):
         fail(str(exc))
 
 
-TTA_HELP = ("Test-time augmentation: vote over identity, zoom 0.9/1.1 and gamma 0.8/1.2 views of every frame "
-            "(the flip hurt this model; add it with --tta-views).")
+TTA_HELP = ("Test-time augmentation: average the log-probabilities of identity, zoom 0.9/1.1 and gamma 0.8/1.2 "
+            "views of every frame (the flip hurt this model; add it with --tta-views).")
 TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2 (implies --tta)."
 
 
