@@ -486,6 +486,8 @@ def test_eval_with_the_run_dir(trained_run, synth_tracks):
     result = invoke("eval", synth_tracks, "--model", trained_run, "--fusions", "single,product", "--frames", "1,5")
     assert_ok(result)
     assert "RR%" in plain(result.output) and "product" in result.output and "3tracks" in plain(result.output)
+    # The run was never calibrated: every row says its confidences are raw scores.
+    assert plain("no calibration is fitted for single@F=1, single@F=5, product@F=1, product@F=5") in plain(result.output)
     result = invoke("eval", synth_tracks, "--model", trained_run, "--fusions", "product,char_majority",
                     "--frames", "5", "--json")
     assert_ok(result)
@@ -498,6 +500,7 @@ def test_eval_with_the_run_dir(trained_run, synth_tracks):
         assert 0.0 <= overall["cer"] <= 1.0
         chars = scores[key]["character_calibration"]
         assert chars["characters"] == 21 and 0.0 <= chars["ece"] <= 1.0  # 3 tracks x 7 characters
+        assert scores[key]["calibrated"] is False
 
 
 def test_reader_with_the_trained_model(trained_run):

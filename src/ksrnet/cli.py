@@ -610,9 +610,11 @@ def eval_cmd(
     results = {f"{rule}@F={c}": score_readings(truths, rs) for (rule, c), rs in readings.items()}
     eces = {f"{rule}@F={c}": readings_ece(truths, rs) for (rule, c), rs in readings.items()}
     chars = {f"{rule}@F={c}": character_calibration(truths, rs) for (rule, c), rs in full.items()}
+    # Rows with a confidence no fitted calibration set: their ECE measures raw scores.
+    calibrated = {f"{rule}@F={c}": all(r.calibrated for r in rs.values()) for (rule, c), rs in full.items()}
     if as_json:
-        print(json.dumps({k: v.as_dict() | {"ece": eces[k], "character_calibration": chars[k]} for k, v in results.items()}
-                         | {"unreadable": failures}, indent=2))
+        print(json.dumps({k: v.as_dict() | {"ece": eces[k], "calibrated": calibrated[k], "character_calibration": chars[k]}
+                          for k, v in results.items()} | {"unreadable": failures}, indent=2))
         return
     table = Table(title=escape(f"{tracks}: {len(truths)} tracks"))
     for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "ECE (pts)", "wrong@>=0.9", "char ECE (pts)",
@@ -626,6 +628,11 @@ def eval_cmd(
     console.print(table)
     console.print("char ECE: each read character's probability against whether it is right; chars@>=0.9 wrong: "
                   "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
+    raw = [k for k, ok in calibrated.items() if not ok]
+    if raw:
+        err_console.print("[yellow]note:[/yellow] " + escape(
+            f"no calibration is fitted for {', '.join(raw)}: those rows' confidences are raw scores, not probabilities "
+            "(`ksrnet calibrate --fusions RULE --frames F`)"), soft_wrap=True)
 
 
 def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models: Optional[List[str]],
