@@ -285,6 +285,28 @@ def test_masked_frames_do_not_affect_outputs(variant, policy):
     assert torch.allclose(alone.char_logits, a.char_logits[:1], atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["v1", "final"])
+def test_partial_track_keeps_physical_frame_order_in_the_stft(variant):
+    """A 3-frame track padded to T=5 (last two missing) restores exactly like the 3-frame track.
+    Its reference (frame 1) is swapped into the batch-wide slot 2 for the flow and HAM calls; the
+    STFT must still see frames 0, 1, 2 in that order (its temporal windows and relative temporal
+    bias treat adjacent slots as consecutive frames), not 0, 2, 1."""
+    torch.manual_seed(0)
+    model = perturb(KSRNet(micro(variant))).eval()
+    with torch.no_grad():  # a temporal bias strong enough that frame order visibly matters
+        for block in model.fusion.blocks:
+            block.attn.bias_table.normal_(0.0, 2.0)
+    x3 = frames(1, 3, 16, 48)
+    x5 = torch.cat([x3, frames(1, 2, 16, 48, seed=1)], 1)
+    mask = torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        a, b = model.restore(x3), model.restore(x5, mask)
+    assert a.reference.tolist() == b.reference.tolist() == [1]
+    torch.testing.assert_close(b.sr, a.sr, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.fusion_weights[:, :3], a.fusion_weights, atol=1e-6, rtol=0)
+    assert (b.fusion_weights[:, 3:] == 0).all()
+
+
 def test_mask_validation():
     model = KSRNet(micro()).eval()
     with pytest.raises(ValueError, match="at least one valid frame"):

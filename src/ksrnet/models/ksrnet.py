@@ -33,9 +33,11 @@ Fixed choices, and why:
 * **Reference frame.** ``ref_index="middle"`` uses frame ``T // 2``, ``"last"`` frame ``T - 1``,
   resolved per call from ``T`` (1..N). With a ``frame_mask`` the policy is applied to each track's
   *valid* frames (the middle / last valid one), and that frame is swapped into the batch-wide slot
-  ``T // 2`` (or ``T - 1``) so the batched flow and alignment calls share one index; every
-  per-frame output is swapped back to the caller's order, and ``KSRNetOutput.reference`` says which
-  frame each SR image is registered to (the SR target must be built on that frame's grid).
+  ``T // 2`` (or ``T - 1``) so the batched flow and alignment calls share one index; the aligned
+  features go back to the caller's order before the STFT (whose temporal windows and bias assume
+  consecutive frames), every per-frame output is in the caller's order, and
+  ``KSRNetOutput.reference`` says which frame each SR image is registered to (the SR target must be
+  built on that frame's grid).
 * **Missing frames** (``frame_mask`` False) are replaced by zeros before anything looks at them,
   the STFT masks them out, and their flows, reliabilities and fusion weights are reported as 0, so
   no output depends on their pixels (NaN padding included).
@@ -448,13 +450,20 @@ class KSRNet(nn.Module):
         flows, reliability = self.flow.track_flows(x, r, with_reliability=c.reliability)
         feats = self.extractor(x)
         aligned = self.align(feats, flows, r)  # flows stay >= float32 (sampling positions)
-        fusion = self.fusion(aligned, prep.mask)
+        # The STFT sees the frames in their physical (caller's) order: its temporal windows and
+        # relative temporal bias treat neighbouring slots as consecutive frames, and the swap of
+        # the reference into the batch-wide slot would make non-consecutive frames neighbours.
+        # Its pooling has no notion of the reference, so nothing else depends on the order.
+        fusion_in, fusion_mask = aligned, prep.mask
+        if prep.perm is not None:
+            fusion_in, fusion_mask = _gather_frames(aligned, prep.perm), _gather_frames(prep.mask, prep.perm)
+        fusion = self.fusion(fusion_in, fusion_mask)
         sr = self.head(fusion.fused, x[:, r])
         return RestoreOutput(
             sr=sr,
             flows=_restore_order(flows, prep),
             reliability=_restore_order(reliability, prep),
-            fusion_weights=_restore_order(fusion.weights, prep),
+            fusion_weights=fusion.weights,  # caller's order already, 0 for missing frames
             reference=prep.reference,
             frame_accepted=_restore_order(prep.mask, prep),
         )
