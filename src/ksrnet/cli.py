@@ -454,12 +454,12 @@ def note_uncalibrated(readings: list, fusion: str, ensemble_rule: Optional[str] 
     ensemble_rule: the reader's, when it is an ensemble (calibrated into a file of its own)."""
     from collections import Counter
 
+    from rich.markup import escape
+
     raw = Counter(r.frames_used for r in readings if not r.calibrated)
     if not raw:
         return
     counts = ", ".join(f"{n} frame{'s' if n != 1 else ''}" for n in sorted(raw))
-    from rich.markup import escape
-
     err_console.print("[yellow]note:[/yellow] " + escape(
         f"{sum(raw.values())} of {len(readings)} confidences are not calibrated: nothing is "
         f"fitted for fusion {fusion} at {counts}, so they rank readings but are not probabilities"
@@ -1032,8 +1032,9 @@ def calibrate(
 
 
 def note_doubtful_fits(fits: list) -> None:
-    """Say where a fitted temperature should not be trusted as it is: it lies at the end of the range
-    searched, or it changed which reading a frame-picking or voting rule gives (and so its RR)."""
+    """Say where a fitted temperature should not be trusted as it is: the fit found no optimum (no
+    right reading, or the end of the range searched), or the temperature changed which reading a
+    frame-picking or voting rule gives (and so its RR)."""
     for c, f in fits:
         where = f"{f.fusion} at F={'all' if c is None else c}"
         if getattr(f, "unbounded", False):
