@@ -139,6 +139,25 @@ def test_ham_gradients_reach_the_offset_predictor_and_break_symmetry():
     torch.testing.assert_close(out.weights.sum(2), torch.ones(2, cfg.groups, h, w))
 
 
+def test_a_positive_offset_gain_init_starts_the_points_apart_so_the_weights_learn_at_once():
+    torch.manual_seed(0)
+    h, w = 17, 48
+    feat, ref, flow = torch.randn(2, 8, h, w), torch.randn(2, 8, h, w), torch.zeros(2, 2, h, w)
+    weight_grads = []
+    for gain, apart in ((0.0, False), (0.1, True)):
+        ham = HAM(AlignConfig(**SMALL, offset_gain_init=gain))
+        out = ham.details(feat, ref, flow)
+        assert bool((out.offsets[:, :, 0] - out.offsets[:, :, 1]).abs().max() > 0) == apart
+        assert out.offsets.abs().max() < 0.5 * ham.config.max_offset  # a small start
+        ham.zero_grad()
+        (ham(feat, ref, flow) - ref).square().mean().backward()
+        weight_grads.append(float(ham.weight_head.weight.grad.abs().sum()))
+    # The attention weights get a gradient only where the K samples differ (at gain 0, float rounding).
+    assert weight_grads[1] > 1e4 * weight_grads[0]
+    with pytest.raises(ValueError, match="offset_gain_init"):
+        AlignConfig(offset_gain_init=-0.1)
+
+
 @pytest.mark.parametrize("t", [1, 3, 5])
 @pytest.mark.parametrize("h,w", ODD_SIZES)
 def test_align_track_shapes_and_reference_passthrough(t, h, w):

@@ -58,6 +58,10 @@ class AlignConfig:
     kernel_size: int = 3
     # Largest offset from the flow target, in feature (LR) pixels.
     max_offset: float = 3.0
+    # Starting value of the learnable offset gain. 0: HAM starts as the plain flow warp, but its K
+    # points then coincide, the attention weights get no gradient, and trained runs so far never left
+    # that start (benchmarks/ksrnet_diagnostics.py); > 0 starts the points slightly apart.
+    offset_gain_init: float = 0.0
     # "channel": E has C channels |warped - ref|; "mean": one channel, their mean over channels.
     error_map: str = "channel"
     negative_slope: float = 0.1
@@ -75,12 +79,14 @@ class AlignConfig:
             raise ValueError(f"AlignConfig.kernel_size must be odd, got {self.kernel_size}")
         if self.channels % self.groups:
             raise ValueError(f"AlignConfig.channels={self.channels} is not divisible by groups={self.groups}")
-        for name in ("max_offset", "negative_slope"):
+        for name in ("max_offset", "negative_slope", "offset_gain_init"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"AlignConfig.{name} must be a finite number, got {value!r}")
         if self.max_offset <= 0:
             raise ValueError(f"AlignConfig.max_offset must be > 0, got {self.max_offset}")
+        if self.offset_gain_init < 0:
+            raise ValueError(f"AlignConfig.offset_gain_init must be >= 0, got {self.offset_gain_init}")
         if not 0 <= self.negative_slope < 1:
             raise ValueError(f"AlignConfig.negative_slope must be in [0, 1), got {self.negative_slope}")
         if self.error_map not in ERROR_MAPS:
@@ -168,7 +174,7 @@ class HAM(nn.Module):
         self.predictor = nn.Sequential(*layers)
         gk = c.groups * c.num_points
         self.offset_head = _conv(c.hidden_channels, 2 * gk, k)
-        self.offset_gain = nn.Parameter(torch.zeros(2 * gk))
+        self.offset_gain = nn.Parameter(torch.full((2 * gk,), float(c.offset_gain_init)))
         self.weight_head = _conv(c.hidden_channels, gk, k)
         nn.init.zeros_(self.weight_head.weight)
         nn.init.zeros_(self.weight_head.bias)
