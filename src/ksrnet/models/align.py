@@ -59,8 +59,9 @@ class AlignConfig:
     # Largest offset from the flow target, in feature (LR) pixels.
     max_offset: float = 3.0
     # Starting value of the learnable offset gain. 0: HAM starts as the plain flow warp, but its K
-    # points then coincide, the attention weights get no gradient, and trained runs so far never left
-    # that start (benchmarks/ksrnet_diagnostics.py); > 0 starts the points slightly apart.
+    # points then coincide and the attention weights get no gradient until the gain moves (in the
+    # CPU-trained final it never did; v2's did: benchmarks/ksrnet_diagnostics.py); > 0 starts the
+    # points slightly apart.
     offset_gain_init: float = 0.0
     # "channel": E has C channels |warped - ref|; "mean": one channel, their mean over channels.
     error_map: str = "channel"
