@@ -69,8 +69,7 @@ from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_pr
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError, check_resumable, check_schedule_kept
-from ksrnet.training import (WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata,
-                              reapply_optim_settings)
+from ksrnet.training import WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata
 from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
@@ -332,11 +331,9 @@ class KSRStageModule(WallClockLR, L.LightningModule):
             self.log(f"val/{k}", value, prog_bar=True, sync_dist=True)
         self._val.clear()
 
-    def on_train_start(self):
-        if self._restored_step is not None:  # resumed: the checkpoint's lr / weight decay were restored
-            sc: StageConfig = self.config.stage(self.stage)
-            reapply_optim_settings(self.trainer.optimizers[0], self.lr_schedulers(),
-                                   None if sc.schedule == "time_cosine" else sc.lr, sc.weight_decay, sc.min_lr)
+    def optim_settings(self):
+        sc: StageConfig = self.config.stage(self.stage)
+        return sc.lr, sc.weight_decay, sc.min_lr
 
     def wall_clock_plan(self):
         sc: StageConfig = self.config.stage(self.stage)

@@ -84,6 +84,18 @@ class WallClockLR:
         when the learning rate follows a step-based scheduler instead."""
         raise NotImplementedError
 
+    def optim_settings(self) -> tuple[float, float, float | None]:
+        """(peak lr, weight decay, absolute lr floor or None) of the config, which a resumed run
+        applies over the checkpoint's (see reapply_optim_settings)."""
+        raise NotImplementedError
+
+    def on_train_start(self):
+        if self._restored_step is not None:  # resumed: the checkpoint's lr / weight decay were restored
+            lr, weight_decay, min_lr = self.optim_settings()
+            # A wall-clock plan sets the rate before every step from the config: only the decay is stale.
+            reapply_optim_settings(self.trainer.optimizers[0], self.lr_schedulers(),
+                                   None if self.wall_clock_plan() else lr, weight_decay, min_lr)
+
     def on_train_batch_start(self, batch, batch_idx):
         plan = self.wall_clock_plan()
         if plan is None:
@@ -226,11 +238,9 @@ class RecognizerModule(WallClockLR, L.LightningModule):
         self.log("val/rr_track_product", float(arr[:, 1].mean()), prog_bar=True, sync_dist=True)
         self._val.clear()
 
-    def on_train_start(self):
-        if self._restored_step is not None:  # resumed: the checkpoint's lr / weight decay were restored
-            o = self.config.optim
-            reapply_optim_settings(self.trainer.optimizers[0], self.lr_schedulers(),
-                                   None if o.schedule == "time_cosine" else o.lr, o.weight_decay)
+    def optim_settings(self):
+        o = self.config.optim
+        return o.lr, o.weight_decay, None
 
     def wall_clock_plan(self):
         o = self.config.optim
