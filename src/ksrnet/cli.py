@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ksrnet.cli_console import check_output_path, console, err_console, fail, progress_bar, write_text_or_fail
+from ksrnet.cli_console import (check_output_path, console, err_console, fail, first_few, progress_bar,
+                                write_text_or_fail)
 from ksrnet.cli_readers import (
     CALIBRATION_HELP,
     ENSEMBLE_HELP,
@@ -152,7 +153,7 @@ def score(
             # Named, as the help promises: usually an id spelt another way (track_1 for track_00001).
             extra = report.extra_predictions
             err_console.print(f"[yellow]{len(extra)} predictions name unknown tracks (not scored):[/yellow] "
-                              f"{escape(', '.join(extra[:5]))}{' ...' if len(extra) > 5 else ''}", soft_wrap=True)
+                              f"{escape(first_few(extra))}", soft_wrap=True)
 
 
 @app.command("check-data")
@@ -198,7 +199,7 @@ def note_duplicate_ids(paths: list) -> None:
     dupes = duplicate_ids(path.name for path in paths)
     if dupes:
         err_console.print(f"[yellow]note:[/yellow] {len(dupes)} track id(s) occur in more than one folder "
-                          f"({escape(', '.join(dupes[:5]))}{' ...' if len(dupes) > 5 else ''}): predict and eval "
+                          f"({escape(first_few(dupes))}): predict and eval "
                           "key their outputs by track id and refuse such a set; read one split or scenario at a time",
                           soft_wrap=True)
 
@@ -497,9 +498,9 @@ def refuse_duplicate_ids(paths: list, keyed_by_id: str, advice: str) -> None:
 
     dupes = duplicate_ids(path.name for path in paths)
     if dupes:
-        shown = "; ".join(f"{k} in {', '.join(str(p.parent) for p in paths if p.name == k)}" for k in dupes[:5])
+        shown = first_few((f"{k} in {', '.join(str(p.parent) for p in paths if p.name == k)}" for k in dupes), sep="; ")
         fail(f"{len(dupes)} track id(s) found in more than one folder, which {keyed_by_id} cannot tell apart: "
-             f"{shown}{' ...' if len(dupes) > 5 else ''}; {advice}")
+             f"{shown}; {advice}")
 
 
 def refuse_given(ctx: typer.Context, names: tuple, why: str) -> None:

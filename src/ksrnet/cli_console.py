@@ -21,6 +21,15 @@ def progress_bar(transient: bool = True) -> Progress:
     )
 
 
+def first_few(items, limit: int = 5, sep: str = ", ") -> str:
+    """The first `limit` items joined, then " ..." when there are more (names in one message line).
+    Only limit + 1 items are taken, so a generator's later items are never built."""
+    from itertools import islice
+
+    head = list(islice(items, limit + 1))
+    return sep.join(head[:limit]) + (" ..." if len(head) > limit else "")
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print "error: MESSAGE" and exit. The message is plain text, never markup: it carries paths,
     labels and install hints ("ksrnet[onnx]") that rich would otherwise swallow or choke on."""
