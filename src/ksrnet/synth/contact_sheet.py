@@ -50,19 +50,18 @@ def contact_sheet(num_tracks: int = 8, *, seed: int = 0, preset: str = "hard", r
     reals = real_frames(real_dir) if real_dir is not None else []
     frames = [f for t in tracks for f in t.lr] + [f for _, f in reals]
     size = (max([CELL_H] + [f.shape[0] for f in frames]), max([CELL_W] + [f.shape[1] for f in frames]))
-    rows = []
-    for i, track in enumerate(tracks):
-        row = np.hstack([_cell(f, size) for f in track.lr])
-        rows.append(_label(cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST),
-                           f"synthetic {preset} #{i}: {track.text}"))
-    if reals:
-        for start in range(0, len(reals), 5):
-            chunk = reals[start:start + 5]
-            blank = np.full((1, 1, 3), 128, np.uint8)
-            row = np.hstack([_cell(f, size) for _, f in chunk] + [_cell(blank, size)] * (5 - len(chunk)))
-            names = "  ".join(n.split("_lr")[0][-12:] for n, _ in chunk)
-            rows.append(_label(cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST),
-                               f"REAL: {names}"))
+    empty = np.full((*size, 3), 128, np.uint8)
+
+    def row(cells: list[np.ndarray], label: str) -> np.ndarray:  # five cells side by side, zoomed, labelled
+        strip = np.hstack(cells + [empty] * (5 - len(cells)))
+        return _label(cv2.resize(strip, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST), label)
+
+    rows = [row([_cell(f, size) for f in track.lr], f"synthetic {preset} #{i}: {track.text}")
+            for i, track in enumerate(tracks)]
+    for start in range(0, len(reals), 5):
+        chunk = reals[start:start + 5]
+        names = "  ".join(n.split("_lr")[0][-12:] for n, _ in chunk)
+        rows.append(row([_cell(f, size) for _, f in chunk], f"REAL: {names}"))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return np.vstack(rows)
