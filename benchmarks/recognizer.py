@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the speed figures say which)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     ap.add_argument("--no-frame-agreement", action="store_true",
-                    help="skip the characters-by-frame-agreement table (one more pass and per-frame decoding)")
+                    help="skip the characters-by-frame-agreement table (each frame fused alone once more)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)
