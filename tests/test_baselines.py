@@ -292,3 +292,33 @@ def test_wrong_ranks():
 def test_fusion_names_are_the_rule_table():
     assert set(FUSIONS) == {"single", "product", "logit_mean", "char_majority", "string_majority"}
     assert LETTERS[0] == CHARSET[10]  # the index arithmetic above relies on digits first
+
+
+def test_a_temperature_changes_confidences_and_never_readings():
+    """Dividing the logits by T before fusing moves the frame `single` picks and the majorities' tie-breaks;
+    fuse(temperature=T) keeps every rule's T = 1 reading and scores it at T."""
+    gen = torch.Generator().manual_seed(7)
+    moved = 0
+    for _ in range(150):
+        chars = torch.randn(3, 7, C, generator=gen) * 3
+        layouts = torch.randn(3, len(LAYOUTS), generator=gen)
+        for rule in FUSIONS:
+            plain = fuse(rule, chars, layouts, MASKS)
+            for t in (0.4, 3.0):
+                scaled = fuse(rule, chars / t, layouts / t, MASKS)
+                calibrated = fuse(rule, chars, layouts, MASKS, temperature=t)
+                assert (calibrated.indices, calibrated.layout_index) == (plain.indices, plain.layout_index)
+                if (scaled.indices, scaled.layout_index) == (plain.indices, plain.layout_index):
+                    # Same reading: the same probabilities as fusing the divided logits.
+                    assert calibrated.confidence == pytest.approx(scaled.confidence, rel=1e-5, abs=1e-12)
+                    assert calibrated.char_probs == pytest.approx(scaled.char_probs, rel=1e-5, abs=1e-12)
+                else:
+                    moved += 1
+                    assert calibrated.confidence != pytest.approx(plain.confidence, rel=1e-3)
+    assert moved > 0  # the old way (dividing first) did change readings on these tracks
+
+
+@pytest.mark.parametrize("t", [0.0, -1.0, float("inf"), float("nan")])
+def test_fuse_refuses_a_temperature_that_is_not_positive_and_finite(t):
+    with pytest.raises(ValueError, match="temperature"):
+        fuse("product", torch.zeros(1, 7, C), torch.zeros(1, 2), MASKS, temperature=t)

@@ -92,7 +92,7 @@ def test_temperature_fit_recovers_the_overconfidence_and_lowers_ece():
 def test_a_fit_says_when_it_found_no_best_temperature():
     logits, texts = calibrated_tracks(60, seed=2)
     inside = fit_temperature(logits, texts, "product", MASKS)
-    assert not inside.unbounded and inside.recognition_rate_at_1 == inside.recognition_rate
+    assert not inside.unbounded
     # Every reading wrong: the cross-entropy keeps falling as T grows, until the confidences underflow.
     _, right = fused_confidences(logits, texts, "product", MASKS, 1.0)
     wrong = [i for i in range(len(texts)) if not right[i]]
@@ -156,20 +156,16 @@ def test_no_temperature_or_map_is_fitted_on_a_set_without_a_wrong_reading():
         fit_confidence_map(np.linspace(0.05, 0.95, 20), [True] * 20, "product")
 
 
-def test_calibrate_notes_a_fit_without_optimum_and_a_temperature_that_changes_readings(capsys):
+def test_calibrate_notes_a_fit_without_optimum(capsys):
     from ksrnet.calibration import CalibrationFit
     from ksrnet.cli import note_doubtful_fits
 
     figures = dict(tracks=10, ece_before=0.1, ece_after=0.05, gap_before=None, gap_after=None, nll_before=1.0,
                    nll_after=0.5)
-    fits = [(5, CalibrationFit(fusion="product", recognition_rate=0.5, temperature=2.0, recognition_rate_at_1=0.5,
-                               **figures)),
-            (None, CalibrationFit(fusion="product", recognition_rate=0.0, temperature=11.3, recognition_rate_at_1=0.0,
-                                  unbounded=True, **figures)),
-            (1, CalibrationFit(fusion="single", recognition_rate=0.4, temperature=0.7, recognition_rate_at_1=0.5,
-                               **figures))]
+    fits = [(5, CalibrationFit(fusion="product", recognition_rate=0.5, temperature=2.0, **figures)),
+            (None, CalibrationFit(fusion="product", recognition_rate=0.0, temperature=11.3, unbounded=True,
+                                  **figures))]
     note_doubtful_fits(fits)
     err = " ".join(capsys.readouterr().err.split())
     assert "product at F=5" not in err
     assert "product at F=all: no best temperature was found" in err and "11.31" not in err
-    assert "single at F=1: the temperature changes which reading this rule gives: RR 50.00 % at T = 1, 40.00 %" in err

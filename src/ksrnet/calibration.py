@@ -132,7 +132,7 @@ def fused_confidences(track_logits, texts, rule: str, masks, temperature: float)
     """(confidence, correct) per track for one fusion rule at one temperature."""
     conf, right = [], []
     for (char_logits, layout_logits), text in zip(track_logits, texts):
-        r = fuse(rule, char_logits / temperature, layout_logits / temperature, masks, topk=1)
+        r = fuse(rule, char_logits, layout_logits, masks, topk=1, temperature=temperature)
         conf.append(r.confidence)
         right.append(_TOKENIZER.decode(r.indices) == text)
     return np.asarray(conf), np.asarray(right, dtype=np.float64)
@@ -153,24 +153,20 @@ class FitFigures:
     nll_after: float
 
     @staticmethod
-    def measure(rule: str, before: np.ndarray, after: np.ndarray, right: np.ndarray, right_before=None) -> dict:
-        """The figures as keyword arguments, from confidences before and after the fit (``right_before``:
-        the correctness behind ``before`` when the readings differ, else ``right``)."""
-        right_before = right if right_before is None else right_before
+    def measure(rule: str, before: np.ndarray, after: np.ndarray, right: np.ndarray) -> dict:
+        """The figures as keyword arguments, from confidences before and after the fit (a fit changes
+        confidences, never readings)."""
         return dict(
             fusion=rule, tracks=int(np.size(right)), recognition_rate=float(np.mean(right)),
-            ece_before=expected_calibration_error(before, right_before), ece_after=expected_calibration_error(after, right),
-            gap_before=confidence_gap(before, right_before), gap_after=confidence_gap(after, right),
-            nll_before=_bce(before, right_before), nll_after=_bce(after, right),
+            ece_before=expected_calibration_error(before, right), ece_after=expected_calibration_error(after, right),
+            gap_before=confidence_gap(before, right), gap_after=confidence_gap(after, right),
+            nll_before=_bce(before, right), nll_after=_bce(after, right),
         )
 
 
 @dataclass(frozen=True)
 class CalibrationFit(FitFigures):
     temperature: float
-    # For rules that pick a frame or vote (single, the majorities) the temperature can change the reading
-    # itself, which the fit (lowest cross-entropy) does not weigh: the rate at T = 1, to compare.
-    recognition_rate_at_1: float | None = None
     # No optimum was found: the set has no right reading (the cross-entropy then falls as T grows
     # until confidences underflow), or the best T is the searched range's end (confidences far off).
     unbounded: bool = False
@@ -204,8 +200,7 @@ def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
         consider(centre * step)
     loss, t, conf, right = best
     unbounded = not right.any() or not COARSE_GRID[0] < t < COARSE_GRID[-1]
-    return CalibrationFit(temperature=float(t), recognition_rate_at_1=float(np.mean(right1)), unbounded=unbounded,
-                          **FitFigures.measure(rule, conf1, conf, right, right1))
+    return CalibrationFit(temperature=float(t), unbounded=unbounded, **FitFigures.measure(rule, conf1, conf, right))
 
 
 # --------------------------------------------------------------------------------------------------

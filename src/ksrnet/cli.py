@@ -906,7 +906,8 @@ def calibrate(
 
     The confidence of a reading should be the probability that the whole plate is right; this fits
     the temperature that divides the per-frame logits before fusion, on a validation split (never the
-    test set), and prints ECE and confidence gap before and after. predict and eval then use it.
+    test set), and prints ECE and confidence gap before and after. predict and eval then use it. A
+    temperature changes confidences only: every rule's reading is the one it gives at T = 1.
     With --frames 1,3,5 each frame count gets its own temperature (fusing more frames compounds
     confidence), used for tracks of exactly that many frames; temperatures fitted before for other
     rules or counts are kept. A fit without --frames replaces its rule's per-count temperatures for
@@ -1034,19 +1035,13 @@ def calibrate(
 
 def note_doubtful_fits(fits: list) -> None:
     """Say where a fitted temperature should not be trusted as it is: the fit found no optimum (no
-    right reading, or the end of the range searched), or the temperature changed which reading a
-    frame-picking or voting rule gives (and so its RR)."""
+    right reading, or the end of the range searched)."""
     for c, f in fits:
         where = f"{f.fusion} at F={'all' if c is None else c}"
         if getattr(f, "unbounded", False):
             err_console.print(f"[yellow]note:[/yellow] {where}: no best temperature was found (no validation reading "
                               f"is right, or the confidences are far off), so {f.temperature:.2f} is where the search "
                               "stopped; fit on tracks the model reads better before relying on it", soft_wrap=True)
-        before = getattr(f, "recognition_rate_at_1", None)
-        if before is not None and abs(before - f.recognition_rate) > 1e-9:
-            err_console.print(f"[yellow]note:[/yellow] {where}: the temperature changes which reading this rule gives: "
-                              f"RR {_fmt(before)} % at T = 1, {_fmt(f.recognition_rate)} % with the fitted "
-                              f"{f.temperature:.2f}", soft_wrap=True)
 
 
 def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: list, source: str) -> None:

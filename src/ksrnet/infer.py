@@ -133,8 +133,8 @@ class Reader:
                  refine_iters: int | None = None, batch_frames: int = 256,
                  temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
         """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
-        calibration temperature dividing the per-frame logits before fusion (ksrnet.calibration;
-        rules without one use 1). tta_views: read every frame under these views (ksrnet.tta.VIEWS)
+        calibration temperature dividing the per-frame logits for the readings' probabilities
+        (ksrnet.calibration; never the readings themselves, see baselines.fuse; rules without one use 1). tta_views: read every frame under these views (ksrnet.tta.VIEWS)
         and vote; None = the frame as it is. With views, the "tta:" temperatures are used where
         present, else the plain ones (pick_calibration; reader_temperatures drops "tta:" ones
         fitted for other views)."""
@@ -202,7 +202,7 @@ class Reader:
             for rule in fusions:
                 fitted = pick_calibration(self.temperatures, rule, n, self.tta_views is not None)
                 t = 1.0 if fitted is None else float(fitted)  # as pick_temperature
-                r = fuse(rule, char_logits / t, layout_logits / t, self.masks, topk)
+                r = fuse(rule, char_logits, layout_logits, self.masks, topk, temperature=t)
                 results[rule].append(TrackReading(
                     track_id=track.track_id,
                     text=_TOKENIZER.decode(r.indices),
