@@ -96,3 +96,35 @@ def test_a_logit_ensemble_of_restoration_members_picks_the_calibration_of_the_fr
     hot = EnsembleReader(members, "logit", calibration=EnsembleCalibration(
         rule="logit", members=calibration.members, temperatures={"product": 3.0})).read([track], ["product"])
     assert out.confidence == pytest.approx(hot["product"][0].confidence)  # T = 3, not product@1's 0.5
+
+
+class DetailedReader(FixedReader):
+    """A member whose readings carry per-character probabilities and alternatives."""
+
+    def __init__(self, text: str, probs: list[float], alternatives: list[list[tuple[str, float]]]):
+        self.text, self.probs, self.alts = text, probs, alternatives
+        self.masks = None
+
+    def read(self, tracks, fusions=("product",), frame_count=None, topk=3):
+        conf = float(__import__("math").prod(self.probs))
+        return {f: [TrackReading(t.track_id, self.text, conf, char_probs=tuple(self.probs), alternatives=self.alts)
+                    for t in tracks] for f in fusions}
+
+
+def test_a_voted_reading_carries_the_members_averaged_character_probabilities():
+    sure = [1.0] * 6
+    alts = lambda last: [[(c, 1.0)] for c in "ABC123"] + [last]  # noqa: E731
+    members = [DetailedReader("ABC1234", sure + [0.99], alts([("4", 0.99), ("1", 0.01)])),
+               DetailedReader("ABC1234", sure + [0.9], alts([("4", 0.9), ("7", 0.1)])),
+               DetailedReader("ABC1237", sure + [0.8], alts([("7", 0.8), ("4", 0.15)]))]
+    out = EnsembleReader(members, "vote").read([Track("t1", [])], ["product"])["product"][0]
+    assert out.text == "ABC1234"
+    # The last slot is not 0.99 (the most confident member's) but (0.99 + 0.9 + 0.15) / 3.
+    assert out.char_probs[6] == pytest.approx((0.99 + 0.9 + 0.15) / 3)
+    assert out.char_probs[:6] == pytest.approx(sure)
+    assert [c for c, _ in out.alternatives[6]] == ["4", "7", "1"]
+    assert out.alternatives[6][1][1] == pytest.approx((0.1 + 0.8) / 3)
+    # A member that failed to read says nothing: it gives every character 0.
+    failed = FixedReader([("", 0.0)])
+    out = EnsembleReader(members[:2] + [failed], "vote").read([Track("t1", [])], ["product"])["product"][0]
+    assert out.char_probs[6] == pytest.approx((0.99 + 0.9) / 3)

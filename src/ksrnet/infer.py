@@ -241,7 +241,8 @@ class EnsembleReader(Reader):
     model's. rule "vote": each member fuses on its own; the reading most members give wins (ties go
     to the higher confidence), with confidence = the agreeing members' confidences summed over all
     members, so a split vote cannot come out confident. Its characters' probabilities and alternatives
-    are those of the most confident agreeing member.
+    are the members' averaged the same way (a member that does not list a character gives it 0), so
+    a character the members disagree on cannot come out sure either.
 
     calibration (ksrnet.ensemble_calibration.EnsembleCalibration, fitted for these members and this
     rule): "logit" divides the averaged log-probabilities by its temperatures before fusion; "vote"
@@ -297,7 +298,30 @@ class EnsembleReader(Reader):
                 best = max((r for r in readings if r.text == text), key=lambda r: r.confidence)
                 confidence = share[text]
                 mapping = pick_calibration(self.confidence_maps, rule, best.frames_used)
+                char_probs, alternatives = _voted_characters(text, readings, topk)
                 rows.append(replace(best, confidence=mapping(confidence) if mapping else confidence,
-                                    calibrated=mapping is not None))
+                                    calibrated=mapping is not None, char_probs=char_probs or best.char_probs,
+                                    alternatives=alternatives or best.alternatives))
             results[rule] = rows
         return results
+
+
+def _voted_characters(text: str, readings: list[TrackReading], topk: int):
+    """Per slot, each character's probability averaged over all members: the voted reading's
+    char_probs and top-k alternatives. A member gives its own reading's characters their char_probs,
+    the others it lists among its alternatives theirs, and 0 to the rest (a member that failed to
+    read gives 0 to all, as it does to the vote's confidence). Empty when no member says anything."""
+    if not text or not any(r.alternatives or r.char_probs for r in readings):
+        return (), []
+    probs, alternatives = [], []
+    for slot, ch in enumerate(text):
+        mass: Counter = Counter()
+        for r in readings:
+            said = dict(r.alternatives[slot]) if slot < len(r.alternatives) else {}
+            if slot < min(len(r.text), len(r.char_probs)):
+                said[r.text[slot]] = r.char_probs[slot]
+            for c, p in said.items():
+                mass[c] += p / len(readings)
+        probs.append(mass[ch])
+        alternatives.append(sorted(mass.items(), key=lambda cp: -cp[1])[:topk])
+    return tuple(probs), alternatives
