@@ -301,9 +301,12 @@ def test_cli_ensemble_calibration_file_is_written_applied_and_bound_to_its_membe
     refused(invoke("predict", folder, "--model", a, "--calibration", tmp_path / "ens-logit.json"), "ensembles")
     refused(invoke("predict", folder, "--model", a, "--model", b, "--calibration", tmp_path / "nope.json"),
             "nope.json")
-    # Without a file, an ensemble still reads, with a note that its confidences are not calibrated.
-    result = ok(invoke("eval", folder, "--model", a, "--model", b, "--frames", "5", "--fusions", "product"))
-    assert "notcalibrated" in plain(result.output)
+    # Without a file, an ensemble still reads, with one note that its confidences are not calibrated and
+    # how to fit them.
+    said = plain(ok(invoke("eval", folder, "--model", a, "--model", b, "--frames", "5", "--fusions", "product")).output)
+    assert said.count("note:") == 1 and "--ensemblelogit--outFILE,then--calibrationFILE" in said
+    said = plain(ok(invoke("predict", folder, "--model", a, "--model", b, "--out", preds)).output)
+    assert said.count("note:") == 1 and "confidencesarenotcalibrated" in said
 
 
 def test_cli_a_new_fit_over_all_frames_is_the_one_five_frame_tracks_use(two_models):

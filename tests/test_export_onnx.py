@@ -138,8 +138,9 @@ def test_onnxruntime_runs_with_the_thread_count_bench_and_export_report(tmp_path
     assert sessions == [torch.get_num_threads()] * 2 == [json.loads(result.stdout)["threads"]] * 2
 
 
-def test_an_onnx_model_read_with_the_torch_backend_is_pointed_to_onnx(tmp_path):
-    onnx = export_onnx(micro(), tmp_path / "m.onnx")
+@pytest.mark.parametrize("name", ["m.onnx", "M.ONNX"])
+def test_an_onnx_model_read_with_the_torch_backend_is_pointed_to_onnx(tmp_path, name):
+    onnx = export_onnx(micro(), tmp_path / name)
     result = invoke("bench", "--model", onnx, "--batches", 1)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "--backend onnx" in result.output

@@ -258,7 +258,7 @@ def contact_sheet_cmd(
     preset: str = typer.Option("hard", "--preset", help="easy | medium | hard | mix"),
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real LR frames to show below "
                                         "(e.g. ../shared/real-samples/lrlpr26_frames)."),
-    scale: int = typer.Option(4, "--scale", min=1, help="Nearest-neighbour zoom, so pixels stay visible."),
+    scale: int = typer.Option(4, "--scale", min=1, max=16, help="Nearest-neighbour zoom, so pixels stay visible."),
 ) -> None:
     """Render synthetic tracks beside real LR frames in one PNG, at the same scale, to judge realism."""
     from ksrnet.synth.contact_sheet import write_contact_sheet
@@ -633,7 +633,9 @@ def eval_cmd(
     if raw:
         err_console.print("[yellow]note:[/yellow] " + escape(
             f"no calibration is fitted for {', '.join(raw)}: those rows' confidences are raw scores, not probabilities "
-            "(`ksrnet calibrate --fusions RULE --frames F`)"), soft_wrap=True)
+            "(`ksrnet calibrate --fusions RULE --frames F`"
+            + (f" with the same --model options and --ensemble {reader.rule} --out FILE, then --calibration FILE)"
+               if getattr(reader, "rule", None) else ")")), soft_wrap=True)
 
 
 def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models: Optional[List[str]],
@@ -923,11 +925,12 @@ def calibrate(
     from rich.markup import escape
 
     from ksrnet.calibration import fit_confidence_map, fit_temperature
+    from ksrnet.export_onnx import is_onnx_path
     from ksrnet.plates import layout_masks
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     check_fusions_and_mode(fusion_list, mode)
-    onnx = [m for m in model or [] if str(m).lower().endswith(".onnx")]
+    onnx = [m for m in model or [] if is_onnx_path(m)]
     if onnx:
         # An exported graph reads with the copy of the temperatures made at export: calibrating the
         # source does not reach it, so re-export after calibrating.
@@ -942,7 +945,7 @@ def calibrate(
         fail("--out is for ensembles (several --model); a single model's temperatures go into its JSON")
     if out is not None and write:
         check_output_path(out, "--out")
-    reader = make_readers(models, device, mode, views, ensemble, warn_uncalibrated=False)
+    reader = make_readers(models, device, mode, views, ensemble)
     # The vote's confidence is not a softmax of logits: it is mapped as read. Everything else: logits.
     by_reading = len(models) > 1 and ensemble == "vote"
     logits = {c: [] for c in counts}

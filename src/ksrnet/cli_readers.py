@@ -68,9 +68,9 @@ CALIBRATION_HELP = ("With several --model: the ensemble calibration file written
 
 
 def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
-                  backend: str = "torch", calibration: Optional[Path] = None, warn_uncalibrated: bool = True,
-                  threads: Optional[int] = None):
+                  backend: str = "torch", calibration: Optional[Path] = None, threads: Optional[int] = None):
     """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE)."""
+    from ksrnet.export_onnx import is_onnx_path
     from ksrnet.infer import ENSEMBLE_RULES
 
     if ensemble not in ENSEMBLE_RULES:
@@ -78,7 +78,7 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
     if backend not in ("torch", "onnx"):
         fail(f"--backend must be torch or onnx, got {backend!r}")
     models = list(models or [None])
-    onnx = [m for m in models if backend == "torch" and str(m).endswith(".onnx")]
+    onnx = [m for m in models if backend == "torch" and is_onnx_path(m)]
     if onnx:  # else the refusal is about a missing FILE.json, a name the user never wrote
         fail(f"--model {onnx[0]} is an ONNX export: read it with --backend onnx")
     if len(models) == 1 and calibration is not None:
@@ -90,12 +90,12 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
         readers = [make_reader(m, device, mode, tta_views)[0] for m in models]
     if len(readers) == 1:
         return readers[0]
-    return make_ensemble_reader(readers, models, ensemble, backend, tta_views, calibration, warn_uncalibrated)
+    return make_ensemble_reader(readers, models, ensemble, backend, tta_views, calibration)
 
 
-def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_views, calibration: Optional[Path],
-                     warn_uncalibrated: bool = True):
-    """The EnsembleReader over loaded member readers, with the calibration file checked against them."""
+def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, tta_views, calibration: Optional[Path]):
+    """The EnsembleReader over loaded member readers, with the calibration file checked against them.
+    Without one its confidences are raw: the commands say so after reading (TrackReading.calibrated)."""
     from ksrnet.ensemble_calibration import EnsembleCalibration, EnsembleCalibrationError
     from ksrnet.infer import EnsembleReader
 
@@ -106,10 +106,6 @@ def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, t
             fitted.check(ensemble_members(models, readers, backend), rule, tta_views, name=str(calibration))
         except EnsembleCalibrationError as exc:
             fail(str(exc))
-    elif warn_uncalibrated:
-        err_console.print("[yellow]note:[/yellow] this ensemble's confidences are not calibrated; fit them with "
-                          f"`ksrnet calibrate` and the same --model options, --ensemble {rule} --out FILE, then "
-                          "pass --calibration FILE", soft_wrap=True)
     return EnsembleReader(readers, rule, calibration=fitted)
 
 
@@ -172,11 +168,12 @@ def check_device(device: str) -> None:
 
 
 def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None, threads: Optional[int] = None):
+    from ksrnet.export_onnx import is_onnx_path
     from ksrnet.infer import Reader
 
     check_device(device)
 
-    if model is None or not str(model).endswith(".onnx"):
+    if model is None or not is_onnx_path(model):
         fail("--backend onnx needs --model FILE.onnx (written by `ksrnet export --onnx`)")
     if mode != "nar":
         fail("the ONNX backend decodes NAR only (--decode nar)")

@@ -37,10 +37,15 @@ def onnx_meta_path(onnx_path: Path) -> Path:
     return Path(str(onnx_path) + ".json")
 
 
+def is_onnx_path(path) -> bool:
+    """Whether a model argument names an ONNX export (".onnx" in any case, as file systems allow)."""
+    return str(path).lower().endswith(".onnx")
+
+
 def check_onnx_path(path: str | Path) -> None:
     """Refuse a file name without ".onnx": the ONNX backend reads only such names, and the metadata
     of "DIR/model" would be "DIR/model.json", the metadata file of DIR/model.safetensors."""
-    if not str(path).endswith(".onnx"):
+    if not is_onnx_path(path):
         raise ValueError(f"{path}: give the ONNX file a name ending in .onnx (its metadata goes to FILE.onnx.json)")
 
 
