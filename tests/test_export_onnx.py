@@ -60,6 +60,20 @@ def test_missing_metadata_is_a_clear_error(tmp_path):
         OnnxParseq(path)
 
 
+def test_metadata_of_another_export_is_refused(tmp_path):
+    # What a crash between the two replacements of a re-export (or copying one file only) leaves behind.
+    first = export_onnx(micro(), tmp_path / "a.onnx")
+    second = export_onnx(micro(stem="cnn"), tmp_path / "b.onnx")
+    second_meta = json.loads(onnx_meta_path(second).read_text())
+    OnnxParseq(first)
+    onnx_meta_path(first).write_text(json.dumps(second_meta))
+    with pytest.raises(ValueError, match="sha256 differs"):
+        OnnxParseq(first)
+    # An export made before the digest was recorded still loads.
+    onnx_meta_path(second).write_text(json.dumps({k: v for k, v in second_meta.items() if k != "onnx_sha256"}))
+    assert OnnxParseq(second).config.stem == "cnn"
+
+
 def test_bench_threads_reach_onnxruntime(tmp_path, monkeypatch):
     """`ksrnet bench --backend onnx --threads N` reports N threads: onnxruntime must run with N, not its default."""
     from ksrnet import cli_readers

@@ -70,7 +70,12 @@ def export_onnx(model: Parseq, path: str | Path, meta: dict | None = None, refin
                                             "layout_logits": {0: "batch"}})
 
     atomic_write(path, write)
-    info = dict(meta or {}) | {"config": c.to_dict(), "kind": "parseq-onnx", "refine_iters": iters}
+    from ksrnet.ensemble_calibration import file_sha256
+
+    # The graph and its metadata are two files, replaced one after the other: the digest lets a reader
+    # refuse a pair that a crash (or a copy) between the two left mismatched.
+    info = dict(meta or {}) | {"config": c.to_dict(), "kind": "parseq-onnx", "refine_iters": iters,
+                               "onnx_sha256": file_sha256(path)}
     atomic_write(onnx_meta_path(path), lambda p: Path(p).write_text(json.dumps(info, indent=2)))
     return path
 
@@ -87,6 +92,13 @@ class OnnxParseq:
             self.config = ParseqConfig.from_dict(self.meta["config"])
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"cannot read {onnx_meta_path(path)} (written by `ksrnet export`): {exc}") from exc
+        expected = self.meta.get("onnx_sha256")  # absent from exports made before it was recorded
+        if expected is not None:
+            from ksrnet.ensemble_calibration import file_sha256
+
+            if file_sha256(path) != expected:
+                raise ValueError(f"{onnx_meta_path(path)} was written for another {path.name} (sha256 differs): "
+                                 "export again with `ksrnet export --onnx`")
         self.refine_iters = self.meta.get("refine_iters", self.config.refine_iters)
         options = ort.SessionOptions()
         if threads:
