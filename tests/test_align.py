@@ -184,6 +184,22 @@ def test_align_track_shapes_and_reference_passthrough(t, h, w):
         ham.align_track(feats, flows[:, :, :1], ref)
 
 
+def test_ham_keeps_the_feature_dtype_when_autocast_runs_softmax_in_float32(monkeypatch):
+    # CUDA autocast runs softmax (and sum) in float32 and does not promote index_copy: HAM's output
+    # must stay in the features' dtype or align_track's index_copy into bf16 features fails on a
+    # GPU. CPU autocast keeps softmax in bf16, so emulate CUDA's rule here.
+    softmax = torch.softmax
+    monkeypatch.setattr(torch, "softmax", lambda x, dim, **kw: softmax(x.float(), dim, **kw))
+    torch.manual_seed(0)
+    fe, ham = FeatureExtractor(AlignConfig(**SMALL)), HAM(AlignConfig(**SMALL))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = fe(torch.rand(1, 3, 3, 17, 48))
+        assert ham.details(feats[:, 0], feats[:, 1], torch.zeros(1, 2, 17, 48)).weights.dtype == torch.float32
+        out = ham(feats[:, 0], feats[:, 1], torch.zeros(1, 2, 17, 48))
+        aligned = ham.align_track(feats, torch.zeros(1, 3, 2, 17, 48), 1)
+    assert feats.dtype == out.dtype == aligned.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("t", [1, 3, 5])
 def test_flow_features_and_ham_compose_on_a_track(t):
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ksrnet.models.baselines import FUSIONS, FusedReading, fuse
+from ksrnet.models.parseq import decode_constrained, layout_log_probs
 from ksrnet.plates import CHAR_TO_INDEX, CHARSET, DIGITS, LAYOUTS, LETTERS, Layout, layout_masks, matches_layout
 
 MASKS = torch.from_numpy(layout_masks())
@@ -259,6 +260,19 @@ def test_numpy_masks_and_half_precision_inputs_are_accepted():
     for rule in FUSIONS:
         r = fuse(rule, chars, layouts, layout_masks())
         assert text_of(r) == "ABC1D23" and r.layout_index == M, rule
+
+
+@pytest.mark.parametrize("rule", ["char_majority", "string_majority"])
+def test_majority_layout_probability_is_the_mean_posterior_with_three_layouts(rule):
+    # With more than two layouts, a frame that chose another layout gives the voted one its own
+    # posterior, not 1 - p(its chosen layout). A third layout with the Brazilian syntax keeps the
+    # char evidence equal, so the layout logits alone set the posteriors.
+    masks = torch.cat([MASKS, MASKS[B:B + 1]])
+    chars = track(frame("ABC1234", 3.0), frame("ABC1234", 3.0), frame("ABC1234", 3.0))
+    layouts = torch.log(torch.tensor([[0.2, 0.3, 0.5], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]]))
+    posterior = decode_constrained(*layout_log_probs(chars, layouts, masks)).layout_posterior
+    r = fuse(rule, chars, layouts, masks)
+    assert r.layout_prob == pytest.approx(float(posterior[:, r.layout_index].mean()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

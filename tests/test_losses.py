@@ -19,6 +19,7 @@ from ksrnet.losses import (
     sobel_gradients,
     ssim_y,
 )
+from ksrnet.models.flow import charbonnier as flow_charbonnier
 from ksrnet.models.parseq import Parseq, ParseqConfig
 
 
@@ -54,6 +55,10 @@ def test_charbonnier():
     assert charbonnier(b, a, mask=torch.zeros(2, 1, 8, 8)).item() == 0.0  # empty mask: 0, not NaN
     with pytest.raises(ValueError):
         charbonnier(a, b[..., :4])
+    # Identical half-precision images give exactly 0 too (float16 eps^2 is subnormal).
+    for dtype in (torch.float16, torch.bfloat16):
+        assert charbonnier(a.to(dtype), a.to(dtype)).item() == 0.0
+        assert flow_charbonnier(torch.zeros(3, dtype=dtype)).eq(0).all()
 
 
 def test_sobel_on_ramp():

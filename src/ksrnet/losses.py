@@ -71,7 +71,8 @@ def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3, mask: Tensor | 
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    diff = pred - target
+    # At least float32: in float16, eps^2 = 1e-6 is subnormal and sqrt(eps^2) - eps is not 0.
+    diff = (pred - target).to(torch.promote_types(pred.dtype, torch.float32))
     return _masked_mean(torch.sqrt(diff * diff + eps * eps) - eps, mask)
 
 

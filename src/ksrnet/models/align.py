@@ -157,8 +157,8 @@ class HAM(nn.Module):
     ``forward(feat, ref, flow)``: ``feat`` ``(B, C, Hf, Wf)`` features of the supporting frame
     (usually ``Hf, Wf == H, W``), ``ref`` ``(B, C, H, W)`` reference features, ``flow``
     ``(B, 2, H, W)`` on the reference grid pointing into the supporting frame, in feature pixels.
-    Returns the aligned features ``(B, C, H, W)``; :meth:`details` also returns the plain warp, the
-    offsets and the attention weights.
+    Returns the aligned features ``(B, C, H, W)`` in ``feat``'s dtype; :meth:`details` also returns
+    the plain warp, the offsets and the attention weights.
     """
 
     def __init__(self, config: AlignConfig = AlignConfig()) -> None:
@@ -213,7 +213,11 @@ class HAM(nn.Module):
         per_group = feat.reshape(b * g, c.channels // g, *feat.shape[-2:])
         samples = sample_at(per_group, grid).view(b, g, c.channels // g, kp, h, w)
         fused = (samples * weights.unsqueeze(2)).sum(3).reshape(b, c.channels, h, w)
-        return HamOutput(fused + self.proj(fused), warped, offsets, weights)
+        # In feat's dtype, as warp() returns: CUDA autocast runs softmax and sum in float32, so under
+        # bf16 the sum would come out float32 and align_track's index_copy into the bf16 features
+        # would fail (CPU autocast happens to promote index_copy, which hid this).
+        aligned = (fused + self.proj(fused)).to(feat.dtype)
+        return HamOutput(aligned, warped, offsets, weights)
 
     def forward(self, feat: Tensor, ref: Tensor, flow: Tensor) -> Tensor:
         return self.details(feat, ref, flow).aligned

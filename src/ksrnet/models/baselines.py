@@ -33,7 +33,7 @@ class FusedReading:
 
 def _reading(indices, layout_index: int, slot_probs: torch.Tensor, layout_prob: float, topk: int) -> FusedReading:
     """A FusedReading from chosen indices (7,) and the chosen layout's per-slot probabilities (7, C)."""
-    indices = torch.as_tensor(indices)
+    indices = torch.as_tensor(indices, device=slot_probs.device)  # a list or tuple from the votes lands on the CPU
     char_probs = slot_probs.gather(-1, indices[:, None])[:, 0]
     top_p, top_i = slot_probs.topk(min(topk, slot_probs.shape[-1]), dim=-1)
     return FusedReading(
@@ -127,7 +127,7 @@ def fuse_char_majority(char_logits, layout_logits, masks, topk: int = 3, tempera
     layout_votes = Counter(r.layout_index for r in frames)
     li = max(layout_votes, key=lambda l: (layout_votes[l], _frame_mean(lp, llp, l)[1]))
     slot_probs, _ = _frame_mean(lp, llp, li)
-    allowed = torch.as_tensor(masks)[li].bool()
+    allowed = torch.as_tensor(masks, device=lp.device)[li].bool()
     chosen = []
     for slot in range(lp.shape[2]):
         votes = Counter(r.indices[slot] for r in frames if allowed[slot, r.indices[slot]])

@@ -404,7 +404,9 @@ def _masked_mean(value: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def charbonnier(x: Tensor, eps: float = 1e-3) -> Tensor:
-    """``sqrt(x^2 + eps^2) - eps``: a smooth L1 that is exactly 0 at 0."""
+    """``sqrt(x^2 + eps^2) - eps``: a smooth L1 that is exactly 0 at 0 (computed in at least
+    float32: in float16 eps^2 is subnormal and the value at 0 would not be 0)."""
+    x = x.to(_position_dtype(x.dtype))
     return torch.sqrt(x * x + eps * eps) - eps
 
 
