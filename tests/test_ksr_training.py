@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig
 from ksrnet.ksr_targets import track_sample
-from ksrnet.ksr_training import KSRStageModule, KSRTrackDataset, resolve_model_config, run_stages, train_ksrnet
+from ksrnet.ksr_training import KSRFolderDataset, KSRStageModule, KSRTrackDataset, resolve_model_config, run_stages, train_ksrnet
 from ksrnet.weights import load_ksrnet
 from ksrnet.models.flow import resize_flow, warp
 from ksrnet.models.ksrnet import resize_track
@@ -129,6 +129,34 @@ def test_dataset_shapes_and_epochs():
     fixed = KSRTrackDataset(1, lr_size=LR, seed=5, fixed=True)
     fixed.set_epoch(3)
     assert torch.equal(next(iter(fixed))["frames"], s["frames"])
+
+
+def test_dataset_length_is_what_each_ddp_rank_yields(monkeypatch):
+    # Lightning plans each rank's batches from len(); my_indices gives every rank n // world tracks.
+    from ksrnet import ksr_training
+    from ksrnet.synth import dataset as synth
+
+    monkeypatch.setattr(synth, "generate_track", lambda seed, index, **kw: index)
+    monkeypatch.setattr(ksr_training, "track_sample", lambda track, *args: track)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    ds = KSRTrackDataset(10, lr_size=LR, seed=5)
+    for rank in range(4):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        assert len(list(ds)) == len(ds) == 2
+
+
+def test_folder_dataset_length_is_what_each_ddp_rank_yields(tmp_path, monkeypatch):
+    from ksrnet.synth.dataset import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path, 5, seed=3, with_hr=False)
+    ds = KSRFolderDataset(tmp_path, lr_size=LR)
+    assert len(ds) == len(list(ds)) == 5
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    for rank in range(2):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        assert len(list(ds)) == len(ds) == 2
 
 
 @pytest.mark.parametrize("index", [0, 2, 3])

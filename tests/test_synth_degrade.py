@@ -422,6 +422,22 @@ def test_degrade_track_respects_lr_sizes_and_checks_factor():
         D.degrade_track([f[:-1] for f in fine], p, np.random.default_rng(0), factor=2)
 
 
+def test_frames_of_different_sizes_share_the_tracks_tone_curve():
+    # The contrast pivot is the track's mean whatever the frame sizes (CameraParams.variable_size):
+    # a frame's tone curve must not depend on whether its neighbours have its size.
+    a = np.full((40, 96, 3), 60, np.uint8)
+    a[10:30, 20:70] = 200
+    same_size = np.full((40, 96, 3), 160, np.uint8)
+    other_size = np.full((48, 80, 3), 160, np.uint8)  # as many pixels, the same mean: the same track mean
+    p = D.DegradationParams(contrast=1.3)
+    stacked = D.degrade_track([a, same_size], p, np.random.default_rng(0))
+    mixed = D.degrade_track([a, other_size], p, np.random.default_rng(0))
+    np.testing.assert_array_equal(mixed[0], stacked[0])
+    noisy = D.DegradationParams(contrast=1.3, noise_a=1e-3, noise_b=1e-4, sharpen_amount=1.0)
+    out = D.degrade_track([a, other_size, a], noisy, np.random.default_rng(0))
+    assert [f.shape for f in out] == [(20, 48, 3), (24, 40, 3), (20, 48, 3)]
+
+
 def test_blur_keeps_the_camera_flow_valid():
     # Blur kernels are centred, so degraded frames still align through the camera's flow.
     t, scene, fine = _fine_track(4, factor=4)

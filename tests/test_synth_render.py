@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -212,6 +214,51 @@ def test_user_font_dir_is_picked_up(monkeypatch, tmp_path):
     style = sample_style(np.random.default_rng(0), Layout.MERCOSUR, fonts=faces)
     assert style.font_path.endswith("FE-Schrift.ttf")
     assert render_plate("ABC1D23", style).image.shape[:2] == CANONICAL_SIZE
+
+
+def _face_lacking(dest_dir, last: str = "Q"):
+    """A copy of a packaged face whose Unicode cmaps no longer map `last` (nor the characters of its
+    cmap segment before it): like a real font without those glyphs, it draws its missing-glyph box."""
+    source = next(f for f in fontmod.discover_fonts() if f.source == "package" and "Barlow" in f.path)
+    data = bytearray(Path(source.path).read_bytes())
+    tables = {struct.unpack_from(">4s", data, 12 + 16 * i)[0]: struct.unpack_from(">I", data, 20 + 16 * i)[0]
+              for i in range(struct.unpack_from(">H", data, 4)[0])}
+    cmap = tables[b"cmap"]
+    for j in range(struct.unpack_from(">H", data, cmap + 2)[0]):
+        sub = cmap + struct.unpack_from(">I", data, cmap + 8 + 8 * j)[0]
+        if struct.unpack_from(">H", data, sub)[0] != 4:
+            continue
+        seg2 = struct.unpack_from(">H", data, sub + 6)[0]
+        ends, starts = sub + 14, sub + 16 + seg2
+        ranges = starts + 2 * seg2
+        for k in range(0, seg2, 2):
+            start, end = struct.unpack_from(">H", data, starts + k)[0], struct.unpack_from(">H", data, ends + k)[0]
+            if start <= ord(last) < end:
+                # Start the segment after `last`; the characters it keeps keep their glyphs.
+                shift = ord(last) + 1 - start
+                struct.pack_into(">H", data, starts + k, start + shift)
+                offset = struct.unpack_from(">H", data, ranges + k)[0]
+                if offset:
+                    struct.pack_into(">H", data, ranges + k, offset + 2 * shift)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    (dest_dir / "Mandatory.ttf").write_bytes(data)
+    return dest_dir / "Mandatory.ttf"
+
+
+def test_a_font_lacking_plate_glyphs_is_left_out_with_a_warning(tmp_path):
+    from PIL import ImageFont
+
+    path = _face_lacking(tmp_path / "fonts")
+    assert "Q" in fontmod.missing_plate_glyphs(ImageFont.truetype(str(path), 32))
+    assert "Z" not in fontmod.missing_plate_glyphs(ImageFont.truetype(str(path), 32))
+    # Drawn with it, a plate reading "QQQ1Q23" would show boxes where its annotation says Q.
+    with pytest.warns(RuntimeWarning, match="no glyph for .*Q"):
+        faces = fontmod.plate_fonts([tmp_path / "fonts"])
+    assert faces and not any(f.source == "user" for f in faces)
+    fontmod.clear_cache()
+    with pytest.warns(RuntimeWarning), pytest.raises(fontmod.FontNotFoundError):
+        fontmod.plate_fonts([tmp_path / "fonts"], packages=False, system=False)
+    assert not any(fontmod.missing_plate_glyphs(ImageFont.truetype(f.path, 32)) for f in fontmod.plate_fonts())
 
 
 def test_load_font_is_cached():

@@ -70,7 +70,7 @@ from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError, check_resumable, check_schedule_kept
 from ksrnet.training import WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata
-from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices
+from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices, per_rank_count
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -106,10 +106,7 @@ class KSRTrackDataset(IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        # Per DDP rank (see training.RecognizerSamples.__len__): Lightning plans each rank's steps.
-        dist = torch.distributed
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        return math.ceil(self.num_tracks / world)
+        return per_rank_count(self.num_tracks)
 
     def __iter__(self):
         import cv2
@@ -138,7 +135,7 @@ class KSRFolderDataset(IterableDataset):
         self.tracks.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.tracks)
+        return per_rank_count(len(self.tracks))  # the folder's own len() counts every rank's tracks
 
     def __iter__(self):
         for track in self.tracks:

@@ -24,6 +24,15 @@ def my_indices(n: int) -> range:
     return range(rank, n - n % world, world)[worker::workers]
 
 
+def per_rank_count(n: int) -> int:
+    """How many of n items each DDP rank gets from my_indices (all n without DDP): what a dataset's
+    len() must say, since Lightning plans each rank's steps (and so its schedule) from it."""
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+    return n // world
+
+
 class FolderTrackDataset(IterableDataset):
     """Labelled tracks of an LRLPR-26 folder, reshuffled every epoch; unreadable tracks are skipped.
 

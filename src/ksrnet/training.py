@@ -18,6 +18,7 @@ from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layo
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
+from ksrnet.track_dataset import per_rank_count
 
 
 class RecognizerSamples(IterableDataset):
@@ -31,12 +32,8 @@ class RecognizerSamples(IterableDataset):
         self.tokenizer = Tokenizer()
 
     def __len__(self) -> int:
-        # Per DDP rank: sources shard their tracks over ranks (track_dataset.my_indices), and Lightning
-        # plans each rank's steps (hence the one-cycle schedule) from this length; the full count made
-        # a W-GPU run end at 1/W of its schedule, never annealed.
-        dist = torch.distributed
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        return len(self.tracks) // world  # my_indices leaves the remainder out under DDP
+        # Per DDP rank: the full count made a W-GPU run end at 1/W of its one-cycle schedule, never annealed.
+        return per_rank_count(len(self.tracks))
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.tracks, "set_epoch"):

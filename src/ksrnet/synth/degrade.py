@@ -1073,20 +1073,24 @@ def degrade_track(
         )
         x = blur_frame(x, params, t, factor, rng, None if kernels is None else kernels[t])
         lr.append(area_downsample(x, lr_sizes[t]))
-    # The LR stages are per-pixel: one vectorised pass over the stacked track when sizes agree.
+    # Exposure and noise are per pixel, but the contrast pivot is the mean of what they are given:
+    # one pass over the whole track gives every frame the same tone curve. Frames of different sizes
+    # go in as one row of all their pixels (a frame on its own would get its own pivot).
     same = all(f.shape == lr[0].shape for f in lr)
-    groups = [np.array(lr)] if same else [f[None] for f in lr]
-    out: list[np.ndarray] = []
-    for x in groups:
-        x = apply_exposure(
-            x, gain=params.gain, gamma=params.gamma, contrast=params.contrast,
-            color_cast=params.color_cast, saturation=params.saturation,
-            black_level=params.black_level,
-        )
-        x = sensor_noise(x, params.noise_a, params.noise_b, rng, params.noise_channel_corr)
-        x = sharpen(x, params.sharpen_amount, params.sharpen_sigma)
-        out.extend(to_uint8(x))
-    return compress_track(out, params, rng)
+    x = np.array(lr) if same else np.concatenate([f.reshape(-1, f.shape[-1]) for f in lr])[None]
+    x = apply_exposure(
+        x, gain=params.gain, gamma=params.gamma, contrast=params.contrast,
+        color_cast=params.color_cast, saturation=params.saturation,
+        black_level=params.black_level,
+    )
+    x = sensor_noise(x, params.noise_a, params.noise_b, rng, params.noise_channel_corr)
+    if not same:
+        ends = np.cumsum([f.shape[0] * f.shape[1] for f in lr])[:-1]
+        x = [part.reshape(f.shape) for part, f in zip(np.split(x[0], ends), lr)]
+    # Sharpening is spatial: on the stack (each frame its own borders) or frame by frame.
+    out = to_uint8(sharpen(x, params.sharpen_amount, params.sharpen_sigma)) if same else [
+        to_uint8(sharpen(f, params.sharpen_amount, params.sharpen_sigma)) for f in x]
+    return compress_track(list(out), params, rng)
 
 
 def make_lr_track(

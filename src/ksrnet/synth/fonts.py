@@ -13,11 +13,14 @@ import importlib.util
 import os
 import pkgutil
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from PIL import ImageFont
+from PIL import Image, ImageDraw, ImageFont
+
+from ksrnet.plates import DIGITS, LETTERS
 
 FONT_DIRS_ENV = "KSRNET_FONT_DIRS"
 FONT_SUFFIXES = (".ttf", ".otf")
@@ -70,11 +73,37 @@ def _is_italic(stem: str) -> bool:
     return bool(re.search(r"italic|oblique", stem, re.IGNORECASE))
 
 
+# A code point no font maps (Unicode private use): FreeType draws the font's missing-glyph box.
+_UNMAPPED = "\U0010FFFD"
+
+
+def _ink(font: ImageFont.FreeTypeFont, ch: str) -> bytes | None:
+    """The bitmap `font` draws for `ch`, or None when it draws no ink at all."""
+    l, t, r, b = font.getbbox(ch)
+    if r <= l or b <= t:
+        return None
+    img = Image.new("L", (r - l, b - t), 0)
+    ImageDraw.Draw(img).text((-l, -t), ch, font=font, fill=255)
+    return img.tobytes() if img.getbbox() else None
+
+
+def missing_plate_glyphs(font: ImageFont.FreeTypeFont) -> str:
+    """The plate characters (A-Z, 0-9) `font` has no glyph for: drawn as its missing-glyph box or
+    as nothing. A plate drawn with such a face would not show the text its annotation gives."""
+    notdef = _ink(font, _UNMAPPED)
+    return "".join(ch for ch in LETTERS + DIGITS if (ink := _ink(font, ch)) is None or ink == notdef)
+
+
 def _describe(path: Path, source: str) -> FontFace | None:
-    """Open the file once to learn its family and weight axis; None if FreeType rejects it."""
+    """Open the file once to learn its family and weight axis; None if FreeType rejects it or it
+    lacks a plate character (with a warning that names them: its plates would not read as annotated)."""
     try:
         font = ImageFont.truetype(str(path), 32)
     except OSError:
+        return None
+    missing = missing_plate_glyphs(font)
+    if missing:
+        warnings.warn(f"font {path} left out: it has no glyph for {missing!r}", RuntimeWarning, stacklevel=2)
         return None
     family = (font.getname()[0] or path.stem).strip()
     weight_range = None
