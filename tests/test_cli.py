@@ -654,3 +654,30 @@ def test_contact_sheet_refuses_bad_options(tmp_path, monkeypatch, args, message)
     result = invoke("contact-sheet", *args)
     assert_exit(result, 2)
     assert mentions(result.stderr, message), result.stderr
+
+
+def test_synth_font_adds_a_folder_of_plate_faces_and_refuses_one_without(tmp_path, monkeypatch):
+    import shutil
+
+    from ksrnet.synth import fonts
+
+    monkeypatch.delenv(fonts.FONT_DIRS_ENV, raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, why in ((tmp_path / "nowhere", "does not exist"), (empty, "no usable")):
+        result = invoke("synth", tmp_path / "out", "-n", "1", "--font", folder)
+        assert_exit(result, 2)
+        assert mentions(result.stderr, why), result.stderr
+    own = tmp_path / "own"
+    own.mkdir()
+    package_face = next(f for f in fonts.discover_fonts() if f.source == "package")
+    shutil.copy(package_face.path, own / "Mandatory.ttf")
+    try:
+        result = invoke("synth", tmp_path / "out", "-n", "1", "--no-hr", "--font", own)
+        assert_exit(result, 0)
+        assert mentions(result.stdout, "1 face(s)")
+        assert os.environ[fonts.FONT_DIRS_ENV] == str(own)
+        assert any(f.source == "user" and f.path.endswith("Mandatory.ttf") for f in fonts.plate_fonts())
+    finally:
+        monkeypatch.delenv(fonts.FONT_DIRS_ENV, raising=False)
+        fonts.clear_cache()

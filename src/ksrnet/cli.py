@@ -204,6 +204,37 @@ def note_duplicate_ids(paths: list) -> None:
                           soft_wrap=True)
 
 
+FONT_HELP = ("A folder of .ttf/.otf plate faces (e.g. the real Mandatory or FE-Schrift, which are not free) "
+             "drawn beside the packaged free ones; repeatable. Same as listing it in $KSRNET_FONT_DIRS.")
+
+
+def use_font_dirs(dirs: Optional[List[Path]]) -> None:
+    """Put --font folders before those of $KSRNET_FONT_DIRS for the renderer (and any worker it starts),
+    refusing one that holds no usable plate face and noting the faces it leaves out."""
+    import os
+    import warnings
+
+    from rich.markup import escape
+
+    from ksrnet.synth.fonts import FONT_DIRS_ENV, FontNotFoundError, clear_cache, faces_in
+
+    for d in dirs or []:
+        with warnings.catch_warnings(record=True) as left_out:
+            warnings.simplefilter("always")
+            try:
+                faces = faces_in(d)
+            except FontNotFoundError as exc:
+                fail(f"--font {d}: {exc}")
+        for w in left_out:
+            err_console.print(f"[yellow]note:[/yellow] {escape(str(w.message))}", soft_wrap=True)
+        console.print(f"--font {escape(str(d))}: {len(faces)} face(s): {escape(first_few([f.family for f in faces]))}",
+                      highlight=False)
+    if dirs:
+        old = [e for e in os.environ.get(FONT_DIRS_ENV, "").split(os.pathsep) if e]
+        os.environ[FONT_DIRS_ENV] = os.pathsep.join([str(d) for d in dirs] + old)
+        clear_cache()
+
+
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write (LRLPR-26 layout: OUT/Scenario-Synthetic/<Layout>/track_N)."),
@@ -214,12 +245,14 @@ def synth(
     codec: Optional[str] = typer.Option(None, "--codec", help="Force the simulated codec: none | jpeg | h264 | "
                                         "h264+jpeg (default: drawn per track by the preset)."),
     no_hr: bool = typer.Option(False, "--no-hr", help="Skip the hr-NNN views (faster, smaller)."),
+    fonts: Optional[List[Path]] = typer.Option(None, "--font", help=FONT_HELP),
 ) -> None:
     """Generate synthetic tracks with known text, corners, flow to the reference frame and canonical HR.
 
     Each track folder holds lr-001..005.png, hr-001..005.png (.jpg with --format jpg), annotations.json (plate_text,
     plate_layout, corners) and synth_gt.npz (flows, homographies to the canonical plate, the
-    canonical HR plate; see ksrnet/synth/dataset.py).
+    canonical HR plate; see ksrnet/synth/dataset.py). The same seed gives the same tracks with the
+    same fonts.
     """
     from ksrnet.synth.dataset import write_synthetic_dataset
 
@@ -231,6 +264,7 @@ def synth(
 
     if codec is not None and codec not in CODECS:
         fail(f"unknown codec {codec!r}: use {', '.join(CODECS)}")
+    use_font_dirs(fonts)
     # Tracks are named track_00001.. under a folder per layout: written over an earlier set, they would
     # replace some of its tracks, keep others and give one id two folders.
     if out.exists() and not out.is_dir():
@@ -259,6 +293,7 @@ def contact_sheet_cmd(
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real LR frames to show below "
                                         "(e.g. ../shared/real-samples/lrlpr26_frames)."),
     scale: int = typer.Option(4, "--scale", min=1, max=16, help="Nearest-neighbour zoom, so pixels stay visible."),
+    fonts: Optional[List[Path]] = typer.Option(None, "--font", help=FONT_HELP),
 ) -> None:
     """Render synthetic tracks beside real LR frames in one PNG, at the same scale, to judge realism."""
     from ksrnet.synth.contact_sheet import write_contact_sheet
@@ -272,6 +307,7 @@ def contact_sheet_cmd(
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         fail(f"{out}: the contact sheet is an image; give a .png (or .jpg) file name")
     check_output_path(out, "OUT")
+    use_font_dirs(fonts)
     try:
         path = write_contact_sheet(out, num_tracks=tracks, seed=seed, preset=preset, real_dir=real, scale=scale)
     except OSError as exc:

@@ -204,6 +204,21 @@ def _discover(dirs: tuple[Path, ...], packages: bool, system: bool) -> tuple[Fon
     return tuple(faces)
 
 
+def faces_in(folder: str | os.PathLike) -> tuple[FontFace, ...]:
+    """The usable faces of one user folder (or file) alone; FontNotFoundError when it has none."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FontNotFoundError(f"{folder} does not exist")
+    try:
+        faces = _discover((folder,), False, False)
+    except FontNotFoundError:
+        faces = ()
+    if not faces:
+        raise FontNotFoundError(f"no usable {'/'.join(FONT_SUFFIXES)} font in {folder} (a face must have "
+                                "every plate character, A-Z and 0-9)")
+    return faces
+
+
 def plate_fonts(
     extra_dirs: Iterable[str | os.PathLike] | None = None,
     *,
