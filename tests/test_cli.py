@@ -212,10 +212,14 @@ def test_check_data_folder_without_tracks(tmp_path):
 
 
 def test_check_data_on_a_file(tmp_path):
-    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "file.png").write_text("x")
+    result = invoke("check-data", tmp_path / "file.png")
+    assert_failed(result)
+    assert mentions(result.stderr, "is neither a directory nor a .txt list of track folders")
+    (tmp_path / "file.txt").write_text("x")  # a .txt is read as a list of track folders
     result = invoke("check-data", tmp_path / "file.txt")
     assert_failed(result)
-    assert mentions(result.stderr, "is not a directory")
+    assert mentions(result.stderr, "1 of the 1 entries") and mentions(result.stderr, "not track folders")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,3 +685,22 @@ def test_synth_font_adds_a_folder_of_plate_faces_and_refuses_one_without(tmp_pat
     finally:
         monkeypatch.delenv(fonts.FONT_DIRS_ENV, raising=False)
         fonts.clear_cache()
+
+
+def test_a_txt_list_of_track_folders_is_a_tracks_argument(tmp_path):
+    tracks = tmp_path / "tracks"
+    assert_exit(invoke("synth", tracks, "-n", "3", "--seed", "2", "--no-hr"), 0)
+    from ksrnet.tracks import discover_tracks
+
+    first, _, third = discover_tracks(tracks)
+    listing = tmp_path / "some.txt"
+    listing.write_text(f"# two of three\n\n{first.relative_to(tmp_path)}\n{third.resolve()}\n")
+    out = tmp_path / "p.txt"
+    assert_exit(invoke("predict", listing, "--out", out), 0)
+    assert [line.split(",")[0] for line in out.read_text().splitlines()] == [first.name, third.name]
+    listing.write_text(f"{first}\n{tmp_path / 'nowhere'}\n{tracks}\n")  # a missing folder, and a folder of tracks
+    result = invoke("predict", listing, "--out", out)
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "2 of the 3 entries") and mentions(result.stderr, "not track folders")
+    listing.write_text("# nothing\n")
+    assert mentions(invoke("predict", listing, "--out", out).stderr, "lists no track folders")

@@ -554,6 +554,41 @@ def test_folder_track_without_corners_trains_on_text_only_and_pads_frames():
         folder_track_sample(track, LR, 4)
 
 
+def test_stage_3_validates_on_a_held_out_split_that_no_stage_trains_on(tmp_path, recognizer_path):
+    from ksrnet.ksr_training import build_stage_data, resolve_model_config
+    from ksrnet.synth.dataset import write_synthetic_dataset
+    from ksrnet.tracks import discover_tracks
+
+    folder = tmp_path / "tracks"
+    write_synthetic_dataset(folder, 6, seed=8)
+    cfg = micro(recognizer_path, data={"tracks_per_epoch": 0, "lrlpr_root": str(folder), "num_frames": 5,
+                                       "lrlpr_val_fraction": 0.5, "val_tracks": 2})
+    model_config, _ = resolve_model_config(cfg)
+    held_out = None
+    for stage in ("1", "2", "3"):
+        train, val = build_stage_data(cfg, model_config, stage)
+        if stage != "3":
+            assert isinstance(val, KSRTrackDataset)  # flow and warm-up stages: synthetic ground truth
+        else:
+            held_out = set(val.tracks.paths)
+        assert held_out is None or not set(train.tracks.paths) & held_out
+    assert held_out and len(held_out) < 6 and set(train.tracks.paths) | held_out == set(discover_tracks(folder))
+    run = tmp_path / "run"
+    out = train_ksrnet(cfg, run, "3", progress=False)
+    assert sorted((run / "val_tracks.txt").read_text().split()) == sorted(str(p.resolve()) for p in held_out)
+    assert json.loads(out.with_suffix(".json").read_text())["global_step"] >= 1
+    # Real tracks without corners (Scenario B) have no pixel target: validation reads them, and reports
+    # no PSNR rather than one over no pixel (which came out as 106 dB).
+    for track in held_out:
+        doc = json.loads((track / "annotations.json").read_text())
+        (track / "annotations.json").write_text(json.dumps({**doc, "corners": {}}))
+    train_ksrnet(cfg, tmp_path / "run-b", "3", progress=False)
+    header, *rows = next((tmp_path / "run-b").rglob("metrics.csv")).read_text().splitlines()
+    names = header.split(",")
+    values = [dict(zip(names, row.split(","))) for row in rows]
+    assert any(v.get("val/rr") for v in values) and not any(v.get("val/psnr") for v in values)
+
+
 def test_stages_train_on_a_folder_alone(tmp_path, recognizer_path):
     from typer.testing import CliRunner
 

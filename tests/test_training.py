@@ -156,6 +156,9 @@ def test_replace_keeps_other_sections():
     # Non-finite numbers: .inf crashed in Lightning's timer, .nan got a message about clip_gradients.
     (micro(trainer={"max_minutes": float("inf")}), ["trainer.max_minutes", "finite", "inf"]),
     (micro(trainer={"gradient_clip": float("nan")}), ["trainer.gradient_clip", "finite", "nan"]),
+    (micro(data={"lrlpr_val_fraction": 0.1}), ["lrlpr_val_fraction", "set lrlpr_root too"]),
+    (micro(data={"lrlpr_root": "x", "lrlpr_val_fraction": 1.0}), ["lrlpr_val_fraction must be in [0, 1)"]),
+    (micro(data={"lrlpr_root": "x", "lrlpr_val_fraction": 0.2, "val_lrlpr_root": "y"}), ["not both"]),
 ])
 def test_bad_configs_raise_config_error_naming_the_problem(tmp_path, data, needles):
     path = write_yaml(tmp_path / "bad.yaml", data)
@@ -794,3 +797,49 @@ def test_init_weights_from_another_input_size(trained_run, tmp_path, monkeypatch
     bad = TrainConfig.from_dict({**micro(model={"embed_dim": 64}), "init_weights": str(trained_run)})
     with pytest.raises(ValueError, match="only img_h / img_w may differ"):
         training.train(bad, tmp_path / "bad", progress=False)
+
+
+# (c) validation on real (here: written) tracks
+
+
+def test_validation_split_is_stable_disjoint_and_near_its_fraction(tmp_path):
+    from ksrnet.track_dataset import in_validation_split
+
+    root = tmp_path / "train"
+    tracks = [root / "Scenario-A" / "Brazilian" / f"track_{i:05d}" for i in range(2000)]
+    held = [t for t in tracks if in_validation_split(t, root, 0.1)]
+    assert 160 <= len(held) <= 240
+    # Where the folder lives does not matter, only each track's path under it.
+    moved = tmp_path / "elsewhere"
+    assert held == [t for t in tracks if in_validation_split(moved / t.relative_to(root), moved, 0.1)]
+    # A larger fraction keeps the tracks a smaller one held out.
+    assert set(held) <= {t for t in tracks if in_validation_split(t, root, 0.3)}
+
+
+def test_train_validates_on_a_held_out_split_of_lrlpr_root_and_lists_it(tmp_path):
+    from ksrnet.tracks import discover_tracks
+    from ksrnet.training import build_datasets
+
+    folder = tmp_path / "tracks"
+    assert_ok(invoke("synth", folder, "--tracks", 12, "--seed", 5, "--no-hr"))
+    config = micro(data={"synth_tracks_per_epoch": 0, "lrlpr_root": str(folder), "lrlpr_val_fraction": 0.4})
+    train_samples, val_samples = build_datasets(TrainConfig.from_dict(config))
+    train_paths, val_paths = set(train_samples.tracks.paths), set(val_samples.tracks.paths)
+    assert train_paths and val_paths and not train_paths & val_paths
+    assert train_paths | val_paths == set(discover_tracks(folder))
+    run = tmp_path / "run"
+    assert_ok(invoke("train", write_yaml(tmp_path / "c.yaml", config), "--run-dir", run))
+    listed = (run / "val_tracks.txt").read_text().split()
+    assert sorted(listed) == sorted(str(p.resolve()) for p in val_paths)
+    assert json.loads((run / "model.json").read_text())["val_rr_track_product"] is not None
+    # The list is a TRACKS argument: eval scores exactly the held-out tracks.
+    result = invoke("eval", run / "val_tracks.txt", "--model", run, "--frames", "1", "--fusions", "product", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["product@F=1"]["overall"]["tracks"] == len(val_paths)
+    # A separate folder validates too; a fraction that holds out nothing is refused in one line.
+    other = micro(data={"synth_tracks_per_epoch": 8, "val_lrlpr_root": str(folder)})
+    assert len(build_datasets(TrainConfig.from_dict(other))[1].tracks.paths) == 12
+    tiny = micro(data={"synth_tracks_per_epoch": 0, "lrlpr_root": str(folder), "lrlpr_val_fraction": 1e-9})
+    assert_refused(invoke("train", write_yaml(tmp_path / "t.yaml", tiny), "--run-dir", tmp_path / "run2"),
+                   "validation split", "holds no track")
+

@@ -40,10 +40,17 @@ class KSRDataConfig:
     """On-the-fly synthetic tracks (``ksrnet.synth.dataset.generate_track``); each stage draws its
     own stream (seed offset by the stage) and every epoch new tracks. ``lrlpr_root``: labelled
     LRLPR-26 tracks mixed in (or alone, with ``tracks_per_epoch: 0``); see
-    ``ksr_targets.folder_track_sample`` for what each stage learns from them."""
+    ``ksr_targets.folder_track_sample`` for what each stage learns from them. Stage 3 (which keeps
+    the checkpoint that reads best) validates on real tracks where given: ``val_lrlpr_root``, or an
+    ``lrlpr_val_fraction`` of ``lrlpr_root`` held out of every stage's training (as in the
+    recognizer's config; stage 3 lists them in the run dir's val_tracks.txt). The flow and warm-up
+    stages keep the synthetic validation: real tracks have no flow ground truth, nor always a
+    rectified HR."""
 
     tracks_per_epoch: int = 4000
     lrlpr_root: str | None = None
+    val_lrlpr_root: str | None = None
+    lrlpr_val_fraction: float = 0.0
     preset: str = "mix"
     codec: str | None = None  # force a codec ("none", "jpeg", ...); None = the preset's mix
     num_frames: int = 5

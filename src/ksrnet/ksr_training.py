@@ -69,7 +69,8 @@ from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_pr
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError, check_resumable, check_schedule_kept
-from ksrnet.training import WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata
+from ksrnet.training import (WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata,
+                             real_validation_split, write_validation_list)
 from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices, per_rank_count
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
@@ -126,8 +127,8 @@ class KSRFolderDataset(IterableDataset):
     reshuffled every epoch, sharded like :class:`KSRTrackDataset`; unreadable tracks are skipped."""
 
     def __init__(self, root: str | Path, *, lr_size: tuple[int, int], upscale: int = 4, ref_policy: str = "middle",
-                 num_frames: int = 5, supersample: int = 2, seed: int = 0) -> None:
-        self.tracks = FolderTrackDataset(root, seed=seed, require_labels=True)
+                 num_frames: int = 5, supersample: int = 2, seed: int = 0, keep=None, part: str = "") -> None:
+        self.tracks = FolderTrackDataset(root, seed=seed, require_labels=True, keep=keep, part=part)
         self.lr_size, self.upscale, self.ref_policy = tuple(lr_size), upscale, ref_policy
         self.num_frames, self.supersample = num_frames, supersample
 
@@ -315,16 +316,17 @@ class KSRStageModule(WallClockLR, L.LightningModule):
         lp, llp = layout_log_probs(reading.char_logits.float(), reading.layout_logits.float(), self.layout_masks)
         indices = decode_constrained(lp, llp)[0]
         right = (indices == batch["text"]).all(-1).float()
-        for p, ok in zip(psnr.tolist(), right.tolist()):
-            self._val.append({"psnr": p, "rr": ok, "n": 1.0})
+        has_target = (mask.sum((1, 2, 3)) > 0).tolist()
+        for p, ok, scored in zip(psnr.tolist(), right.tolist(), has_target):
+            # A real track without a rectified HR has no pixel target: its PSNR (over no pixel) is not one.
+            self._val.append({"psnr": p, "rr": ok, "n": 1.0} if scored else {"rr": ok, "n": 1.0})
 
     def on_validation_epoch_end(self):
         if not self._val:
             return
-        n = sum(v["n"] for v in self._val)
-        keys = [k for k in self._val[0] if k != "n"]
-        for k in keys:
-            value = sum(v[k] * v["n"] for v in self._val) / n
+        for k in dict.fromkeys(k for v in self._val for k in v if k != "n"):
+            rows = [v for v in self._val if k in v]
+            value = sum(v[k] * v["n"] for v in rows) / sum(v["n"] for v in rows)
             self.log(f"val/{k}", value, prog_bar=True, sync_dist=True)
         self._val.clear()
 
@@ -443,9 +445,15 @@ def build_stage_data(config: KSRTrainConfig, model_config: KSRNetConfig, stage: 
     if d.tracks_per_epoch:
         sources.append(KSRTrackDataset(d.tracks_per_epoch, seed=d.seed + 7919 * STAGES.index(stage),
                                        preset=d.preset, codec=d.codec, **common))
+    held_out = real_validation_split(d.lrlpr_root, d.lrlpr_val_fraction)
     if d.lrlpr_root:
-        sources.append(KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common))
+        sources.append(KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common, keep=None if held_out is None else
+                                        (lambda p: not held_out(p)), part="training split" if held_out else ""))
     train = sources[0] if len(sources) == 1 else Interleave(sources)
+    if stage == "3" and held_out is not None:
+        return train, KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common, keep=held_out, part="validation split")
+    if stage == "3" and d.val_lrlpr_root:
+        return train, KSRFolderDataset(d.val_lrlpr_root, seed=d.seed, **common)
     val = (KSRTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True, **common)
            if d.val_tracks else None)
     return train, val
@@ -498,6 +506,7 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     sdir.mkdir(parents=True, exist_ok=True)
 
     train_data, val_data = build_stage_data(config, model_config, stage)
+    write_validation_list(run_dir, val_data)
     t = config.trainer
     loader_args = dict(batch_size=t.batch_tracks, num_workers=config.data.num_workers, persistent_workers=False)
     train_loader = DataLoader(train_data, **loader_args)

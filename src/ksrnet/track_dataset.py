@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +24,17 @@ def my_indices(n: int) -> range:
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info else (0, 1)
     return range(rank, n - n % world, world)[worker::workers]
+
+
+def in_validation_split(track: Path, root: Path, fraction: float) -> bool:
+    """Whether a track of `root` is held out for validation when a `fraction` of it is: decided by
+    a hash of its path under root, so the same tracks on any machine, order or run."""
+    try:
+        relative = Path(track).relative_to(root).as_posix()
+    except ValueError:  # root is a list of track folders (tracks.read_track_list), or itself the track
+        relative = Path(track).resolve().as_posix()
+    digest = int.from_bytes(hashlib.sha256(relative.encode()).digest()[:8], "big")
+    return digest < fraction * 2 ** 64
 
 
 def per_rank_count(n: int) -> int:
@@ -44,10 +57,18 @@ class FolderTrackDataset(IterableDataset):
     (the recognizer does not use them); with ``with_hr=True`` a track whose HR frames cannot be read
     is still used without them (no pixel target, text only)."""
 
-    def __init__(self, root: str | Path, seed: int = 0, require_labels: bool = True, with_hr: bool = True):
+    def __init__(self, root: str | Path, seed: int = 0, require_labels: bool = True, with_hr: bool = True,
+                 keep: Callable[[Path], bool] | None = None, part: str = ""):
+        """keep: which track folders belong to this dataset (all by default); part: what they are
+        (e.g. "validation split") for messages."""
         from ksrnet.tracks import ANNOTATIONS_NAME, DatasetError, TrackError, discover_tracks, read_annotations
 
         paths = discover_tracks(Path(root))
+        if keep is not None:
+            paths = [p for p in paths if keep(p)]
+            if not paths:
+                raise DatasetError(f"the {part or 'selection'} of {root} holds no track")
+        where = f"{root} ({part})" if part else f"{root}"
         self.skipped: list[str] = []
         if require_labels:
             kept = []
@@ -63,12 +84,12 @@ class FolderTrackDataset(IterableDataset):
                 kept.append(p)
             if not kept:
                 # Every track would be skipped: an epoch of no steps, and "trained" weights never trained.
-                raise DatasetError(f"no labelled tracks under {root}: none of its {len(paths)} track(s) "
+                raise DatasetError(f"no labelled tracks under {where}: none of its {len(paths)} track(s) "
                                    f"has a usable {ANNOTATIONS_NAME} (training needs plate_text)")
             if self.skipped:
                 import warnings
 
-                warnings.warn(f"{len(self.skipped)} of {len(paths)} track(s) under {root} left out of training "
+                warnings.warn(f"{len(self.skipped)} of {len(paths)} track(s) under {where} left out of training "
                               f"(no or unusable labels; `ksrnet check-data` lists them), first: {self.skipped[0]}",
                               stacklevel=2)
             paths = kept

@@ -180,12 +180,15 @@ def _root_is_track(root: Path) -> bool:
 
 
 def discover_tracks(root: Path | str) -> list[Path]:
-    """Track folders under root at any depth (root itself may be one), in natural path order."""
+    """Track folders under root at any depth (root itself may be one), in natural path order; or,
+    when root is a .txt file, the track folders it lists (see read_track_list)."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"dataset root {root} does not exist")
+    if root.is_file() and root.suffix.lower() == TRACK_LIST_SUFFIX:
+        return read_track_list(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset root {root} is not a directory")
+        raise DatasetError(f"dataset root {root} is neither a directory nor a {TRACK_LIST_SUFFIX} list of track folders")
     if _root_is_track(root):
         # "." or "..": the folder's own name is the track id
         return [Path(os.path.abspath(root)) if root.name in ("", "..") else root]
@@ -212,6 +215,34 @@ def discover_tracks(root: Path | str) -> list[Path]:
             f"lr-NNN.{{png,jpg,jpeg}} frames, at any depth"
         )
     return sorted(found, key=lambda p: _path_key(p.relative_to(root)))
+
+
+TRACK_LIST_SUFFIX = ".txt"
+
+
+def read_track_list(path: Path | str) -> list[Path]:
+    """The track folders a text file lists, one per line, in its order (e.g. the val_tracks.txt of a
+    training run): blank lines and lines starting with # are skipped, relative paths are taken from
+    the file's folder, and every entry must be a track folder."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read the track list {path}: {exc}") from None
+    found, missing = [], []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        folder = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        (found if folder.is_dir() and _is_track_dir(folder) else missing).append(folder)
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetError(f"{len(missing)} of the {len(found) + len(missing)} entries of {path} are not track "
+                           f"folders: {shown}")
+    if not found:
+        raise DatasetError(f"{path} lists no track folders")
+    return found
 
 
 def track_dir(root: Path | str, track_id: str, scenario: str | None = None,

@@ -139,6 +139,12 @@ def check_track_source(data, *, tracks: str, preset: str, frames: str) -> None:
         raise ValueError(f"no training data: set {tracks} > 0 or lrlpr_root")
     if data.num_workers < 0 or not 1 <= getattr(data, frames) <= 16:
         raise ValueError(f"num_workers must be >= 0 and {frames} in 1..16")
+    if not 0 <= data.lrlpr_val_fraction < 1:
+        raise ValueError(f"lrlpr_val_fraction must be in [0, 1), got {data.lrlpr_val_fraction}")
+    if data.lrlpr_val_fraction and not data.lrlpr_root:
+        raise ValueError("lrlpr_val_fraction holds out tracks of lrlpr_root: set lrlpr_root too")
+    if data.lrlpr_val_fraction and data.val_lrlpr_root:
+        raise ValueError("validate on val_lrlpr_root or on an lrlpr_val_fraction of lrlpr_root, not both")
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,12 @@ class DataConfig:
     synth_tracks_per_epoch: int = 20000
     synth_preset: str = "mix"
     lrlpr_root: str | None = None
+    # Validation (which picks the best checkpoint) runs on synthetic tracks (val_tracks of val_preset)
+    # unless real ones are given: a labelled folder of their own, or a fraction of lrlpr_root's tracks
+    # held out of training (chosen by a hash of each track's path under it; listed in the run dir's
+    # val_tracks.txt).
+    val_lrlpr_root: str | None = None
+    lrlpr_val_fraction: float = 0.0
     val_tracks: int = 500
     val_preset: str = "hard"
     val_seed: int = 1_000_003

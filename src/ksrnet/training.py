@@ -307,12 +307,39 @@ def build_datasets(config: TrainConfig):
     sources = []
     if d.synth_tracks_per_epoch:
         sources.append(SyntheticTrackDataset(d.synth_tracks_per_epoch, seed=d.seed, preset=d.synth_preset))
+    # The recognizer reads LR frames only: a track's HR frames must not decide whether it trains.
+    folder = dict(seed=d.seed, require_labels=True, with_hr=False)
+    held_out = real_validation_split(d.lrlpr_root, d.lrlpr_val_fraction)
     if d.lrlpr_root:
-        # The recognizer reads LR frames only: a track's HR frames must not decide whether it trains.
-        sources.append(FolderTrackDataset(d.lrlpr_root, seed=d.seed, require_labels=True, with_hr=False))
+        sources.append(FolderTrackDataset(d.lrlpr_root, **folder, keep=None if held_out is None else
+                                          (lambda p: not held_out(p)), part="training split" if held_out else ""))
     train = sources[0] if len(sources) == 1 else Interleave(sources)
-    val = SyntheticTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True)
+    if held_out is not None:
+        val = FolderTrackDataset(d.lrlpr_root, **folder, keep=held_out, part="validation split")
+    elif d.val_lrlpr_root:
+        val = FolderTrackDataset(d.val_lrlpr_root, **folder)
+    else:
+        val = SyntheticTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True)
     return RecognizerSamples(train, config), RecognizerSamples(val, config)
+
+
+def real_validation_split(root: str | None, fraction: float):
+    """The predicate picking the tracks of root held out for validation (None when none are)."""
+    if not root or not fraction:
+        return None
+    from ksrnet.track_dataset import in_validation_split
+
+    return lambda path: in_validation_split(path, Path(root), fraction)
+
+
+def write_validation_list(run_dir: Path, val_samples) -> None:
+    """List real validation tracks in run_dir/val_tracks.txt (absolute paths), which every command
+    that takes TRACKS reads as those tracks: `ksrnet eval runs/R/val_tracks.txt` scores them."""
+    from ksrnet.track_dataset import FolderTrackDataset
+
+    tracks = getattr(val_samples, "tracks", None)
+    if isinstance(tracks, FolderTrackDataset):
+        (run_dir / "val_tracks.txt").write_text("".join(f"{p.resolve()}\n" for p in tracks.paths), encoding="utf-8")
 
 
 def initial_model(config: TrainConfig) -> Parseq | None:
@@ -360,6 +387,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     config.save(config_path)
     L.seed_everything(config.data.seed, workers=True, verbose=False)
     train_samples, val_samples = build_datasets(config)
+    write_validation_list(run_dir, val_samples)
     t = config.trainer
     # No persistent workers: each worker holds its own copy of the dataset, made when it starts, so
     # persistent ones would never see _EpochSetter's set_epoch and replay epoch 0's tracks forever.
