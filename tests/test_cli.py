@@ -665,7 +665,8 @@ def test_synth_font_adds_a_folder_of_plate_faces_and_refuses_one_without(tmp_pat
 
     from ksrnet.synth import fonts
 
-    monkeypatch.delenv(fonts.FONT_DIRS_ENV, raising=False)
+    # setenv records the variable's state, so it is put back after the test (delenv of an unset one records nothing).
+    monkeypatch.setenv(fonts.FONT_DIRS_ENV, "")
     empty = tmp_path / "empty"
     empty.mkdir()
     for folder, why in ((tmp_path / "nowhere", "does not exist"), (empty, "no usable")):
@@ -683,7 +684,7 @@ def test_synth_font_adds_a_folder_of_plate_faces_and_refuses_one_without(tmp_pat
         assert os.environ[fonts.FONT_DIRS_ENV] == str(own)
         assert any(f.source == "user" and f.path.endswith("Mandatory.ttf") for f in fonts.plate_fonts())
     finally:
-        monkeypatch.delenv(fonts.FONT_DIRS_ENV, raising=False)
+        os.environ.pop(fonts.FONT_DIRS_ENV, None)
         fonts.clear_cache()
 
 
