@@ -145,8 +145,11 @@ def test_discover_skips_hidden_and_macos_folders(tmp_path):
 def test_dataset_errors_for_missing_root_file_root_and_no_tracks(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         discover_tracks(tmp_path / "nope")
-    (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(DatasetError, match="not a directory"):
+    (tmp_path / "file.json").write_text("x")
+    with pytest.raises(DatasetError, match="neither a directory nor a .txt list"):
+        discover_tracks(tmp_path / "file.json")
+    (tmp_path / "file.txt").write_text("x")  # a .txt is a list of track folders: this one's entry is not one
+    with pytest.raises(DatasetError, match="1 of the 1 entries .* are not track folders"):
         discover_tracks(tmp_path / "file.txt")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"no tracks found under .*track_\*.*lr-NNN"):
