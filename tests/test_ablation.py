@@ -102,3 +102,20 @@ def test_cli_ablation_on_a_folder_and_bad_requests(models, tmp_path):
         result = runner.invoke(app, args)
         said = "".join((result.stdout + result.stderr).split())  # rich wraps long lines
         assert result.exit_code != 0 and "".join(needle.split()) in said, (args, said)
+
+
+def test_cli_ablation_scores_each_ksrnet_on_its_own_lr_grid(models, micro_ksrnet, tmp_path):
+    import dataclasses
+
+    from ksrnet.models.ksrnet import KSRNet
+
+    rec, _, ksr = models
+    torch.manual_seed(0)
+    tall = KSRNet(dataclasses.replace(micro_ksrnet().config, lr_size=(20, 48))).eval()  # SR 80x192, not 64x192
+    tall_path = save_ksrnet(tall, tall.config, tmp_path / "tall" / "ksrnet.safetensors")
+    result = runner.invoke(app, ["eval", "--ablation", "--model", str(rec), "--ksrnet", str(ksr.parent), "--ksrnet",
+                                 str(tall_path.parent), "--synth-tracks", "2", "--presets", "easy", "--json"])
+    assert result.exit_code == 0, result.stdout + str(result.exception)
+    rows = {r["method"]: r for r in json.loads(result.stdout)["rows"]}
+    ours = [r for name, r in rows.items() if name.startswith("KSR-Net final")]
+    assert len(ours) == 2 and all(r["psnr_y"] is not None and r["ssim_y"] is not None for r in ours)

@@ -55,6 +55,22 @@ def test_tracks_of_any_length_read_alike_alone_or_batched(micro_ksrnet, noise_tr
         assert torch.allclose(chars, alone_chars, atol=1e-5) and torch.allclose(layouts, alone_layouts, atol=1e-5)
 
 
+def test_a_short_track_reads_the_same_whatever_it_is_batched_with(micro_ksrnet, noise_tracks):
+    # Untrained, the head's last convolution is zero (sr = upsampled reference, blind to the fusion)
+    # and the STFT close to a plain mean: give both weights so how the frames were fused shows.
+    model = micro_ksrnet(seed=3)
+    with torch.no_grad():
+        for p in [*model.fusion.parameters(), model.head.conv_out.weight]:
+            p.add_(torch.randn_like(p) * 0.3)
+    reader = RestorationReader(model, batch_tracks=8)
+    tracks = noise_tracks(n=4, frames=5, seed=1)
+    tracks[1].lr, tracks[3].lr = tracks[1].lr[:2], tracks[3].lr[:1]  # 2 frames: no shifted window alone
+    sr, chars, _ = reader.restore_and_read(tracks)
+    for i, track in enumerate(tracks):  # also: every row stays with its track
+        alone_sr, alone_chars, _ = reader.restore_and_read([track])
+        assert torch.allclose(sr[i], alone_sr[0], atol=1e-5) and torch.allclose(chars[i], alone_chars[0], atol=1e-5)
+
+
 def test_temperatures_soften_the_confidence(micro_ksrnet, noise_tracks):
     model, tracks = micro_ksrnet(seed=1), noise_tracks(n=2, frames=3)
     plain = RestorationReader(model).read(tracks)["product"]
@@ -134,3 +150,15 @@ def test_restoration_models_refuse_tta_and_a_baseline_needs_ksrnet_weights(saved
     result = runner.invoke(app, ["predict", str(synth_tracks), "--model", "mflpr2:parseq-tiny",
                                  "--out", str(tmp_path / "p.txt")])
     assert result.exit_code != 0 and "KSR-Net" in result.stdout + result.stderr
+
+
+def test_a_logit_ensemble_refuses_to_mix_restoration_and_recognizer_models(saved_ksrnet, synth_tracks, tmp_path):
+    # One row of logits per track against one per frame: nothing to average row by row.
+    models = ["--model", str(saved_ksrnet.parent), "--model", str(tmp_path / "recognizer")]
+    result = runner.invoke(app, ["predict", str(synth_tracks), *models, "--out", str(tmp_path / "p.txt")])
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0
+    assert "--ensemble vote" in " ".join((result.stdout + result.stderr).split())
+    result = runner.invoke(app, ["predict", str(synth_tracks), *models, "--ensemble", "vote",
+                                 "--out", str(tmp_path / "p.txt")])
+    assert result.exit_code == 0, result.stdout
+    assert len((tmp_path / "p.txt").read_text().splitlines()) == 3

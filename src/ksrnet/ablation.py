@@ -223,6 +223,22 @@ def sr_targets(tracks: Sequence, lr_size: tuple[int, int], upscale: int, ref_pol
     return torch.stack(images), torch.stack(masks)
 
 
+def sr_targets_per_grid(tracks: Sequence) -> Callable[[RestorationReader], tuple[Tensor, Tensor]]:
+    """The SR targets of a restoration reader, on its model's own grid (``lr_size``, ``upscale``,
+    reference policy): KSR-Nets compared in one table may restore onto different grids (one trained
+    at 20x48, say), and each is scored where it restores. Built once per grid."""
+    cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def targets(reader: RestorationReader) -> tuple[Tensor, Tensor]:
+        c = reader.model.config
+        key = (tuple(c.lr_size), c.upscale, c.ref_index)
+        if key not in cache:
+            cache[key] = sr_targets(tracks, *key)
+        return cache[key]
+
+    return targets
+
+
 def truths_of(tracks: Sequence) -> list[GroundTruth]:
     return [GroundTruth.of_track(t) for t in tracks]
 
@@ -242,8 +258,10 @@ class Methods:
     restorations: dict[str, RestorationReader] = field(default_factory=dict)
 
 
-def ablation_rows(methods: Methods, tracks: list, dataset: str, targets: tuple[Tensor, Tensor] | None,
+def ablation_rows(methods: Methods, tracks: list, dataset: str,
+                  targets: Callable[[RestorationReader], tuple[Tensor, Tensor]] | None,
                   advance: Callable[[], None] = lambda: None) -> list[AblationRow]:
+    """targets: each restoration reader's SR targets (``sr_targets_per_grid``); None: no PSNR/SSIM."""
     truths = truths_of(tracks)
     rows = recognizer_rows(methods.recognizer, tracks, truths, dataset)
     advance()
@@ -254,6 +272,6 @@ def ablation_rows(methods: Methods, tracks: list, dataset: str, targets: tuple[T
         rows.append(reader_row("late fusion: product (F=5) + ensemble", methods.ensemble, tracks, truths, dataset))
         advance()
     for name, reader in methods.restorations.items():
-        rows.append(restoration_row(name, reader, tracks, truths, dataset, targets))
+        rows.append(restoration_row(name, reader, tracks, truths, dataset, targets(reader) if targets else None))
         advance()
     return rows

@@ -74,8 +74,6 @@ def annotated_truth(path: Path):
 
 def load_ground_truth(tracks_root: Path):
     """Ground truth of every annotated track under a root, with a progress bar; skips unlabelled ones."""
-    from rich.markup import escape
-
     from ksrnet.tracks import DatasetError, TrackError, discover_tracks
 
     try:
@@ -165,8 +163,6 @@ def check_data(
 
     Exits with status 1 if any track is broken (unreadable image, bad label, broken JSON...).
     """
-    from rich.markup import escape
-
     from ksrnet.dataset_stats import DatasetStats
     from ksrnet.tracks import DatasetError, discover_tracks, iter_track_results
 
@@ -678,7 +674,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
               synth_tracks: int, presets: str, markdown: Optional[Path], batch_size: int, device: str, mode: str,
               views, ensemble_rule: str, as_json: bool, calibration: Optional[Path] = None) -> None:
     from ksrnet.ablation import (ABLATION_SEED, CROP_BORDER, AblationResult, Methods, ReferenceUpsample,
-                                 UpsampleConfig, ablation_rows, sr_targets, synthetic_test_set)
+                                 UpsampleConfig, ablation_rows, sr_targets_per_grid, synthetic_test_set)
     from ksrnet.infer import Reader
     from ksrnet.restoration_reader import (RestorationReader, baseline_reader, is_ksrnet_weights,
                                            load_restoration_reader)
@@ -738,7 +734,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
                                                                        mode=mode, batch_tracks=batch_size)
         methods.restorations.update(ksr_readers)
     notes.append(f"PSNR/SSIM: Y channel (BT.601), inside the plate, {CROP_BORDER} px cropped on every side of the "
-                 f"{up.lr_size[0] * up.upscale}x{up.lr_size[1] * up.upscale} SR image; synthetic tracks only")
+                 "SR image, against the canonical HR on each method's own SR grid; synthetic tracks only")
     notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`; with TTA its `--tta` ones) where it "
                  "has one, else none")
     notes.append(f"speed: tracks/s reading tracks already in memory, batches of {batch_size}, "
@@ -751,7 +747,7 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
         advance = lambda: progress.advance(task)  # noqa: E731
         for preset in preset_list if synth_tracks else []:
             test_set = synthetic_test_set(synth_tracks, preset, progress=advance)
-            targets = sr_targets(test_set, up.lr_size, up.upscale, up.ref_index)
+            targets = sr_targets_per_grid(test_set)  # each method on the grid it restores to
             rows += ablation_rows(methods, test_set, f"synthetic {preset}, seed {ABLATION_SEED}", targets, advance)
         if tracks is not None:
             folder = [t for batch in read_track_batches(scorable_paths_or_fail(tracks), batch_size, "loading tracks")

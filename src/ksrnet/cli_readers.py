@@ -98,7 +98,13 @@ def make_ensemble_reader(readers: list, models: list, rule: str, backend: str, t
     Without one its confidences are raw: the commands say so after reading (TrackReading.calibrated)."""
     from ksrnet.ensemble_calibration import EnsembleCalibration, EnsembleCalibrationError
     from ksrnet.infer import EnsembleReader
+    from ksrnet.restoration_reader import RestorationReader
 
+    # "logit" averages the members' logits row by row: a restoration model gives one row per track,
+    # a recognizer one per frame, so the two cannot be averaged (the vote compares readings only).
+    if rule == "logit" and len({isinstance(r, RestorationReader) for r in readers}) > 1:
+        fail("--ensemble logit averages per-frame log-probabilities, but KSR-Net and MF-LPR² read each track as one "
+             "restored image: mix them with recognizers under --ensemble vote")
     fitted = None
     if calibration is not None:
         try:

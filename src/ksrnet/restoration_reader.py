@@ -54,19 +54,33 @@ class RestorationReader(Reader):
     @torch.inference_mode()
     def restore_and_read(self, tracks: list, frame_count: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(sr (N, 3, sH, sW), char_logits (N, 7, C), layout_logits (N, L))`` on the CPU, one row per
-        track, from its chosen frames (``infer.select_frames``)."""
+        track in the order given, from its chosen frames (``infer.select_frames``).
+
+        Tracks are batched with others of the same frame count, never padded: the STFT sizes its
+        windows and shifts from the batch's T, so a 2-frame track padded to T=5 would be fused
+        differently (its two frames split by the shifted windows) and its reading would depend on
+        the tracks it happened to be batched with."""
+        if not tracks:
+            return torch.empty(0), torch.empty(0), torch.empty(0)
+        chosen = [select_frames(t.lr, frame_count) for t in tracks]
+        order = sorted(range(len(tracks)), key=lambda i: len(chosen[i]))  # stable: input order within a count
         srs, chars, layouts = [], [], []
-        for start in range(0, len(tracks), self.batch_tracks):
-            chunk = tracks[start:start + self.batch_tracks]
-            frames, mask = pad_tracks([track_to_tensor(select_frames(t.lr, frame_count), self.lr_size) for t in chunk])
+        start = 0
+        while start < len(order):
+            count = len(chosen[order[start]])
+            stop = start
+            while stop < len(order) and stop - start < self.batch_tracks and len(chosen[order[stop]]) == count:
+                stop += 1
+            frames, mask = pad_tracks([track_to_tensor(chosen[i], self.lr_size) for i in order[start:stop]])
             out = self.model(frames.to(self.device), mask.to(self.device), mode=self.mode,
                              refine_iters=self.refine_iters)
             srs.append(out.sr.float().cpu())
             chars.append(out.char_logits.float().cpu())
             layouts.append(out.layout_logits.float().cpu())
-        if not srs:
-            return torch.empty(0), torch.empty(0), torch.empty(0)
-        return torch.cat(srs), torch.cat(chars), torch.cat(layouts)
+            start = stop
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))  # row of each track in the sorted results
+        return torch.cat(srs)[back], torch.cat(chars)[back], torch.cat(layouts)[back]
 
     def frames_used(self, tracks: list, frame_count: int | None) -> list[int]:
         return frames_used(tracks, frame_count)
