@@ -70,17 +70,20 @@ class _StepRecorder:
 
     started_at: list[int] = []
     batches: list[int] = []
+    contents: list = []  # the plate texts of each batch trained (which tracks it held)
     fail_at: int | None = None
 
     @classmethod
     def reset(cls, fail_at: int | None = None) -> None:
-        cls.started_at, cls.batches, cls.fail_at = [], [], fail_at
+        cls.started_at, cls.batches, cls.contents, cls.fail_at = [], [], [], fail_at
 
     def on_train_start(self, trainer, pl_module):
         type(self).started_at.append(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         type(self).batches.append(trainer.global_step)
+        texts = batch["text"] if isinstance(batch, dict) else batch[1]  # KSR-Net dicts, recognizer tuples
+        type(self).contents.append(texts.tolist())
         if type(self).fail_at is not None and trainer.global_step >= type(self).fail_at:
             raise RuntimeError("simulated crash")
 

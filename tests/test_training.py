@@ -625,10 +625,35 @@ def test_crashed_run_resumes_mid_epoch(tmp_path, counter):
     assert not (run / "model.safetensors").exists()
     counter.fail_at = None
     counter.started_at.clear(), counter.batches.clear()
+    crashed = list(counter.contents)
     out = training.train(cfg, run, progress=False)
     assert counter.started_at == [2] and counter.batches == [3, 4]  # the 2 missing steps, not 4 anew
     assert ckpt(run)["global_step"] == 4
     assert out == run / "model.safetensors" and out.is_file()
+    # ... on the epoch's last tracks: the batches a run that never stopped trained (it was given its first two).
+    resumed = counter.contents[len(crashed):]
+    counter.reset()
+    training.train(cfg, tmp_path / "whole", progress=False)
+    assert crashed[:2] == counter.contents[:2] and resumed == counter.contents[2:4]
+
+
+
+def test_a_run_resumed_in_a_later_epoch_with_workers_trains_that_epochs_remaining_tracks(tmp_path, counter):
+    # 2 epochs of 4 batches, 2 data workers taking turns; the run dies in epoch 1 after its 2nd batch
+    # there (step 6), so last.ckpt holds step 5: epoch 1 with one batch trained.
+    cfg = TrainConfig.from_dict(micro(data={"synth_tracks_per_epoch": 16, "val_tracks": 1, "num_workers": 2},
+                                      trainer={"max_epochs": 2}))
+    counter.fail_at = 6
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(cfg, tmp_path / "run", progress=False)
+    counter.reset()
+    training.train(cfg, tmp_path / "run", progress=False)
+    resumed = counter.contents
+    counter.reset()
+    training.train(cfg, tmp_path / "whole", progress=False)
+    # Epoch 1's last three batches, not epoch 0's first: the same batches, though a new loader asks its
+    # workers in turn from the first, so their order can differ.
+    assert len(counter.contents) == 8 and sorted(resumed) == sorted(counter.contents[5:])
 
 
 def test_every_epoch_draws_new_tracks_with_workers_and_last_ckpt_is_final(tmp_path, monkeypatch):

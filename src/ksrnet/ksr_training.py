@@ -71,7 +71,7 @@ from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError, check_resumable, check_schedule_kept
 from ksrnet.training import (WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata,
                              real_validation_split, write_validation_list)
-from ksrnet.track_dataset import FolderTrackDataset, Interleave, my_indices, per_rank_count
+from ksrnet.track_dataset import FolderTrackDataset, Interleave, ResumableEpoch, my_indices, per_rank_count
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -508,6 +508,7 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
     train_data, val_data = build_stage_data(config, model_config, stage)
     write_validation_list(run_dir, val_data)
     t = config.trainer
+    train_data = ResumableEpoch(train_data, t.batch_tracks)
     loader_args = dict(batch_size=t.batch_tracks, num_workers=config.data.num_workers, persistent_workers=False)
     train_loader = DataLoader(train_data, **loader_args)
     val_loader = DataLoader(val_data, **loader_args) if val_data is not None else None

@@ -18,7 +18,7 @@ from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layo
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
-from ksrnet.track_dataset import per_rank_count
+from ksrnet.track_dataset import ResumableEpoch, per_rank_count
 
 
 class RecognizerSamples(IterableDataset):
@@ -287,7 +287,24 @@ class _EpochSetter(L.Callback):
         self.dataset = dataset
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.dataset.set_epoch(trainer.current_epoch)
+        self._set(trainer.current_epoch, 0)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        # The one hook between restoring a run and Lightning making the epoch's data iterator (and
+        # starting its workers): on_train_epoch_start comes after that, and not at all for an epoch
+        # resumed part-way, whose tracks were epoch 0's from the first one.
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        done = progress.get("current", {}).get("processed", 0)
+        if progress.get("is_last_batch", False):
+            self._set(checkpoint["epoch"] + 1, 0)
+        else:
+            self._set(checkpoint["epoch"], done)
+
+    def _set(self, epoch: int, done: int) -> None:
+        if isinstance(self.dataset, ResumableEpoch):
+            self.dataset.set_epoch(epoch, done)
+        else:
+            self.dataset.set_epoch(epoch)
 
 
 def _precision(setting: str, accelerator: str) -> str:
@@ -389,6 +406,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
     train_samples, val_samples = build_datasets(config)
     write_validation_list(run_dir, val_samples)
     t = config.trainer
+    train_samples = ResumableEpoch(train_samples, t.batch_tracks)
     # No persistent workers: each worker holds its own copy of the dataset, made when it starts, so
     # persistent ones would never see _EpochSetter's set_epoch and replay epoch 0's tracks forever.
     loader_args = dict(batch_size=t.batch_tracks, collate_fn=collate_tracks, num_workers=config.data.num_workers,
