@@ -427,7 +427,8 @@ def photometric_loss(ref: Tensor, other: Tensor, flow: Tensor, mask: Tensor | No
 
 
 def smoothness_loss(flow: Tensor, image: Tensor | None = None, edge_weight: float = 10.0) -> Tensor:
-    """First-order smoothness: mean ``|d flow / dx| + |d flow / dy|`` (L1 over both components).
+    """First-order smoothness: the average of mean ``|d flow / dx|`` and mean ``|d flow / dy|``
+    (each L1 over both flow components; a 1-pixel-wide or -tall grid has only the other term).
 
     With ``image`` ``(B, C, H, W)`` (the grid's frame, in [-1, 1]) it is edge-aware: each
     difference is weighted by ``exp(-edge_weight * mean_c |d image|)`` so the flow may jump where
