@@ -638,3 +638,42 @@ def test_every_ksrnet_config_in_the_repo_loads(path):
     cfg = KSRTrainConfig.load(path)
     # 16x48 in the CPU runs' records; 20x48 for new runs (most crops are 19-21 px tall).
     assert cfg.model.lr_size in (LR, (20, 48))
+
+
+def test_corner_target_mask_holds_no_background_of_the_hr_capture():
+    """A white plate on a black HR capture: every pixel the mask keeps must be plate. OpenCV's
+    anti-aliased polygon fill paints the pixel row and column just past the bottom/right edges
+    as plate, which let 1-2 SR px of background into the masked target."""
+    from ksrnet.ksr_targets import hr_target_from_corners
+
+    hr = np.zeros((60, 140, 3), np.uint8)
+    hr[15:45, 10:130] = 255  # plate pixels 10..129 x 15..44: outer edges at 9.5 / 129.5, 14.5 / 44.5
+    hr_corners = np.array([[9.5, 14.5], [129.5, 14.5], [129.5, 44.5], [9.5, 44.5]])
+    for lr_corners in ([[3.5, 2.5], [43.5, 2.5], [43.5, 13.5], [3.5, 13.5]],
+                       [[3.2, 2.7], [43.9, 3.1], [43.6, 13.8], [3.1, 13.3]]):
+        target, mask = hr_target_from_corners(hr, hr_corners, np.array(lr_corners), (16, 48), LR, 4)
+        kept = target.mean(0)[mask[0] > 0]
+        assert kept.numel() > 0.9 * 4 * 40 * 4 * 11 and float(kept.min()) > 0.99
+
+
+@pytest.mark.parametrize("bad", ["duplicate", "collinear", "twisted", "mirrored"])
+def test_degenerate_or_misordered_corners_give_no_pixel_target(bad):
+    """Corners that are not a proper TL TR BR BL quadrilateral (an annotation error) give a
+    singular or folding homography: the track must train on its text alone, not on a smeared or
+    mirrored HR; a later HR frame with proper corners is used instead when there is one."""
+    from ksrnet.ksr_targets import folder_track_sample, hr_target_from_corners
+
+    good = np.array([[3.0, 3.0], [44.0, 3.0], [44.0, 14.0], [3.0, 14.0]], np.float32)
+    quad = {"duplicate": good[[0, 1, 2, 2]], "collinear": np.array([[0, 0], [10, 0], [20, 0], [30, 0]], np.float32),
+            "twisted": good[[0, 1, 3, 2]], "mirrored": good[[1, 0, 3, 2]]}[bad]
+    hr = np.full((45, 128, 3), 200, np.uint8)
+    with pytest.raises(ValueError, match="corners"):
+        hr_target_from_corners(hr, good * 2.7, quad, (17, 48), LR, 4)
+    with pytest.raises(ValueError, match="corners"):
+        hr_target_from_corners(hr, quad * 2.7, good, (17, 48), LR, 4)
+    track = _with_hr_corners(generate_track(5, 2, preset="easy", num_frames=3), slice(0, 3))
+    ref_name = track.lr_names[2]
+    track.corners[track.hr_names[0]] = quad * 4
+    assert folder_track_sample(track, LR, 4)["sr_mask"].sum() > 0  # hr-002 stands in for hr-001
+    track.corners[ref_name] = quad
+    assert folder_track_sample(track, LR, 4)["sr_mask"].sum() == 0

@@ -112,6 +112,29 @@ def track_sample(track, lr_size: tuple[int, int], upscale: int, ref_policy: str 
 # Real tracks (LRLPR-26 folders): no flow ground truth, HR from a separate capture
 
 
+def proper_quad(corners) -> bool:
+    """Whether ``corners`` (TL, TR, BR, BL) bound a plate: a strictly convex quadrilateral in that
+    order, clockwise on the image (y down), at least 1 px^2. A repeated, collinear, twisted or
+    mirrored annotation gives a singular or folding homography, i.e. a smeared or mirrored target."""
+    c = np.asarray(corners, np.float64).reshape(4, 2)
+    if not np.isfinite(c).all():
+        return False
+    edges = np.roll(c, -1, axis=0) - c
+    following = np.roll(edges, -1, axis=0)
+    turns = edges[:, 0] * following[:, 1] - edges[:, 1] * following[:, 0]  # > 0: turning clockwise
+    area = 0.5 * float(np.sum(c[:, 0] * edges[:, 1] - c[:, 1] * edges[:, 0]))  # shoelace
+    return bool((turns > 0).all()) and area >= 1.0
+
+
+def _centres_inside(quad: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` float64, 1 where the pixel centre lies inside the proper ``quad`` (edges included)."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    inside = np.ones(shape, bool)
+    for a, b in zip(quad, np.roll(quad, -1, axis=0)):
+        inside &= (b[0] - a[0]) * (ys - a[1]) - (b[1] - a[1]) * (xs - a[0]) >= 0
+    return inside.astype(np.float64)
+
+
 def hr_target_from_corners(hr: np.ndarray, hr_corners: np.ndarray, lr_corners: np.ndarray,
                            lr_native: tuple[int, int], lr_size: tuple[int, int], upscale: int,
                            supersample: int = 2) -> tuple[Tensor, Tensor]:
@@ -120,16 +143,21 @@ def hr_target_from_corners(hr: np.ndarray, hr_corners: np.ndarray, lr_corners: n
     LR and HR are separate captures, so no pixel of one lies on the other; the four annotated plate
     corners of each give the plate-plane homography LR -> HR, which is composed with the resize to
     ``lr_size`` and moved to the ``upscale`` x grid like the synthetic target. Returns ``(target
-    (3, sH, sW) in [-1, 1], mask (1, sH, sW))``, the mask 1 inside the plate quadrilateral (the HR
-    crop's surroundings are another moment's background, not a target)."""
+    (3, sH, sW) in [-1, 1], mask (1, sH, sW))``, the mask 1 where every HR pixel the bilinear samples
+    read has its centre inside the plate quadrilateral (the HR crop's surroundings are another
+    moment's background, not a target). Raises ``ValueError`` unless both quads are proper
+    (:func:`proper_quad`)."""
     import cv2
 
+    for kind, quad in (("HR", hr_corners), ("LR", lr_corners)):
+        if not proper_quad(quad):
+            raise ValueError(f"{kind} corners {np.asarray(quad).tolist()} are not a TL TR BR BL plate quadrilateral")
     lr_to_hr = cv2.getPerspectiveTransform(np.asarray(lr_corners, np.float32), np.asarray(hr_corners, np.float32))
     h_lr = torch.from_numpy(lr_to_hr.astype(np.float64)) @ lr_resize_matrix(lr_native, lr_size)
-    plate = np.zeros(hr.shape[:2], np.uint8)
-    cv2.fillConvexPoly(plate, np.round(np.asarray(hr_corners) * 16).astype(np.int32), 255, lineType=cv2.LINE_AA,
-                       shift=4)
-    region = torch.from_numpy(plate).double()[None, None] / 255.0
+    # An exact test, not cv2.fillConvexPoly: its anti-aliased fill paints the row and column just past
+    # the bottom and right edges in full, which let background into the mask.
+    plate = _centres_inside(np.asarray(hr_corners, np.float64), hr.shape[:2])
+    region = torch.from_numpy(plate)[None, None]
     return _on_sr_grid(hr, h_lr, lr_size, upscale, supersample, 1e-3, region)
 
 
@@ -140,9 +168,10 @@ def folder_track_sample(track, lr_size: tuple[int, int], upscale: int, ref_polic
     The last ``num_frames`` LR frames are used (the last one repeated when a track has fewer, so
     every track of a batch shares the reference slot). No flow ground truth exists: ``flows`` are 0
     and ``flow_valid`` is 0 everywhere, so stage 1 learns nothing from these tracks while the
-    photometric stage 1b does. The SR target is the first HR frame with annotated corners rectified
-    by :func:`hr_target_from_corners` when the reference LR frame has corners too; otherwise the
-    target mask is empty and only the semantic loss (the plate text) trains on the track."""
+    photometric stage 1b does. The SR target is the first HR frame with proper annotated corners
+    (:func:`proper_quad`) rectified by :func:`hr_target_from_corners` when the reference LR frame
+    has proper corners too; otherwise the target mask is empty and only the semantic loss (the
+    plate text) trains on the track."""
     if track.text is None or track.layout is None:
         raise ValueError(f"{track.track_id}: a training track needs its plate text and layout")
     pairs = list(zip(track.lr, track.lr_names or [None] * len(track.lr)))[-num_frames:]
@@ -155,9 +184,9 @@ def folder_track_sample(track, lr_size: tuple[int, int], upscale: int, ref_polic
     target, mask = torch.zeros(3, sr_h, sr_w), torch.zeros(1, sr_h, sr_w)
     ref_frame, ref_name = pairs[ref]
     lr_corners = track.corners.get(ref_name) if ref_name else None
-    if lr_corners is not None:
+    if lr_corners is not None and proper_quad(lr_corners):
         for hr, name in zip(track.hr, track.hr_names):
-            if name in track.corners:
+            if name in track.corners and proper_quad(track.corners[name]):
                 target, mask = hr_target_from_corners(hr, track.corners[name], lr_corners, ref_frame.shape[:2],
                                                       lr_size, upscale, supersample)
                 break
