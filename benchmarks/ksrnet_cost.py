@@ -41,7 +41,9 @@ def tracks_per_second(model, frames, repeats: int = 3) -> float:
 
 
 def training_step_peak_mb(config: KSRNetConfig, batch: int) -> float:
-    """Peak resident memory (CPU) while one forward+backward of `batch` tracks runs."""
+    """Peak resident memory (CPU) while one forward+backward of `batch` tracks runs, above what the
+    process held before. ru_maxrss is the process's high-water mark: run this before anything larger
+    (main does it first), or a step below an earlier peak (the timed batches) reads as +0."""
     model = KSRNet(config).train()
     frames = torch.rand(batch, 5, 3, *config.lr_size) * 2 - 1
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -72,6 +74,10 @@ def main() -> None:
         overrides["recognizer"] = load_model(args.recognizer)[0].config
     if args.lr_size:
         overrides["lr_size"] = tuple(int(v) for v in args.lr_size.lower().split("x"))
+    # First, while the process's high-water mark is still its baseline (see training_step_peak_mb).
+    step_mb = None
+    if args.device == "cpu":
+        step_mb = training_step_peak_mb(KSRNetConfig.preset(args.preset, **overrides), 8)
     models = {}
     for variant in ("v1", "v2", "final"):
         cfg = KSRNetConfig.preset(args.preset, variant=variant, **overrides)
@@ -98,9 +104,8 @@ def main() -> None:
     for name, size in count_parameters(models["KSR-Net final"][0]).items():
         if name != "total":
             print(f"  KSR-Net final / {name}: {size:,} parameters")
-    if args.device == "cpu":
-        print(f"training step peak memory, {args.preset} final, batch 8 tracks: "
-              f"+{training_step_peak_mb(KSRNetConfig.preset(args.preset, **overrides), 8):.0f} MiB resident")
+    if step_mb is not None:
+        print(f"training step peak memory, {args.preset} final, batch 8 tracks: +{step_mb:.0f} MiB resident")
 
 
 if __name__ == "__main__":

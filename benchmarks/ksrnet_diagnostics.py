@@ -7,7 +7,9 @@ training run uses:
 - HAM (v2 / final): its offset gain, the size of the deformable offsets (px), and how far its
   attention weights are from uniform (the largest weight of K points; 1/K = uniform, its start);
 - the STFT's pooling: the mean share of each frame in the fused features (0.2 each = a plain mean);
-- the SR image's sensitivity to each input frame (mean |d SR / d frame|, as shares);
+- the SR image's sensitivity to each input frame (mean |d SR / d frame| over SR pixels and frame
+  pixels, as shares; rows of the Jacobian at --sensitivity-pixels random SR pixels per track, so
+  that opposite-signed effects on different SR pixels do not cancel as in d sum|SR| / d frame);
 - how the recognizer inside reads the SR image of the real track, of the reference frame repeated
   T times (no support from the other frames), and of each frame repeated, and the bilinear
   upsampled reference frame.
@@ -39,6 +41,21 @@ def whole_plates_right(model, sr: torch.Tensor, text: torch.Tensor) -> float:
     return float((model.read(sr).char_logits.argmax(-1) == text).all(1).float().mean())
 
 
+def sensitivity_shares(model, frames: torch.Tensor, pixels: int, generator: torch.Generator):
+    """(restore output, per-frame shares (T,) of mean |d SR_i / d frame pixel|): exact Jacobian rows
+    of ``pixels`` SR pixels drawn at random per track, several tracks per backward pass (a track's SR
+    depends on its own frames only)."""
+    x = frames.detach().clone().requires_grad_(True)
+    out = model.restore(x)
+    sr = out.sr.flatten(1)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    for _ in range(pixels):
+        pick = torch.randint(0, sr.shape[1], (sr.shape[0], 1), generator=generator)
+        (grad,) = torch.autograd.grad(sr.gather(1, pick).sum(), x, retain_graph=True)
+        total += grad.abs().sum((0, 2, 3, 4)).double()
+    return out, (total / total.sum()).float()
+
+
 def ham_figures(model, frames: torch.Tensor, ref: int) -> dict[str, float] | None:
     if model.ham is None:
         return None
@@ -54,7 +71,7 @@ def ham_figures(model, frames: torch.Tensor, ref: int) -> dict[str, float] | Non
             f"largest of {k} weights (uniform {1 / k:.3f})": float(d.weights.max(2).values.mean())}
 
 
-def diagnose(run: str, tracks: int, preset: str) -> None:
+def diagnose(run: str, tracks: int, preset: str, pixels: int = 8) -> None:
     model, _ = load_ksrnet(run)
     batch = batch_of(model, tracks, preset)
     frames, text = batch["frames"], batch["text"]
@@ -62,10 +79,7 @@ def diagnose(run: str, tracks: int, preset: str) -> None:
     ref = int(batch["reference"][0])
     print(f"## {run} ({model.config.variant}, lr_size {tuple(model.config.lr_size)}; {tracks} {preset} tracks, "
           f"reference frame {ref + 1} of {t})")
-    frames.requires_grad_(True)
-    out = model.restore(frames)
-    out.sr.abs().sum().backward()
-    grad = frames.grad.abs().mean((0, 2, 3, 4))
+    out, sensitivity = sensitivity_shares(model, frames, pixels, torch.Generator().manual_seed(0))
     with torch.no_grad():
         x = frames.detach()
         ham = ham_figures(model, x, ref)
@@ -73,7 +87,8 @@ def diagnose(run: str, tracks: int, preset: str) -> None:
             print("HAM: " + "; ".join(f"{k} {v:.4f}" for k, v in ham.items()))
         share = out.fusion_weights.detach().mean((0, 2, 3))
         print("STFT pooling share per frame: " + " ".join(f"{float(s):.3f}" for s in share))
-        print("SR sensitivity share per frame: " + " ".join(f"{float(g):.3f}" for g in grad / grad.sum()))
+        print(f"SR sensitivity share per frame (mean |d SR / d frame|, {pixels} SR pixels a track): "
+              + " ".join(f"{float(g):.3f}" for g in sensitivity))
         rows = [("real track", out.sr.detach())]
         rows += [(f"frame {i + 1} repeated {t}x" + (" (the reference)" if i == ref else ""),
                   model.restore(x[:, i:i + 1].expand(-1, t, -1, -1, -1).contiguous()).sr) for i in range(t)]
@@ -90,10 +105,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--tracks", type=int, default=64)
     ap.add_argument("--preset", default="mix")
+    ap.add_argument("--sensitivity-pixels", type=int, default=8,
+                    help="SR pixels per track whose Jacobian rows are taken")
     args = ap.parse_args()
     torch.manual_seed(0)
     for run in args.runs:
-        diagnose(run, args.tracks, args.preset)
+        diagnose(run, args.tracks, args.preset, args.sensitivity_pixels)
 
 
 if __name__ == "__main__":

@@ -737,7 +737,8 @@ def _ablation(tracks: Optional[Path], models: Optional[List[str]], ksrnet_models
                  "SR image, against the canonical HR on each method's own SR grid; synthetic tracks only")
     notes.append("ECE uses each model's stored temperature (`ksrnet calibrate`; with TTA its `--tta` ones) where it "
                  "has one, else none")
-    notes.append(f"speed: tracks/s reading tracks already in memory, batches of {batch_size}, "
+    notes.append(f"speed: tracks/s reading tracks already in memory, restoration rows in batches of {batch_size} "
+                 f"tracks, the recognizer rows in batches of {recognizer.batch_frames} frames, "
                  f"{_torch_threads()} threads on {device}")
     rows = []
     steps = len(preset_list) * (synth_tracks + 1 + len(methods.restorations) + bool(methods.tta)
