@@ -134,10 +134,10 @@ class Reader:
                  temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
         """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
         calibration temperature dividing the per-frame logits for the readings' probabilities
-        (ksrnet.calibration; never the readings themselves, see baselines.fuse; rules without one use 1). tta_views: read every frame under these views (ksrnet.tta.VIEWS)
-        and vote; None = the frame as it is. With views, the "tta:" temperatures are used where
-        present, else the plain ones (pick_calibration; reader_temperatures drops "tta:" ones
-        fitted for other views)."""
+        (ksrnet.calibration; never the readings themselves, see baselines.fuse; rules without one
+        use 1). tta_views: read every frame under these views (ksrnet.tta.VIEWS) and vote; None =
+        the frame as it is. With views, the "tta:" temperatures are used where present, else the
+        plain ones (pick_calibration; reader_temperatures drops "tta:" ones fitted for other views)."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
         self.tta_views = check_views(tta_views) if tta_views else None
