@@ -868,3 +868,22 @@ def test_train_validates_on_a_held_out_split_of_lrlpr_root_and_lists_it(tmp_path
     assert_refused(invoke("train", write_yaml(tmp_path / "t.yaml", tiny), "--run-dir", tmp_path / "run2"),
                    "validation split", "holds no track")
 
+
+
+def test_training_takes_random_frames_of_a_track_and_validation_its_last(monkeypatch):
+    from types import SimpleNamespace
+
+    from ksrnet.training import RecognizerSamples
+
+    config = TrainConfig.from_dict(micro(data={"frames_per_track": 2}))
+    frames = [np.full((17, 48, 3), i, np.uint8) for i in range(5)]  # frame i is all i
+    tracks = [SimpleNamespace(track_id=f"track_{i:05d}", lr=frames) for i in range(40)]
+    picked = lambda samples: [tuple(int(f[0, 0, 0]) for f in samples.frames_of(t)) for t in tracks]  # noqa: E731
+    train, val = RecognizerSamples(tracks, config), RecognizerSamples(tracks, config, random_frames=False)
+    first = picked(train)
+    assert all(a < b for a, b in first) and len(set(first)) > 5  # two distinct frames in order, varying by track
+    assert {f for pair in first for f in pair} == set(range(5))  # every frame position trains
+    assert picked(train) == first  # the same per seed, epoch and track
+    train.set_epoch(1)
+    assert picked(train) != first
+    assert set(picked(val)) == {(3, 4)}  # validation reads the last two, as predict --frames 2 does

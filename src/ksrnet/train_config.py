@@ -164,7 +164,9 @@ class DataConfig:
     val_seed: int = 1_000_003
     seed: int = 0
     num_workers: int = 1
-    # Every frame of a generated track becomes a training image: generation is the costly part.
+    # Every frame of a generated track becomes a training image: generation is the costly part. Fewer
+    # (on a CPU, where the network is the cost): training takes that many at random per track,
+    # validation the last ones (training.RecognizerSamples).
     frames_per_track: int = 5
 
     def __post_init__(self):
