@@ -70,8 +70,8 @@ from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
 from ksrnet.train_config import ConfigError, check_resumable, check_schedule_kept
 from ksrnet.training import (WallClockLR, _EpochSetter, _precision, discard_checkpoints, previous_metadata,
-                             real_validation_split, write_validation_list)
-from ksrnet.track_dataset import FolderTrackDataset, Interleave, ResumableEpoch, my_indices, per_rank_count
+                             write_validation_list)
+from ksrnet.track_dataset import FolderTrackDataset, Interleave, ResumableEpoch, lrlpr_parts, my_indices, per_rank_count
 
 # Parts trained in each stage (``KSRNet.parts()`` names; ``ham`` is absent for v1).
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -445,13 +445,12 @@ def build_stage_data(config: KSRTrainConfig, model_config: KSRNetConfig, stage: 
     if d.tracks_per_epoch:
         sources.append(KSRTrackDataset(d.tracks_per_epoch, seed=d.seed + 7919 * STAGES.index(stage),
                                        preset=d.preset, codec=d.codec, **common))
-    held_out = real_validation_split(d.lrlpr_root, d.lrlpr_val_fraction)
+    train_part, val_part = lrlpr_parts(d.lrlpr_root, d.lrlpr_val_fraction)
     if d.lrlpr_root:
-        sources.append(KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common, keep=None if held_out is None else
-                                        (lambda p: not held_out(p)), part="training split" if held_out else ""))
+        sources.append(KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common, **train_part))
     train = sources[0] if len(sources) == 1 else Interleave(sources)
-    if stage == "3" and held_out is not None:
-        return train, KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common, keep=held_out, part="validation split")
+    if stage == "3" and val_part is not None:
+        return train, KSRFolderDataset(d.lrlpr_root, seed=d.seed, **common, **val_part)
     if stage == "3" and d.val_lrlpr_root:
         return train, KSRFolderDataset(d.val_lrlpr_root, seed=d.seed, **common)
     val = (KSRTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True, **common)

@@ -37,6 +37,19 @@ def in_validation_split(track: Path, root: Path, fraction: float) -> bool:
     return digest < fraction * 2 ** 64
 
 
+def lrlpr_parts(root: str | None, fraction: float) -> tuple[dict, dict | None]:
+    """FolderTrackDataset keyword arguments (keep, part) for the tracks of ``root`` that train and for
+    the ``fraction`` held out to validate (None when none is); both empty-handed without a root."""
+    if not root or not fraction:
+        return {}, None
+
+    def held_out(path: Path) -> bool:
+        return in_validation_split(path, Path(root), fraction)
+
+    return (dict(keep=lambda path: not held_out(path), part="training split"),
+            dict(keep=held_out, part="validation split"))
+
+
 def per_rank_count(n: int) -> int:
     """How many of n items each DDP rank gets from my_indices (all n without DDP): what a dataset's
     len() must say, since Lightning plans each rank's steps (and so its schedule) from it."""

@@ -295,10 +295,10 @@ class _ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
 
 
 class _EpochSetter(L.Callback):
-    """Give every epoch fresh synthetic tracks (the track seeds depend on the epoch); works for any
-    dataset with set_epoch (recognizer samples, KSR-Net tracks)."""
+    """Give every epoch fresh synthetic tracks (the track seeds depend on the epoch), and an epoch
+    resumed part-way its remaining ones (the training source of either trainer, as ResumableEpoch)."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: ResumableEpoch):
         self.dataset = dataset
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -316,10 +316,7 @@ class _EpochSetter(L.Callback):
             self._set(checkpoint["epoch"], done)
 
     def _set(self, epoch: int, done: int) -> None:
-        if isinstance(self.dataset, ResumableEpoch):
-            self.dataset.set_epoch(epoch, done)
-        else:
-            self.dataset.set_epoch(epoch)
+        self.dataset.set_epoch(epoch, done)
 
 
 def _precision(setting: str, accelerator: str) -> str:
@@ -333,7 +330,7 @@ def _precision(setting: str, accelerator: str) -> str:
 def build_datasets(config: TrainConfig):
     """Training and validation track sources as the config describes them."""
     from ksrnet.synth.dataset import SyntheticTrackDataset
-    from ksrnet.track_dataset import FolderTrackDataset, Interleave
+    from ksrnet.track_dataset import FolderTrackDataset, Interleave, lrlpr_parts
 
     d = config.data
     sources = []
@@ -341,27 +338,17 @@ def build_datasets(config: TrainConfig):
         sources.append(SyntheticTrackDataset(d.synth_tracks_per_epoch, seed=d.seed, preset=d.synth_preset))
     # The recognizer reads LR frames only: a track's HR frames must not decide whether it trains.
     folder = dict(seed=d.seed, require_labels=True, with_hr=False)
-    held_out = real_validation_split(d.lrlpr_root, d.lrlpr_val_fraction)
+    train_part, val_part = lrlpr_parts(d.lrlpr_root, d.lrlpr_val_fraction)
     if d.lrlpr_root:
-        sources.append(FolderTrackDataset(d.lrlpr_root, **folder, keep=None if held_out is None else
-                                          (lambda p: not held_out(p)), part="training split" if held_out else ""))
+        sources.append(FolderTrackDataset(d.lrlpr_root, **folder, **train_part))
     train = sources[0] if len(sources) == 1 else Interleave(sources)
-    if held_out is not None:
-        val = FolderTrackDataset(d.lrlpr_root, **folder, keep=held_out, part="validation split")
+    if val_part is not None:
+        val = FolderTrackDataset(d.lrlpr_root, **folder, **val_part)
     elif d.val_lrlpr_root:
         val = FolderTrackDataset(d.val_lrlpr_root, **folder)
     else:
         val = SyntheticTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True)
     return RecognizerSamples(train, config), RecognizerSamples(val, config, random_frames=False)
-
-
-def real_validation_split(root: str | None, fraction: float):
-    """The predicate picking the tracks of root held out for validation (None when none are)."""
-    if not root or not fraction:
-        return None
-    from ksrnet.track_dataset import in_validation_split
-
-    return lambda path: in_validation_split(path, Path(root), fraction)
 
 
 def write_validation_list(run_dir: Path, val_samples) -> None:
