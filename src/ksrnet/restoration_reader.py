@@ -9,6 +9,7 @@ every late-fusion rule gives the same reading.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Sequence
 
@@ -63,23 +64,20 @@ class RestorationReader(Reader):
         if not tracks:
             return torch.empty(0), torch.empty(0), torch.empty(0)
         chosen = [select_frames(t.lr, frame_count) for t in tracks]
-        order = sorted(range(len(tracks)), key=lambda i: len(chosen[i]))  # stable: input order within a count
+        count = lambda i: len(chosen[i])  # noqa: E731
+        order = sorted(range(len(tracks)), key=count)  # stable: input order within a count
         srs, chars, layouts = [], [], []
-        start = 0
-        while start < len(order):
-            count = len(chosen[order[start]])
-            stop = start
-            while stop < len(order) and stop - start < self.batch_tracks and len(chosen[order[stop]]) == count:
-                stop += 1
-            frames, mask = pad_tracks([track_to_tensor(chosen[i], self.lr_size) for i in order[start:stop]])
-            out = self.model(frames.to(self.device), mask.to(self.device), mode=self.mode,
-                             refine_iters=self.refine_iters)
-            srs.append(out.sr.float().cpu())
-            chars.append(out.char_logits.float().cpu())
-            layouts.append(out.layout_logits.float().cpu())
-            start = stop
-        back = torch.empty(len(order), dtype=torch.long)
-        back[torch.tensor(order)] = torch.arange(len(order))  # row of each track in the sorted results
+        for _, same_count in itertools.groupby(order, key=count):
+            same_count = list(same_count)
+            for start in range(0, len(same_count), self.batch_tracks):
+                chunk = same_count[start:start + self.batch_tracks]
+                frames, mask = pad_tracks([track_to_tensor(chosen[i], self.lr_size) for i in chunk])
+                out = self.model(frames.to(self.device), mask.to(self.device), mode=self.mode,
+                                 refine_iters=self.refine_iters)
+                srs.append(out.sr.float().cpu())
+                chars.append(out.char_logits.float().cpu())
+                layouts.append(out.layout_logits.float().cpu())
+        back = torch.argsort(torch.tensor(order))  # row of each track in the sorted results
         return torch.cat(srs)[back], torch.cat(chars)[back], torch.cat(layouts)[back]
 
     def frames_used(self, tracks: list, frame_count: int | None) -> list[int]:
