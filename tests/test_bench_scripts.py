@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 _BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -38,3 +39,38 @@ def test_diagnostics_sensitivity_is_mean_abs_jacobian_not_cancelled():
     _, shares = diag.sensitivity_shares(_TwoFrames(), frames, 5, torch.Generator().manual_seed(0))
     # mean |d SR / d frame| is 1 for either frame; d sum|SR| / d b = 1 - 1 = 0 would give (1, 0).
     assert torch.allclose(shares, torch.tensor([0.5, 0.5]))
+
+
+def test_legibility_oracle_replays_the_track_with_other_noise_only():
+    oracle = _script("legibility_oracle")
+    from ksrnet.synth import degrade
+    from ksrnet.synth.dataset import generate_track
+
+    track = generate_track(oracle.TEST_SEED, 0, preset="easy")
+    observed = np.stack([f.astype(np.float32) for f in track.lr])
+    clean = oracle._replay(0, "easy", track.text, None)
+    first, again, second = (oracle._replay(0, "easy", track.text, k) for k in (0, 0, 1))
+    assert degrade.sensor_noise is oracle._with_noise  # put back after every replay
+    assert clean.shape == observed.shape and not np.array_equal(clean, observed)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, second) and not np.array_equal(first, observed)
+    # Without noise the frames differ from the observed ones by the noise only: a few grey levels.
+    assert 0 < np.abs(clean - observed).mean() < 8
+
+
+def test_legibility_oracle_reads_an_easy_track():
+    oracle = _script("legibility_oracle")
+    row = oracle.oracle_track((0, "easy", 1))
+    assert set(row["readings"]) == {f"{rule}|{f}" for rule in oracle.RULES for f in oracle.FRAME_COUNTS}
+    assert row["readings"]["mean template|5"] == row["text"]
+    assert all(len(r) == 7 for r in row["readings"].values())
+
+
+def test_legibility_confidence_table_splits_characters_by_the_oracle():
+    oracle = _script("legibility_oracle")
+    rows = [{"text": "ABC1234", "readings": {f"mean template|{f}": "ABD1234" for f in oracle.FRAME_COUNTS}}]
+    # The model reads slot 3 wrong at 0.95 (where the oracle is wrong too) and the rest right at 0.5.
+    reading = SimpleNamespace(text="ABX1234", char_probs=(0.5, 0.5, 0.95, 0.5, 0.5, 0.5, 0.5))
+    table = oracle.confidence_table(rows, {f: [reading] for f in oracle.FRAME_COUNTS})
+    assert "| 5 | right | 6 | 100.0 | 0.500 | 0.0 | - |" in table
+    assert "| 5 | wrong | 1 | 0.0 | 0.950 | 100.0 | 100.0 |" in table

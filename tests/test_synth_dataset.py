@@ -32,6 +32,24 @@ def test_track_text_follows_its_layout_and_frames_are_lrlpr_sized():
 def _texts(loader):
     return [t.text for t in loader]
 
+def test_another_text_on_the_same_track_changes_only_the_print():
+    base = generate_track(3, 2, preset="hard")
+    again = generate_track(3, 2, preset="hard", text=base.text.lower())
+    assert again.text == base.text and all(np.array_equal(x, y) for x, y in zip(base.lr, again.lr))
+    other_text = ("B" if base.text[0] != "B" else "C") + base.text[1:]
+    other = generate_track(3, 2, preset="hard", text=other_text)
+    assert other.text == other_text and other.layout is base.layout
+    np.testing.assert_array_equal(other.corners, base.corners)
+    assert [f.shape for f in other.lr] == [f.shape for f in base.lr]
+    assert any(not np.array_equal(x, y) for x, y in zip(base.lr, other.lr))
+    # The plate's right half, far from the first character, is printed as before.
+    w = base.canonical_hr.shape[1]
+    np.testing.assert_array_equal(other.canonical_hr[:, w // 2:], base.canonical_hr[:, w // 2:])
+    wrong_layout = "ABC1234" if base.layout.value == "Mercosur" else "ABC1D23"
+    with pytest.raises(ValueError, match="layout"):
+        generate_track(3, 2, preset="hard", text=wrong_layout)
+
+
 
 def test_dataset_yields_the_same_tracks_for_any_worker_count():
     ds = SyntheticTrackDataset(6, seed=5, preset="easy")

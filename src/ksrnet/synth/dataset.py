@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from ksrnet.plates import Layout
+from ksrnet.plates import Layout, matches_layout, normalize_text
 from ksrnet.synth.camera import CameraParams, canonical_homography, flow_to_reference, render_frames, sample_trajectory
 from ksrnet.synth.degrade import make_lr_track, sample_degradation
 from ksrnet.synth.render import CANONICAL_SIZE, random_plate_text, render_plate, render_scene, sample_style
@@ -56,12 +56,22 @@ class SynthTrack:
 
 def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
                    layout: Layout | None = None, codec: str | None = None,
-                   camera: CameraParams = CameraParams(), epoch: int = 0) -> SynthTrack:
-    """Track `index` of the stream identified by (seed, epoch): deterministic in all arguments."""
+                   camera: CameraParams = CameraParams(), epoch: int = 0, text: str | None = None) -> SynthTrack:
+    """Track `index` of the stream identified by (seed, epoch): deterministic in all arguments.
+
+    `text` prints that text instead of the drawn one, on the same plate, camera and degradations
+    (noise included): the random draws never depend on the text. It must fit the track's layout.
+    """
     rng = np.random.default_rng([seed, epoch, index])
     if layout is None:
         layout = Layout.MERCOSUR if rng.random() < MERCOSUR_FRACTION else Layout.BRAZILIAN
-    text = random_plate_text(rng, layout)
+    drawn = random_plate_text(rng, layout)
+    if text is None:
+        text = drawn
+    elif not matches_layout(normalize_text(text), layout):
+        raise ValueError(f"text {text!r} does not fit track {index}'s {layout.value} layout")
+    else:
+        text = normalize_text(text)
     plate = render_plate(text, sample_style(rng, layout), size=CANONICAL_SIZE)
     scene = render_scene(plate, rng)
     h, w = scene.image.shape[:2]
