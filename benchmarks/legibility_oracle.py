@@ -8,18 +8,25 @@ curve, the sharpening and the codec settings, but not the sensor noise.
 
 For each slot of a test track (benchmarks/recognizer.py's TEST_SEED, the tracks every recognizer
 figure uses) it prints every character the layout allows there in turn, the other six slots as in
-the truth, and runs the same generator (`generate_track(..., text=...)`) with the sensor noise left
-out. The slot reads as the character whose frames lie nearest the observed ones (sum of squared
-differences of the RGB pixels over the last F frames); ties count as wrong. It is an optimistic
-reader (told the other six characters and every nuisance parameter) with a least-squares rule
-that is not quite the likelihood under sharpened, compressed noise: its rate is an estimate of
-how legible the tracks are, not a proof of a ceiling. A track whose slot it misreads carries
-little of that character; a track it reads and a model misreads is one the model could learn.
+the truth, and runs the same generator again (`generate_track(..., text=...)`: same plate, scene,
+trajectory, blur, tone curve, sharpening and codec settings). The slot reads as the character whose
+template lies nearest the observed frames (sum of squared differences of the RGB pixels over the
+last F frames; a tie reads "?"). Templates, one rule each: the replay without sensor noise; the
+mean of the replays under `--replays` noise draws (the same draws for every candidate, never the
+observed track's own), which has in it what the codec makes of noisy frames; and the mean of half
+those draws, which says whether the full mean has settled.
 
-Usage: python benchmarks/legibility_oracle.py [--tracks 300] [--preset hard] [--workers 2]
-       [--model parseq-tiny] [--out runs/oracle-hard.jsonl]
-With --model, the model reads the same tracks (product fusion, the last 1/3/5 frames) and the
-tables split its errors by whether the oracle read the track.
+It is an optimistic reader (told the other six characters and every nuisance parameter) with a
+least-squares rule that is not quite the likelihood under sharpened, compressed noise: its rate is
+an estimate of how legible the tracks are, not a proof of a ceiling. A character it misreads is
+one the frames hardly carry; a track it reads and a model misreads is one the model could learn.
+
+Usage: python benchmarks/legibility_oracle.py [--tracks 300] [--preset hard] [--replays 8]
+       [--workers 2] [--model parseq-tiny] [--out runs/oracle-hard.jsonl] [--rows FILE]
+About 8 s of CPU per track at --replays 10. With --model, the model reads the same tracks (product
+fusion, the last 1/3/5 frames): the first table splits its errors by whether the oracle read the
+track, the second its characters' probabilities by whether the oracle read the character. --rows
+reuses the oracle readings an earlier --out wrote.
 """
 
 from __future__ import annotations
