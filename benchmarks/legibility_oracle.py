@@ -136,6 +136,38 @@ def confidence_table(rows: list[dict], readings: dict[int, list], rule: str = "m
     return "\n".join(lines)
 
 
+def _conditions(track) -> dict[str, str]:
+    """The track's group under each condition the condition table splits by."""
+    d = track.degradation
+    height = track.lr[-1].shape[0]
+    motion = float(np.mean(d.motion_length)) if d.motion_kind != "none" else 0.0
+    return {
+        "codec": d.codec,
+        "layout": track.layout.value,
+        "LR height (last frame)": "< 18 px" if height < 18 else "18-19 px" if height < 20 else ">= 20 px",
+        "noise_a": "< 0.003" if d.noise_a < 0.003 else "0.003-0.0045" if d.noise_a < 0.0045 else ">= 0.0045",
+        "motion blur length": "< 0.6 px" if motion < 0.6 else "0.6-1.2 px" if motion < 1.2 else ">= 1.2 px",
+        "low light": str(d.low_light),
+    }
+
+
+def condition_table(rows: list[dict], tracks: list, model_right: list[bool], frames: int = 5,
+                    rule: str = "mean template") -> str:
+    """Model and oracle rates per group of each drawn condition: where the model lags the frames."""
+    lines = [f"\nBy the track's drawn conditions (F = {frames})\n",
+             "| condition | group | tracks | model RR % | oracle RR % | model wrong, oracle right % |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    groups: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
+    for row, track, m in zip(rows, tracks, model_right):
+        o = row["readings"][f"{rule}|{frames}"] == row["text"]
+        for condition, group in _conditions(track).items():
+            groups.setdefault((condition, group), []).append((m, o))
+    for (condition, group), pairs in sorted(groups.items()):
+        lines.append(f"| {condition} | {group} | {len(pairs)} | {_rate([m for m, _ in pairs])} | "
+                     f"{_rate([o for _, o in pairs])} | {_rate([o and not m for m, o in pairs])} |")
+    return "\n".join(lines)
+
+
 def report(rows: list[dict], replays: int, model_right: dict[int, list[bool]] | None, model: str | None) -> str:
     lines = [f"{len(rows)} tracks; the oracle knows every nuisance parameter and the other six characters; "
              f"mean template over {replays} noise draws\n",
@@ -202,6 +234,7 @@ def main() -> None:
     print(report(rows, args.replays, model_right, args.model))
     if readings:
         print(confidence_table(rows, readings))
+        print(condition_table(rows, tracks, model_right[5]))
     print(f"\n{time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 

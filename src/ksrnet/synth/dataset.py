@@ -14,7 +14,7 @@ Ground truth written beside each synthetic track (`synth_gt.npz`, see `write_syn
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset
 
 from ksrnet.plates import Layout, matches_layout, normalize_text
 from ksrnet.synth.camera import CameraParams, canonical_homography, flow_to_reference, render_frames, sample_trajectory
-from ksrnet.synth.degrade import make_lr_track, sample_degradation
+from ksrnet.synth.degrade import DegradationParams, make_lr_track, sample_degradation
 from ksrnet.synth.render import CANONICAL_SIZE, random_plate_text, render_plate, render_scene, sample_style
 from ksrnet.track_dataset import my_indices
 
@@ -44,7 +44,7 @@ class SynthTrack:
     scene: np.ndarray | None = None
     trajectory: object | None = None
     scenario: str = "Scenario-Synthetic"
-    extras: dict = field(default_factory=dict)
+    degradation: DegradationParams | None = None  # what the degradations drew for this track
 
     def flows_to_reference(self) -> list[np.ndarray]:
         return [flow_to_reference(self.trajectory, t) for t in range(len(self.lr))]
@@ -81,7 +81,7 @@ def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: in
     return SynthTrack(
         track_id=f"track_{index + 1:05d}", lr=lr, text=text, layout=layout, canonical_hr=plate.image,
         corners=traj.corners.astype(np.float32), reference=traj.reference, preset=params.preset
-        if hasattr(params, "preset") else preset, scene=scene.image, trajectory=traj,
+        if hasattr(params, "preset") else preset, scene=scene.image, trajectory=traj, degradation=params,
     )
 
 
