@@ -29,9 +29,6 @@ def test_track_text_follows_its_layout_and_frames_are_lrlpr_sized():
             assert 14 <= f.shape[0] <= 22 and 34 <= f.shape[1] <= 58
 
 
-def _texts(loader):
-    return [t.text for t in loader]
-
 def test_another_text_on_the_same_track_changes_only_the_print():
     base = generate_track(3, 2, preset="hard")
     again = generate_track(3, 2, preset="hard", text=base.text.lower())
@@ -40,6 +37,7 @@ def test_another_text_on_the_same_track_changes_only_the_print():
     other = generate_track(3, 2, preset="hard", text=other_text)
     assert other.text == other_text and other.layout is base.layout
     np.testing.assert_array_equal(other.corners, base.corners)
+    assert other.degradation == base.degradation and base.degradation.preset == "hard"
     assert [f.shape for f in other.lr] == [f.shape for f in base.lr]
     assert any(not np.array_equal(x, y) for x, y in zip(base.lr, other.lr))
     # The plate's right half, far from the first character, is printed as before.
@@ -49,6 +47,9 @@ def test_another_text_on_the_same_track_changes_only_the_print():
     with pytest.raises(ValueError, match="layout"):
         generate_track(3, 2, preset="hard", text=wrong_layout)
 
+
+def _texts(loader):
+    return [t.text for t in loader]
 
 
 def test_dataset_yields_the_same_tracks_for_any_worker_count():
