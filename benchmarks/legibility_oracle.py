@@ -98,7 +98,7 @@ def oracle_track(job: tuple[int, str, int]) -> dict:
                 best = int(np.argmin(total))
                 tie = np.count_nonzero(total == total[best]) > 1
                 readings[rule, f] += "?" if tie else choices[best]  # a tie is no reading
-    return {"index": index, "text": truth, "layout": observed.layout.value,
+    return {"index": index, "preset": preset, "replays": replays, "text": truth, "layout": observed.layout.value,
             "readings": {f"{rule}|{f}": readings[rule, f] for rule in RULES for f in FRAME_COUNTS}}
 
 
@@ -208,6 +208,9 @@ def main() -> None:
     rows = [json.loads(line) for line in args.rows.read_text().splitlines()][:args.tracks] if args.rows else []
     if [r["index"] for r in rows] != list(range(len(rows))):
         ap.error(f"{args.rows} does not hold tracks 0, 1, 2, ... in order")
+    # (Rows of the first runs name neither: they were hard tracks at 10 draws.)
+    if any(r.get("preset", args.preset) != args.preset or r.get("replays", args.replays) != args.replays for r in rows):
+        ap.error(f"{args.rows} was not computed with --preset {args.preset} --replays {args.replays}")
     jobs = [(i, args.preset, args.replays) for i in range(len(rows), args.tracks)]
     sink = None
     if args.out:
