@@ -1,5 +1,8 @@
 """The synthetic track stream: determinism, worker independence, and what `ksrnet synth` writes."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +87,9 @@ def test_written_tracks_read_back_with_text_corners_and_ground_truth(tmp_path):
             assert flow.shape == track.lr[t].shape[:2] + (2,)
             assert gt[f"to_canonical_{t + 1:03d}"].shape == (3, 3)
         np.testing.assert_allclose(gt[f"flow_to_ref_{ref + 1:03d}"], 0, atol=1e-4)  # the reference maps to itself
+        drawn = json.loads(str(gt["degradation"]))  # read without allow_pickle
+        assert drawn["codec"] == "jpeg" and drawn["preset"] == "medium"
+        assert drawn == json.loads(json.dumps(dataclasses.asdict(source.degradation)))
 
 
 def test_flow_side_file_rebuilds_a_frame_from_the_reference():

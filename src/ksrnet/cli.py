@@ -247,7 +247,7 @@ def synth(
 
     Each track folder holds lr-001..005.png, hr-001..005.png (.jpg with --format jpg), annotations.json (plate_text,
     plate_layout, corners) and synth_gt.npz (flows, homographies to the canonical plate, the
-    canonical HR plate; see ksrnet/synth/dataset.py). The same seed gives the same tracks with the
+    canonical HR plate, the drawn degradations as JSON; see ksrnet/synth/dataset.py). The same seed gives the same tracks with the
     same fonts.
     """
     from ksrnet.synth.dataset import write_synthetic_dataset

@@ -10,10 +10,14 @@ Ground truth written beside each synthetic track (`synth_gt.npz`, see `write_syn
                                point in the reference frame (pixel centres at integer coordinates)
   to_canonical_NNN (3, 3)      homography from LR frame NNN pixels to the canonical HR plate
   canonical_hr     (H, W, 3)   the rectified, undegraded HR plate (uint8 RGB)
+  degradation      ()          a string: the track's drawn DegradationParams as JSON (blur, turbulence,
+                               tone, noise, sharpening, codec and quality), to split results by them
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +146,9 @@ def to_track(track: SynthTrack, *, with_hr: bool = True):
 def ground_truth_arrays(track: SynthTrack) -> dict[str, np.ndarray]:
     """The arrays of `synth_gt.npz` (documented at the top of this module)."""
     arrays = {"reference": np.array(track.reference), "canonical_hr": track.canonical_hr}
+    if track.degradation is not None:
+        # A unicode array, so np.load reads it without allow_pickle.
+        arrays["degradation"] = np.array(json.dumps(dataclasses.asdict(track.degradation), sort_keys=True))
     for t, (flow, h) in enumerate(zip(track.flows_to_reference(), track.to_canonical())):
         arrays[f"flow_to_ref_{t + 1:03d}"] = flow.astype(np.float32)
         arrays[f"to_canonical_{t + 1:03d}"] = h.astype(np.float64)
