@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from ksrnet.plates import infer_layout
