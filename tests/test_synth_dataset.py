@@ -31,12 +31,13 @@ def test_track_text_follows_its_layout_and_frames_are_lrlpr_sized():
             assert 14 <= f.shape[0] <= 22 and 34 <= f.shape[1] <= 58
 
 
-def test_another_text_on_the_same_track_changes_only_the_print():
-    base = generate_track(3, 2, preset="hard")
-    again = generate_track(3, 2, preset="hard", text=base.text.lower())
+@pytest.mark.parametrize("index", [0, 1, 2, 5])
+def test_another_text_on_the_same_track_changes_only_the_print(index):
+    base = generate_track(3, index, preset="hard")
+    again = generate_track(3, index, preset="hard", text=base.text.lower())
     assert again.text == base.text and all(np.array_equal(x, y) for x, y in zip(base.lr, again.lr))
     other_text = ("B" if base.text[0] != "B" else "C") + base.text[1:]
-    other = generate_track(3, 2, preset="hard", text=other_text)
+    other = generate_track(3, index, preset="hard", text=other_text)
     assert other.text == other_text and other.layout is base.layout
     np.testing.assert_array_equal(other.corners, base.corners)
     assert other.degradation == base.degradation and base.degradation.preset == "hard"
@@ -47,7 +48,7 @@ def test_another_text_on_the_same_track_changes_only_the_print():
     np.testing.assert_array_equal(other.canonical_hr[:, w // 2:], base.canonical_hr[:, w // 2:])
     wrong_layout = "ABC1234" if base.layout.value == "Mercosur" else "ABC1D23"
     with pytest.raises(ValueError, match="layout"):
-        generate_track(3, 2, preset="hard", text=wrong_layout)
+        generate_track(3, index, preset="hard", text=wrong_layout)
 
 
 def _texts(loader):
