@@ -38,14 +38,18 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def correct_per_track(model: str, tracks: list, fusion: str, frames: int | None, batch: int) -> list[bool]:
+def readings_of(model: str, tracks: list, fusion: str, frames: int | None, batch: int = 64) -> list:
+    """The model's readings of `tracks` by `fusion` over their last `frames` (calibrated as `ksrnet
+    predict` gives them), read `batch` tracks at a time."""
     reader = make_reader(model, "cpu", "nar")[0]
-    right = []
+    out = []
     for start in range(0, len(tracks), batch):
-        chunk = tracks[start:start + batch]
-        readings = reader.read(chunk, [fusion], frame_count=frames)[fusion]
-        right += [r.text == t.text for r, t in zip(readings, chunk)]
-    return right
+        out += reader.read(tracks[start:start + batch], [fusion], frame_count=frames)[fusion]
+    return out
+
+
+def correct_per_track(model: str, tracks: list, fusion: str, frames: int | None, batch: int) -> list[bool]:
+    return [r.text == t.text for r, t in zip(readings_of(model, tracks, fusion, frames, batch), tracks)]
 
 
 def main() -> None:

@@ -106,17 +106,6 @@ def _rate(flags: list[bool]) -> str:
     return f"{100 * sum(flags) / max(len(flags), 1):.1f}"
 
 
-def read_with(model: str, tracks: list, frames: int, batch: int = 64) -> list:
-    """The model's product readings (calibrated as `ksrnet predict` gives them) of the last `frames`."""
-    from ksrnet.cli_readers import make_reader
-
-    reader = make_reader(model, "cpu", "nar")[0]
-    out = []
-    for start in range(0, len(tracks), batch):
-        out += reader.read(tracks[start:start + batch], ["product"], frame_count=frames)["product"]
-    return out
-
-
 def confidence_table(rows: list[dict], readings: dict[int, list], rule: str = "mean template") -> str:
     """The model's character probabilities, split by whether the oracle read that character: a
     character the oracle misreads is one the frames hardly carry, and should not come out sure."""
@@ -229,10 +218,11 @@ def main() -> None:
         sink.close()
     model_right = readings = None
     if args.model:
+        from compare_readers import readings_of
         from recognizer import synthetic_tracks
 
         tracks = synthetic_tracks(args.tracks, args.preset)
-        readings = {f: read_with(args.model, tracks, f) for f in FRAME_COUNTS}
+        readings = {f: readings_of(args.model, tracks, "product", f) for f in FRAME_COUNTS}
         model_right = {f: [m.text == t.text for m, t in zip(readings[f], tracks)] for f in FRAME_COUNTS}
     print(report(rows, args.replays, model_right, args.model))
     if readings:

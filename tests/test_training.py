@@ -869,8 +869,7 @@ def test_train_validates_on_a_held_out_split_of_lrlpr_root_and_lists_it(tmp_path
                    "validation split", "holds no track")
 
 
-
-def test_training_takes_random_frames_of_a_track_and_validation_its_last(monkeypatch):
+def test_training_takes_random_frames_of_a_track_and_validation_its_last():
     from types import SimpleNamespace
 
     from ksrnet.training import RecognizerSamples
