@@ -16,7 +16,7 @@ from ksrnet.models.parseq import (
     MASKED_LOGP,
     Parseq,
     ParseqConfig,
-    adapt_to_input_size,
+    adapt_to_config,
     build_perm_attention_mask,
     cloze_mask,
     decode_constrained,
@@ -499,12 +499,12 @@ def test_resize_pos_embed_keeps_smooth_tables_and_refuses_wrong_shapes():
         resize_pos_embed(table, (rows, cols + 1), (rows, 6))
 
 
-def test_adapt_to_input_size_keeps_every_weight_but_the_position_table():
+def test_adapt_to_config_keeps_every_weight_but_the_position_table():
     torch.manual_seed(0)
     model = Parseq(micro_config(img_w=64)).eval()
     with torch.no_grad():
         model.pos_embed.normal_()
-    narrow = adapt_to_input_size(model, micro_config(img_w=48)).eval()
+    narrow = adapt_to_config(model, micro_config(img_w=48)).eval()
     assert narrow.config.grid == (4, 6) and narrow.pos_embed.shape[1] == 24
     for (name, a), (_, b) in zip(model.state_dict().items(), narrow.state_dict().items()):
         if name != "pos_embed":
@@ -512,4 +512,25 @@ def test_adapt_to_input_size_keeps_every_weight_but_the_position_table():
     out = narrow(images(2, narrow.config))
     assert out.char_logits.shape == (2, S, C)
     with pytest.raises(ValueError, match="more than the input size"):
-        adapt_to_input_size(model, micro_config(img_w=48, embed_dim=64))
+        adapt_to_config(model, micro_config(img_w=48, embed_dim=64))
+
+
+def test_adapt_to_config_grows_blocks_that_start_as_the_identity_and_then_learn():
+    torch.manual_seed(0)
+    model = Parseq(micro_config(enc_depth=0, dec_depth=1)).eval()
+    deeper = adapt_to_config(model, micro_config(enc_depth=2, dec_depth=2)).eval()
+    assert len(deeper.blocks) == 2 and len(deeper.dec_layers) == 2
+    x = images(3, model.config)
+    for mode in ("nar", "ar"):
+        a, b = model(x, mode=mode), deeper(x, mode=mode)
+        assert torch.allclose(a.char_logits, b.char_logits, atol=1e-6)
+        assert torch.allclose(a.layout_logits, b.layout_logits, atol=1e-6)
+    # The zeroed projections get gradients at once, so the added blocks do not stay the identity.
+    deeper.train()
+    perms = sample_permutations(2, S, torch.Generator().manual_seed(0))
+    targets = torch.randint(0, C, (3, S))
+    deeper.plm_logits(x, targets, perms).logsumexp(-1).mean().backward()
+    for module in (deeper.blocks[0], deeper.blocks[1], deeper.dec_layers[1]):
+        assert module.mlp[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fewer encoder blocks"):
+        adapt_to_config(deeper, micro_config(enc_depth=1, dec_depth=2))

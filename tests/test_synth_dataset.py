@@ -47,8 +47,10 @@ def test_another_text_on_the_same_track_changes_only_the_print(index):
     w = base.canonical_hr.shape[1]
     np.testing.assert_array_equal(other.canonical_hr[:, w // 2:], base.canonical_hr[:, w // 2:])
     wrong_layout = "ABC1234" if base.layout.value == "Mercosur" else "ABC1D23"
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(ValueError, match="layout.*does not follow the .* syntax"):
         generate_track(3, index, preset="hard", text=wrong_layout)
+    with pytest.raises(ValueError, match="characters outside A-Z0-9"):
+        generate_track(3, index, preset="hard", text="AB?1234")
 
 
 def _texts(loader):

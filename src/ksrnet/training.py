@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.infer import select_frames
 from ksrnet.models.baselines import fuse_product
-from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_input_size, layout_log_probs, decode_constrained, sample_permutations
+from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_config, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
@@ -372,11 +372,12 @@ def initial_model(config: TrainConfig) -> Parseq | None:
     except ModelLoadError as exc:
         raise ModelLoadError(f"init_weights: {exc}") from None
     if ParseqConfig.from_dict(meta["config"]) != config.model:
-        try:  # a model of another input size keeps its weights; its position table is resampled
-            start = adapt_to_input_size(start, config.model)
-        except ValueError:
-            raise ValueError(f"init_weights {config.init_weights} were built with another model config "
-                             "(only img_h / img_w may differ)") from None
+        # Another input size resamples the position table; more blocks or layers start as the identity.
+        try:
+            start = adapt_to_config(start, config.model)
+        except ValueError as exc:
+            raise ValueError(f"init_weights {config.init_weights} were built with another model config: "
+                             f"{exc} (only img_h / img_w may differ, and enc_depth / dec_depth may grow)") from None
     return start
 
 

@@ -335,17 +335,41 @@ def resize_pos_embed(pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tup
     return table.permute(0, 2, 3, 1).reshape(1, r1 * c1, -1).contiguous()
 
 
-def adapt_to_input_size(model: "Parseq", config: "ParseqConfig") -> "Parseq":
+def adapt_to_config(model: "Parseq", config: "ParseqConfig") -> "Parseq":
     """A copy of ``model`` for ``config``, which may differ from the model's own config in the input
-    size (img_h, img_w) only; the position embedding is resampled (resize_pos_embed)."""
-    same_apart_from_size = asdict(model.config) | {"img_h": config.img_h, "img_w": config.img_w}
-    if same_apart_from_size != asdict(config):
-        raise ValueError("the model and the config differ in more than the input size")
+    size (img_h, img_w: the position embedding is resampled, resize_pos_embed) and in more encoder
+    blocks or decoder layers (enc_depth, dec_depth), nothing else.
+
+    Added blocks and layers go after the model's own and start as the identity: the output
+    projections of their residual branches are zero, so the copy computes what the model computes
+    until training moves them (their inputs are not zero, so those projections get gradients from
+    the first step). That lets a trained model grow without losing what it reads.
+    """
+    own = asdict(model.config)
+    allowed = {"img_h", "img_w", "enc_depth", "dec_depth"}
+    if own | {k: v for k, v in asdict(config).items() if k in allowed} != asdict(config):
+        raise ValueError("the model and the config differ in more than the input size and the depths")
+    if config.enc_depth < model.config.enc_depth or config.dec_depth < model.config.dec_depth:
+        raise ValueError(f"the config has fewer encoder blocks or decoder layers ({config.enc_depth}, "
+                         f"{config.dec_depth}) than the model ({model.config.enc_depth}, {model.config.dec_depth})")
     state = dict(model.state_dict())
     state["pos_embed"] = resize_pos_embed(state["pos_embed"], model.config.grid, config.grid)
-    out = Parseq(config)
-    out.load_state_dict(state)
+    out = Parseq(config, syntax_masks=model.syntax_masks)
+    added = [*out.blocks[model.config.enc_depth:], *out.dec_layers[model.config.dec_depth:]]
+    out.load_state_dict(state, strict=False)  # only the added blocks' weights are not in state
+    with torch.no_grad():
+        for module in added:
+            for linear in _residual_outputs(module):
+                linear.weight.zero_()
+                linear.bias.zero_()
     return out
+
+
+def _residual_outputs(module: nn.Module) -> list[nn.Linear]:
+    """The last linear layer of each residual branch of an encoder block or decoder layer."""
+    if isinstance(module, DecoderLayer):
+        return [module.self_attn.out, module.cross_attn.out, module.mlp[-1]]
+    return [module.attn.out, module.mlp[-1]]
 
 
 def slot_position_prior(num_slots: int, rows: int, cols: int, sigma: float) -> Tensor:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from ksrnet.plates import Layout, matches_layout, normalize_text
+from ksrnet.plates import Layout, normalize_text, text_problems
 from ksrnet.synth.camera import CameraParams, canonical_homography, flow_to_reference, render_frames, sample_trajectory
 from ksrnet.synth.degrade import DegradationParams, make_lr_track, sample_degradation
 from ksrnet.synth.render import CANONICAL_SIZE, random_plate_text, render_plate, render_scene, sample_style
@@ -72,8 +72,8 @@ def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: in
     drawn = random_plate_text(rng, layout)
     if text is None:
         text = drawn
-    elif not matches_layout(normalize_text(text), layout):
-        raise ValueError(f"text {text!r} does not fit track {index}'s {layout.value} layout")
+    elif problems := text_problems(text, layout):
+        raise ValueError(f"text {text!r} does not fit track {index}'s {layout.value} layout: " + "; ".join(problems))
     else:
         text = normalize_text(text)
     plate = render_plate(text, sample_style(rng, layout), size=CANONICAL_SIZE)
