@@ -23,7 +23,8 @@ one the frames hardly carry; a track it reads and a model misreads is one the mo
 
 Usage: python benchmarks/legibility_oracle.py [--tracks 300] [--preset hard] [--replays 8]
        [--workers 2] [--model parseq-tiny] [--out runs/oracle-hard.jsonl] [--rows FILE]
-About 8 s of CPU per track at --replays 10. With --model, the model reads the same tracks (product
+About 4 s of CPU per track at --replays 10 (session 12's machine, while a training run shared it;
+the plate and scene are rendered once per candidate, only the degradations replayed). With --model, the model reads the same tracks (product
 fusion, the last 1/3/5 frames): the first table splits its errors by whether the oracle read the
 track, the second its characters' probabilities by whether the oracle read the character. --rows
 reuses the oracle readings an earlier --out wrote.
@@ -45,15 +46,15 @@ from recognizer import TEST_SEED  # noqa: E402
 
 import ksrnet.synth.degrade as degrade  # noqa: E402
 from ksrnet.plates import DIGITS, LETTERS  # noqa: E402
-from ksrnet.synth.dataset import generate_track  # noqa: E402
+from ksrnet.synth.dataset import UndegradedTrack, generate_track, undegraded_track  # noqa: E402
 
 FRAME_COUNTS = (1, 3, 5)
 RULES = ("noise-free template", "mean template, half the draws", "mean template")
 _with_noise = degrade.sensor_noise
 
 
-def _replay(index: int, preset: str, text: str, noise_stream: int | None) -> np.ndarray:
-    """Track `index` printed with `text`: (T, h, w, 3) float frames. The sensor noise is drawn as
+def _replay(track: UndegradedTrack, noise_stream: int | None) -> np.ndarray:
+    """The track's degradations run again: (T, h, w, 3) float frames. The sensor noise is drawn as
     the generator draws it (so the codec's later draws stay the same) but replaced by noise from
     stream `noise_stream`, or by none."""
     alt = None if noise_stream is None else np.random.default_rng([4242, noise_stream])
@@ -64,7 +65,7 @@ def _replay(index: int, preset: str, text: str, noise_stream: int | None) -> np.
 
     degrade.sensor_noise = other_noise
     try:
-        lr = generate_track(TEST_SEED, index, preset=preset, text=text).lr
+        lr = track.lr_frames()
     finally:
         degrade.sensor_noise = _with_noise
     return np.stack([f.astype(np.float32) for f in lr])
@@ -82,10 +83,12 @@ def oracle_track(job: tuple[int, str, int]) -> dict:
         per_frame = {rule: [] for rule in RULES}  # per candidate: (T,) squared distances
         for c in choices:
             text = truth[:slot] + c + truth[slot + 1:]
-            clean = _replay(index, preset, text, None)
+            # Rendered once per candidate; only the degradations are replayed.
+            printed = undegraded_track(TEST_SEED, index, preset=preset, text=text)
+            clean = _replay(printed, None)
             # The mean over the same noise streams for every candidate (common random numbers):
             # what the generator makes of this text on average, codec and clipping included.
-            draws = [_replay(index, preset, text, k) for k in range(replays)]
+            draws = [_replay(printed, k) for k in range(replays)]
             # The half-draws template says whether the full one has settled: if the rates of the
             # two differ much, more draws would read better still.
             templates = (clean, np.mean(draws[:max(replays // 2, 1)], axis=0), np.mean(draws, axis=0))

@@ -44,12 +44,13 @@ def test_diagnostics_sensitivity_is_mean_abs_jacobian_not_cancelled():
 def test_legibility_oracle_replays_the_track_with_other_noise_only():
     oracle = _script("legibility_oracle")
     from ksrnet.synth import degrade
-    from ksrnet.synth.dataset import generate_track
+    from ksrnet.synth.dataset import generate_track, undegraded_track
 
     track = generate_track(oracle.TEST_SEED, 0, preset="easy")
     observed = np.stack([f.astype(np.float32) for f in track.lr])
-    clean = oracle._replay(0, "easy", track.text, None)
-    first, again, second = (oracle._replay(0, "easy", track.text, k) for k in (0, 0, 1))
+    printed = undegraded_track(oracle.TEST_SEED, 0, preset="easy")
+    clean = oracle._replay(printed, None)
+    first, again, second = (oracle._replay(printed, k) for k in (0, 0, 1))
     assert degrade.sensor_noise is oracle._with_noise  # put back after every replay
     assert clean.shape == observed.shape and not np.array_equal(clean, observed)
     np.testing.assert_array_equal(first, again)

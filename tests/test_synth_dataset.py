@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from ksrnet.plates import infer_layout
 from ksrnet.synth.camera import warp_with_flow
-from ksrnet.synth.dataset import SyntheticTrackDataset, generate_track, write_synthetic_dataset
+from ksrnet.synth.dataset import SyntheticTrackDataset, generate_track, undegraded_track, write_synthetic_dataset
 from ksrnet.tracks import SYNTH_GROUND_TRUTH_NAME, discover_tracks, read_track
 
 
@@ -19,6 +19,20 @@ def test_same_seed_same_track_and_other_seed_other_track():
     c = generate_track(8, 3, preset="hard")
     assert c.text != a.text or not all(np.array_equal(x, y) for x, y in zip(a.lr, c.lr))
     assert generate_track(7, 3, epoch=1).text != a.text or generate_track(7, 4).text != a.text
+
+
+@pytest.mark.parametrize("preset", ["hard", "easy"])
+def test_the_undegraded_track_degrades_to_the_generated_one_as_often_as_asked(preset):
+    track = generate_track(7, 3, preset=preset)
+    undegraded = undegraded_track(7, 3, preset=preset)
+    for _ in range(2):  # each call degrades a copy of the stream, so the second is the same
+        assert all(np.array_equal(x, y) for x, y in zip(undegraded.lr_frames(), track.lr))
+    again = undegraded.finish(undegraded.lr_frames())
+    assert (again.track_id, again.text, again.layout, again.preset) == (track.track_id, track.text, track.layout,
+                                                                        track.preset)
+    assert again.degradation == track.degradation
+    np.testing.assert_array_equal(again.corners, track.corners)
+    np.testing.assert_array_equal(again.canonical_hr, track.canonical_hr)
 
 
 def test_track_text_follows_its_layout_and_frames_are_lrlpr_sized():

@@ -16,6 +16,7 @@ Ground truth written beside each synthetic track (`synth_gt.npz`, see `write_syn
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -58,14 +59,41 @@ class SynthTrack:
         return [canonical_homography(self.trajectory, t, (w, h)) for t in range(len(self.lr))]
 
 
-def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
-                   layout: Layout | None = None, codec: str | None = None,
-                   camera: CameraParams = CameraParams(), epoch: int = 0, text: str | None = None) -> SynthTrack:
-    """Track `index` of the stream identified by (seed, epoch): deterministic in all arguments.
+@dataclass(frozen=True)
+class UndegradedTrack:
+    """What generate_track draws before the degradations, with the random stream where they start.
 
-    `text` prints that text instead of the drawn one, on the same plate, camera and degradations
-    (noise included): the random draws never depend on the text. It must fit the track's layout.
+    `lr_frames()` runs the degradations on a copy of the stream, so it can be called again and again:
+    the legibility oracle replays one track's degradations under other noise without rendering its
+    plate and scene each time.
     """
+
+    index: int
+    text: str
+    layout: Layout
+    preset: str
+    canonical_hr: np.ndarray
+    scene: np.ndarray
+    trajectory: object
+    degradation: DegradationParams
+    rng: np.random.Generator
+
+    def lr_frames(self) -> list[np.ndarray]:
+        return make_lr_track(self.scene, self.trajectory, self.degradation, copy.deepcopy(self.rng))
+
+    def finish(self, lr: list[np.ndarray]) -> SynthTrack:
+        traj = self.trajectory
+        return SynthTrack(
+            track_id=f"track_{self.index + 1:05d}", lr=lr, text=self.text, layout=self.layout,
+            canonical_hr=self.canonical_hr, corners=traj.corners.astype(np.float32), reference=traj.reference,
+            preset=self.preset, scene=self.scene, trajectory=traj, degradation=self.degradation)
+
+
+def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
+                     layout: Layout | None = None, codec: str | None = None,
+                     camera: CameraParams = CameraParams(), epoch: int = 0,
+                     text: str | None = None) -> UndegradedTrack:
+    """generate_track's draws up to the degradations (same arguments)."""
     rng = np.random.default_rng([seed, epoch, index])
     if layout is None:
         layout = Layout.MERCOSUR if rng.random() < MERCOSUR_FRACTION else Layout.BRAZILIAN
@@ -81,12 +109,22 @@ def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: in
     h, w = scene.image.shape[:2]
     traj = sample_trajectory(rng, (w, h), scene.plate_corners, num_frames, camera)
     params = sample_degradation(rng, preset, num_frames, codec=codec)
-    lr = make_lr_track(scene.image, traj, params, rng)
-    return SynthTrack(
-        track_id=f"track_{index + 1:05d}", lr=lr, text=text, layout=layout, canonical_hr=plate.image,
-        corners=traj.corners.astype(np.float32), reference=traj.reference, preset=params.preset
-        if hasattr(params, "preset") else preset, scene=scene.image, trajectory=traj, degradation=params,
-    )
+    return UndegradedTrack(index=index, text=text, layout=layout, preset=params.preset, canonical_hr=plate.image,
+                           scene=scene.image, trajectory=traj, degradation=params, rng=rng)
+
+
+def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
+                   layout: Layout | None = None, codec: str | None = None,
+                   camera: CameraParams = CameraParams(), epoch: int = 0, text: str | None = None) -> SynthTrack:
+    """Track `index` of the stream identified by (seed, epoch): deterministic in all arguments.
+
+    `text` prints that text instead of the drawn one, on the same plate, camera and degradations
+    (noise included): the random draws never depend on the text. It must fit the track's layout.
+    """
+    track = undegraded_track(seed, index, preset=preset, num_frames=num_frames, layout=layout, codec=codec,
+                             camera=camera, epoch=epoch, text=text)
+    # The stream itself, not a copy: nothing else uses this one.
+    return track.finish(make_lr_track(track.scene, track.trajectory, track.degradation, track.rng))
 
 
 def _quiet_worker_threads() -> None:
