@@ -534,3 +534,39 @@ def test_adapt_to_config_grows_blocks_that_start_as_the_identity_and_then_learn(
         assert module.mlp[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="fewer encoder blocks"):
         adapt_to_config(deeper, micro_config(enc_depth=1, dec_depth=2))
+
+
+@pytest.mark.parametrize("narrow_channels, wide_channels", [(4, 6), (2, 3)])  # ends at embed_dim; ends in a 1x1
+def test_adapt_to_config_widens_the_cnn_stem_without_changing_what_it_computes(narrow_channels, wide_channels):
+    torch.manual_seed(0)
+    model = Parseq(micro_config(stem="cnn", stem_channels=narrow_channels))
+    x = images(4, model.config)
+    model.train()
+    model(x)  # batch-norm statistics that are not the fresh ones
+    wide = adapt_to_config(model, micro_config(stem="cnn", stem_channels=wide_channels))
+    assert wide.patch_embed[0][0].out_channels == wide_channels
+    for train_mode in (False, True):  # running statistics, then the batch's own
+        model.train(train_mode)
+        wide.train(train_mode)
+        with torch.no_grad():
+            a, b = model(x), wide(x)
+        assert torch.allclose(a.char_logits, b.char_logits, atol=1e-5)
+        assert torch.allclose(a.layout_logits, b.layout_logits, atol=1e-5)
+    # The zero weights that read the added channels learn from the first step.
+    wide.train()
+    perms = sample_permutations(2, S, torch.Generator().manual_seed(0))
+    wide.plm_logits(x, torch.randint(0, C, (4, S)), perms).logsumexp(-1).mean().backward()
+    reader = wide.patch_embed[1][0]
+    assert reader.weight.grad[:, narrow_channels:].abs().sum() > 0
+
+
+def test_adapt_to_config_refuses_to_narrow_or_widen_another_stem():
+    model = Parseq(micro_config(stem="cnn", stem_channels=4))
+    with pytest.raises(ValueError, match="can only grow"):
+        adapt_to_config(model, micro_config(stem="cnn", stem_channels=3))
+    conv = Parseq(micro_config(stem="conv", stem_channels=4))
+    with pytest.raises(ValueError, match="only for the cnn stem"):
+        adapt_to_config(conv, micro_config(stem="conv", stem_channels=6))
+    # 4 channels reach embed_dim without a final 1x1 convolution, 2 channels need one.
+    with pytest.raises(ValueError, match="layer count"):
+        adapt_to_config(Parseq(micro_config(stem="cnn", stem_channels=2)), micro_config(stem="cnn", stem_channels=4))

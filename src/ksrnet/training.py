@@ -377,7 +377,7 @@ def initial_model(config: TrainConfig) -> Parseq | None:
             start = adapt_to_config(start, config.model)
         except ValueError as exc:
             raise ValueError(f"init_weights {config.init_weights} were built with another model config: "
-                             f"{exc} (only img_h / img_w may differ, and enc_depth / dec_depth may grow)") from None
+                             f"{exc} (only img_h / img_w may differ, and enc_depth / dec_depth / stem_channels may grow)") from None
     return start
 
 

@@ -337,32 +337,73 @@ def resize_pos_embed(pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tup
 
 def adapt_to_config(model: "Parseq", config: "ParseqConfig") -> "Parseq":
     """A copy of ``model`` for ``config``, which may differ from the model's own config in the input
-    size (img_h, img_w: the position embedding is resampled, resize_pos_embed) and in more encoder
-    blocks or decoder layers (enc_depth, dec_depth), nothing else.
+    size (img_h, img_w: the position embedding is resampled, resize_pos_embed), in more encoder
+    blocks or decoder layers (enc_depth, dec_depth) and, for the "cnn" stem, in more stem channels
+    (stem_channels), nothing else.
 
-    Added blocks and layers go after the model's own and start as the identity: the output
-    projections of their residual branches are zero, so the copy computes what the model computes
-    until training moves them (their inputs are not zero, so those projections get gradients from
-    the first step). That lets a trained model grow without losing what it reads.
+    What is added starts out computing nothing the model does not: added blocks and layers go after
+    the model's own with the output projections of their residual branches zeroed (the identity),
+    and added stem channels feed the next convolution through zero weights (widen_cnn_stem). Their
+    inputs are not zero, so those weights get gradients from the first step. That lets a trained
+    model grow without losing what it reads.
     """
     own = asdict(model.config)
-    allowed = {"img_h", "img_w", "enc_depth", "dec_depth"}
+    allowed = {"img_h", "img_w", "enc_depth", "dec_depth", "stem_channels"}
     if own | {k: v for k, v in asdict(config).items() if k in allowed} != asdict(config):
-        raise ValueError("the model and the config differ in more than the input size and the depths")
+        raise ValueError("the model and the config differ in more than the input size, the depths and the stem's channels")
     if config.enc_depth < model.config.enc_depth or config.dec_depth < model.config.dec_depth:
         raise ValueError(f"the config has fewer encoder blocks or decoder layers ({config.enc_depth}, "
                          f"{config.dec_depth}) than the model ({model.config.enc_depth}, {model.config.dec_depth})")
+    widen = config.stem_channels != model.config.stem_channels
+    if widen and (config.stem != "cnn" or config.stem_channels < model.config.stem_channels):
+        raise ValueError(f"stem_channels can only grow, and only for the cnn stem (model: {model.config.stem} stem, "
+                         f"{model.config.stem_channels} channels; config: {config.stem_channels})")
     state = dict(model.state_dict())
     state["pos_embed"] = resize_pos_embed(state["pos_embed"], model.config.grid, config.grid)
     out = Parseq(config, syntax_masks=model.syntax_masks)
+    if widen:
+        widen_cnn_stem(model.patch_embed, out.patch_embed)
+        state = {k: v for k, v in state.items() if not k.startswith("patch_embed.")}
     added = [*out.blocks[model.config.enc_depth:], *out.dec_layers[model.config.dec_depth:]]
-    out.load_state_dict(state, strict=False)  # only the added blocks' weights are not in state
+    out.load_state_dict(state, strict=False)  # only the added blocks' (and widened stem's) weights are not in state
     with torch.no_grad():
         for module in added:
             for linear in _residual_outputs(module):
                 linear.weight.zero_()
                 linear.bias.zero_()
     return out
+
+
+def widen_cnn_stem(narrow: nn.Sequential, wide: nn.Sequential) -> None:
+    """Copy a trained cnn_stem into a freshly built one with at least as many channels per layer, so
+    that ``wide`` computes ``narrow``'s output exactly.
+
+    Each layer's first channels take the trained weights and batch-norm statistics. Its added output
+    channels keep their fresh random weights (they see every input channel, so they start computing
+    new features), and the next layer reads them through zero weights, so the output is unchanged
+    until training moves those weights. Batch norm is per channel, so the added channels do not
+    change the trained ones' normalisation, in training mode or not.
+    """
+    if len(narrow) != len(wide):
+        raise ValueError(f"the stems differ in layer count ({len(narrow)} vs {len(wide)}): only channels may grow")
+    with torch.no_grad():
+        for small, big in zip(narrow, wide):
+            small_conv = small[0] if isinstance(small, nn.Sequential) else small
+            big_conv = big[0] if isinstance(big, nn.Sequential) else big
+            o, i = small_conv.weight.shape[:2]
+            if big_conv.weight.shape[0] < o or big_conv.weight.shape[1] < i \
+                    or big_conv.weight.shape[2:] != small_conv.weight.shape[2:]:
+                raise ValueError(f"stem layer {tuple(small_conv.weight.shape)} cannot widen to "
+                                 f"{tuple(big_conv.weight.shape)}")
+            big_conv.weight[:o, :i] = small_conv.weight
+            big_conv.weight[:o, i:] = 0
+            if small_conv.bias is not None:
+                big_conv.bias[:o] = small_conv.bias
+            if isinstance(small, nn.Sequential):
+                small_bn, big_bn = small[1], big[1]
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(big_bn, name)[:o] = getattr(small_bn, name)
+                big_bn.num_batches_tracked.copy_(small_bn.num_batches_tracked)
 
 
 def _residual_outputs(module: nn.Module) -> list[nn.Linear]:
