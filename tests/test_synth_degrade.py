@@ -373,6 +373,14 @@ def test_sampling_is_deterministic_and_presets_order_by_difficulty():
     assert forced.codec == "jpeg" and 10 <= forced.jpeg_quality <= 50
 
 
+def test_jpeg_quality_covers_the_range_of_the_data_from_10_to_50():
+    qualities = [p.jpeg_quality for preset in ("medium", "hard") for s in range(400)
+                 for p in [D.sample_degradation(np.random.default_rng(s), preset, codec="jpeg")]]
+    assert min(qualities) <= 11 and max(qualities) >= 50
+    hard = [D.sample_degradation(np.random.default_rng(s), "hard", codec="jpeg").jpeg_quality for s in range(400)]
+    assert 10 <= min(hard) and max(hard) <= 40
+
+
 def test_motion_is_correlated_over_the_track():
     for s in range(50):
         p = D.sample_degradation(np.random.default_rng(s), "hard")
