@@ -8,6 +8,7 @@ before changing anything).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -774,6 +776,29 @@ def test_auxiliary_ctc_loss_trains_its_head_and_the_encoder():
     assert module.model.pos_embed.grad.abs().sum() > 0
     # Without the weight there is no head at all: nothing training-only reaches the shipped weights.
     assert training.RecognizerModule(cfg.replace("optim", ctc_loss_weight=0.0)).ctc_head is None
+
+
+def test_product_track_loss_scores_the_fused_reading_of_each_track():
+    def logits(*probs):  # (1 permutation, frames, 1 slot, classes)
+        return torch.tensor(probs).log()[None, :, None, :]
+
+    one = torch.zeros(2, 1, dtype=torch.long)
+    # Frames that contradict each other fuse to a coin flip, whatever each frame says alone.
+    loss = training.product_track_loss(logits([0.8, 0.2], [0.2, 0.8]), one, torch.tensor([2]))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    # Frames that agree add up: 0.75 twice is 0.9 fused (0.75^2 against 0.25^2).
+    loss = training.product_track_loss(logits([0.75, 0.25], [0.75, 0.25]), one, torch.tensor([2]))
+    assert loss.item() == pytest.approx(-math.log(0.9), abs=1e-6)
+    # Frames of different tracks are not summed: one-frame tracks give the per-frame loss.
+    char_logits = torch.randn(3, 4, 7, 36)
+    targets = torch.randint(0, 36, (4, 7))
+    per_frame = F.cross_entropy(char_logits.reshape(-1, 36), targets.repeat(3, 1).reshape(-1))
+    assert training.product_track_loss(char_logits, targets, torch.ones(4, dtype=torch.long)).item() \
+        == pytest.approx(per_frame.item(), abs=1e-5)
+    with pytest.raises(ValueError, match="counts add up to 3"):
+        training.product_track_loss(char_logits, targets, torch.tensor([2, 1]))
+    with pytest.raises(ValueError, match="loss weights"):
+        TrainConfig.from_dict({"optim": {"track_loss_weight": -1.0}})
 
 
 def test_eval_counts_an_unreadable_labelled_track_as_wrong(trained_run, synth_tracks, tmp_path):

@@ -188,11 +188,15 @@ class OptimConfig:
     # Weight of an auxiliary CTC loss on the encoder's columns (a training-only head, not shipped):
     # it gives the encoder a direct, alignment-free reading signal from the first step.
     ctc_loss_weight: float = 0.0
+    # Weight of a loss on each track's product-fused reading (the frames' per-slot log-probabilities
+    # summed, as `ksrnet predict --fusion product` reads a track), beside the per-frame loss: it
+    # trains frames on how their evidence adds up, which the per-frame loss never sees.
+    track_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in ("onecycle", "cosine", "time_cosine"):
             raise ValueError("schedule must be onecycle, cosine or time_cosine")
-        if self.ctc_loss_weight < 0 or self.layout_loss_weight < 0:
+        if self.ctc_loss_weight < 0 or self.layout_loss_weight < 0 or self.track_loss_weight < 0:
             raise ValueError("loss weights must be >= 0")
         if not (0 < self.lr < 1) or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr must be in (0, 1), weight_decay >= 0, warmup_fraction in [0, 1)")

@@ -184,6 +184,23 @@ def previous_metadata(weights: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def product_track_loss(char_logits: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each track's product-fused reading: per permutation, the per-slot
+    log-probabilities of a track's frames (consecutive in the batch, ``counts`` per track) are
+    summed and renormalised. char_logits (K, frames, slots, classes); targets (frames, slots), the
+    same for every frame of a track."""
+    k, n, s, c = char_logits.shape
+    counts = counts.to(char_logits.device)
+    track_of_frame = torch.repeat_interleave(torch.arange(len(counts), device=char_logits.device), counts)
+    if track_of_frame.numel() != n:
+        raise ValueError(f"counts add up to {track_of_frame.numel()} frames, the batch has {n}")
+    logp = torch.log_softmax(char_logits.float(), dim=-1)
+    summed = logp.new_zeros(k, len(counts), s, c).index_add_(1, track_of_frame, logp)
+    first_frames = torch.cumsum(counts, 0) - counts
+    track_targets = targets[first_frames].repeat(k, 1).reshape(-1)
+    return F.cross_entropy(summed.reshape(-1, c), track_targets)  # cross_entropy renormalises the sum
+
+
 class RecognizerModule(WallClockLR, L.LightningModule):
     def __init__(self, config: TrainConfig):
         super().__init__()
@@ -198,7 +215,7 @@ class RecognizerModule(WallClockLR, L.LightningModule):
         self._val = []
 
     def training_step(self, batch, batch_idx):
-        frames, targets, layouts, _ = batch
+        frames, targets, layouts, counts = batch
         perms = sample_permutations(self.config.model.num_perms, self.config.model.num_slots, self._perm_gen)
         memory = self.model.encode(frames)
         char_logits = self.model.plm_decode(memory, targets, perms.to(frames.device))
@@ -211,6 +228,10 @@ class RecognizerModule(WallClockLR, L.LightningModule):
         )
         layout_loss = F.cross_entropy(layout_logits.float(), layouts)
         loss = char_loss + self.config.optim.layout_loss_weight * layout_loss
+        if self.config.optim.track_loss_weight > 0:
+            track_loss = product_track_loss(char_logits, targets, counts)
+            loss = loss + self.config.optim.track_loss_weight * track_loss
+            self.log("train/track_loss", track_loss, batch_size=frames.shape[0])
         if self.ctc_head is not None:
             ctc_loss = self._ctc_loss(memory, targets)
             loss = loss + self.config.optim.ctc_loss_weight * ctc_loss
