@@ -1,8 +1,13 @@
 # Sourced by the scripts/gpu_*.sh scripts on a lent GPU machine (no network there; its python3 has
 # torch, lightning and OpenCV): installs PyAV and the font packages from the wheels carried in
 # .whl/, puts them and src/ on the path, and says what the machine is. Sets $device (cuda or cpu).
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
+# Once per machine: scripts/gpu_train_both.sh sources this, then starts two scripts that source it
+# again at the same time, and two pip installs into one folder at once can break it.
+if [ ! -f /tmp/site/.ksrnet-wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  touch /tmp/site/.ksrnet-wheels
+fi
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 python3 -c "import torch, lightning, av, cv2; print('torch', torch.__version__, 'lightning', lightning.__version__, 'av', av.__version__, 'cv2', cv2.__version__, 'cpus', __import__('os').cpu_count())"

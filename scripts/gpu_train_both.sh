@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Trains the recognizer (configs/parseq-tiny-gpu-n.yaml, from the shipped model) and KSR-Net
+# (configs/ksrnet-tiny-gpu-shared.yaml, from scratch) side by side on one lent GPU machine, in one
+# device call of under 10 minutes, then times KSR-Net on that GPU. Both models are tiny: the data
+# workers on the CPU cores bound each run, not the GPU, so the configs split the 16 cores (7 + 8).
+# The device returns at most 8 files, so each run comes back as one tarball:
+#   $OUT/recognizer.tar.gz (scripts/gpu_train.sh's files), $OUT/ksrnet.tar.gz (gpu_train_ksrnet.sh's
+#   train phase), $OUT/cost.txt (benchmarks/ksrnet_cost.py on the GPU).
+# Calibrate and benchmark them afterwards on any machine (benchmarks/RESULTS.md, session 14).
+# Usage: OUT=/dir scripts/gpu_train_both.sh [hard timeout of each training, s]
+# (REC_CONFIG / KSR_CONFIG override the configs, for a smoke run on a CPU with tiny budgets.)
+set -u
+limit=${1:-460}
+rec_config=${REC_CONFIG:-configs/parseq-tiny-gpu-n.yaml}
+ksr_config=${KSR_CONFIG:-configs/ksrnet-tiny-gpu-shared.yaml}
+source scripts/gpu_env.sh
+mkdir -p "$OUT/rec" "$OUT/ksr"
+OUT=$OUT/rec bash scripts/gpu_train.sh "$rec_config" "$limit" 0 > "$OUT/rec/script.log" 2>&1 &
+rec=$!
+OUT=$OUT/ksr bash scripts/gpu_train_ksrnet.sh train "$ksr_config" "$limit" > "$OUT/ksr/script.log" 2>&1 &
+ksr=$!
+# A line a minute, so the call's output shows whether the GPU or the cores were the bound.
+while kill -0 "$rec" 2>/dev/null || kill -0 "$ksr" 2>/dev/null; do
+  sleep 60
+  echo "$(date +%T) gpu: $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)" \
+    "load: $(cut -d' ' -f1 /proc/loadavg)"
+done
+wait "$rec"; echo "recognizer script exit: $?"
+wait "$ksr"; echo "ksrnet script exit: $?"
+tail -n 4 "$OUT/rec/script.log" "$OUT/ksr/script.log"
+# Packed before the timing, so a call cut at its limit still brings the weights back.
+tar czf "$OUT/recognizer.tar.gz" -C "$OUT" rec && tar czf "$OUT/ksrnet.tar.gz" -C "$OUT" ksr && rm -rf "$OUT/rec" "$OUT/ksr"
+timeout 80 python3 benchmarks/ksrnet_cost.py --device "$device" --batch 64 --threads 8 --lr-size 20x48 \
+  > "$OUT/cost.txt" 2>&1
+echo "cost exit: $?"; cat "$OUT/cost.txt"
+ls -la "$OUT"
