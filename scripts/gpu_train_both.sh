@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the recognizer (configs/parseq-tiny-gpu-n.yaml, from the shipped model) and KSR-Net
+# Trains the recognizer (configs/parseq-tiny-gpu-n.yaml, from stage M) and KSR-Net
 # (configs/ksrnet-tiny-gpu-shared.yaml, from scratch) side by side on one lent GPU machine, in one
 # device call of under 10 minutes, then times KSR-Net on that GPU. Both models are tiny: the data
 # workers on the CPU cores bound each run, not the GPU, so the configs split the 16 cores (7 + 8).
@@ -8,7 +8,9 @@
 #   train phase), $OUT/cost.txt (benchmarks/ksrnet_cost.py on the GPU).
 # Calibrate and benchmark them afterwards on any machine (benchmarks/RESULTS.md, session 14).
 # Usage: OUT=/dir scripts/gpu_train_both.sh [hard timeout of each training, s]
-# (REC_CONFIG / KSR_CONFIG override the configs, for a smoke run on a CPU with tiny budgets.)
+# REC_CONFIG / KSR_CONFIG override the configs (a smoke run on a CPU with tiny budgets, or a new
+# run). The defaults record session 14's runs, which read stage M's weights from runs/shipped-m/
+# (see the configs): carry that folder, or point both at configs that start from parseq-tiny.
 set -u
 limit=${1:-460}
 rec_config=${REC_CONFIG:-configs/parseq-tiny-gpu-n.yaml}
