@@ -3,13 +3,16 @@
 # lightning, opencv), then measures it on the fixed hard test set with GPU timings.
 # PyAV and the font packages travel as wheels in .whl/ (scripts/gpu_env.sh, benchmarks/RESULTS.md).
 # Usage: OUT=/some/dir scripts/gpu_train.sh [config] [hard timeout of training, s] [test tracks]
-# The whole script takes the training's max_minutes plus about 2 minutes.
+# The whole script takes the training's max_minutes plus about 2 minutes. Set CALL_LIMIT_S to the
+# device call's timeout_s and the training limit shrinks to leave time for the export and the benchmark.
 set -u
 config=${1:-configs/parseq-tiny-gpu.yaml}
 limit=${2:-480}
 test_tracks=${3:-2000}
 source scripts/gpu_env.sh
 python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
+limit=$(training_limit "$limit" $(( test_tracks > 0 ? 130 : 30 ))) || exit 1
+echo "training limit: $limit s"
 # One run dir per config: a second call on a warm machine with another config (say, continuing this
 # one's weights) must start its own run, not resume this one.
 run=/tmp/run-$(basename "$config" .yaml)

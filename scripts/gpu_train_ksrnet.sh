@@ -20,6 +20,8 @@ source scripts/gpu_env.sh
 
 train() {
   local config=${1:-configs/ksrnet-tiny-gpu.yaml} limit=${2:-570}
+  limit=$(training_limit "$limit" "${3:-20}") || return 1
+  echo "training limit: $limit s"
   timeout "$limit" python3 -m ksrnet.cli train-ksrnet "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" \
     | tail -c 20000 > "$OUT/train.log"
   local rc=${PIPESTATUS[0]}
@@ -58,7 +60,7 @@ measure() {
 case "$phase" in
   train) train "${2:-}" "${3:-}" ;;
   measure) measure "${2:-}" ;;
-  all) train "${2:-}" "${3:-}" && measure "${4:-}" ;;
+  all) train "${2:-}" "${3:-}" 420 && measure "${4:-}" ;;  # 420 s kept for measure's steps
   *) echo "usage: OUT=DIR $0 train [config] [timeout s] | measure [tracks] | all [config] [timeout s] [tracks]"; exit 2 ;;
 esac
 ls -la "$OUT"
