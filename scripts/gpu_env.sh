@@ -8,16 +8,15 @@ if [ -n "${CALL_LIMIT_S:-}" ] && [ -z "${KSRNET_DEADLINE:-}" ]; then
   export KSRNET_DEADLINE=$(( $(date +%s) + CALL_LIMIT_S ))
 fi
 # training_limit WANTED RESERVE: WANTED seconds, or fewer so that RESERVE seconds are left before
-# the call's deadline; fails when fewer than 30 would be left to train.
+# the call's deadline; fails when the deadline leaves fewer than 30 to train.
 training_limit() {
   local want=$1 reserve=$2 left
   if [ -n "${KSRNET_DEADLINE:-}" ]; then
     left=$(( KSRNET_DEADLINE - $(date +%s) - reserve ))
-    [ "$left" -lt "$want" ] && want=$left
-  fi
-  if [ "$want" -lt 30 ]; then
-    echo "training_limit: only ${want} s left to train before the call's deadline" >&2
-    return 1
+    if [ "$left" -lt "$want" ]; then
+      [ "$left" -lt 30 ] && { echo "training_limit: only ${left} s left to train before the call's deadline" >&2; return 1; }
+      want=$left
+    fi
   fi
   echo "$want"
 }

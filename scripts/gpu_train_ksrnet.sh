@@ -7,8 +7,9 @@
 # or both in one call (... all [config] [timeout] [ablation tracks]: only where the call may take
 # longer than 600 s, or with a shorter config). The run lives in runs/ksr-gpu
 # (ignored by git, kept between calls on a warm machine); weights, logs and tables go to $OUT.
-# configs/ksrnet-tiny-gpu.yaml trains for 7.5 minutes; with each stage's start and validation the
-# train phase takes about 9.
+# With CALL_LIMIT_S set to the device call's timeout_s, the training's limit shrinks so that the
+# phase ends in time (scripts/gpu_env.sh). configs/ksrnet-tiny-gpu.yaml trains for 7.5 minutes;
+# with each stage's start and validation the train phase takes about 9.
 set -u
 phase=${1:-}  # no default: "all" does not fit one 600 s device call (train ~9 min + measure ~2)
 case "$phase" in
