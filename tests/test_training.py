@@ -911,3 +911,83 @@ def test_training_takes_random_frames_of_a_track_and_validation_its_last():
     train.set_epoch(1)
     assert picked(train) != first
     assert set(picked(val)) == {(3, 4)}  # validation reads the last two, as predict --frames 2 does
+
+
+def _echo_tracks(n, frames=5):
+    from types import SimpleNamespace
+
+    from ksrnet.plates import LAYOUTS
+
+    lr = [np.full((17, 48, 3), i, np.uint8) for i in range(frames)]  # frame i is all i
+    return [SimpleNamespace(track_id=f"track_{i:05d}", lr=lr, text="ABC1234", layout=LAYOUTS[0]) for i in range(n)]
+
+
+def test_data_echo_trains_every_track_echo_times_spread_over_batches():
+    from collections import Counter
+
+    from ksrnet.training import RecognizerSamples
+
+    config = TrainConfig.from_dict(micro(data={"echo": 3, "echo_buffer_tracks": 64}))
+    tracks = _echo_tracks(300)
+    samples = RecognizerSamples(tracks, config, echo=3, echo_buffer=64)
+    assert len(samples) == 900
+    stream = [(t.track_id, copy) for t, copy in samples.echoed(tracks)]
+    assert len(stream) == 900
+    assert Counter(tid for tid, _ in stream) == {t.track_id: 3 for t in tracks}
+    assert all(sorted(c for tid, c in stream if tid == t.track_id) == [0, 1, 2] for t in tracks)
+    assert [(t.track_id, c) for t, c in samples.echoed(tracks)] == stream  # the same stream again (resume)
+    # Batches of 16 consecutive draws from a 64-track buffer: copies of one track seldom meet.
+    repeats = sum(16 - len({tid for tid, _ in stream[i:i + 16]}) for i in range(0, 896, 16))
+    assert repeats < 0.1 * 896
+    samples.set_epoch(1)
+    assert [(t.track_id, c) for t, c in samples.echoed(tracks)] != stream  # reshuffled each epoch
+    # The tracks held at once (taken from the source, not yet yielded `echo` times) stay near the
+    # buffer's size, however long the epoch: memory is bounded.
+    taken = []
+    source = (taken.append(t) or t for t in _echo_tracks(3000))
+    done, finished, held = Counter(), 0, []
+    for t, _ in samples.echoed(source):
+        done[t.track_id] += 1
+        finished += done[t.track_id] == 3
+        held.append(len(taken) - finished)
+    assert max(held) <= 2 * 64 and min(held[:8000]) >= 32
+
+
+def test_data_echo_copies_draw_their_own_frames_and_off_changes_nothing():
+    from ksrnet.training import RecognizerSamples
+
+    config = TrainConfig.from_dict(micro(data={"frames_per_track": 2}))
+    tracks = _echo_tracks(40)
+    plain = RecognizerSamples(tracks, config)
+    echoed = RecognizerSamples(tracks, config, echo=2, echo_buffer=8)
+    first = lambda t, copy: tuple(int(f[0, 0, 0]) for f in echoed.frames_of(t, copy))  # noqa: E731
+    assert all(first(t, 0) == tuple(int(f[0, 0, 0]) for f in plain.frames_of(t)) for t in tracks)
+    assert sum(first(t, 0) != first(t, 1) for t in tracks) > 10  # a copy is another pair of frames
+    # echo 1 yields exactly the samples it did before echo existed
+    for (fa, ta, la), t in zip(plain, tracks):
+        fb, tb, lb = plain.sample(t)
+        assert torch.equal(fa, fb) and torch.equal(ta, tb) and la == lb
+    assert len(list(iter(echoed))) == 80
+
+
+@pytest.mark.parametrize("data", [{"echo": 0}, {"echo": 17}, {"echo_buffer_tracks": 0}])
+def test_data_echo_settings_out_of_range_are_refused(data):
+    with pytest.raises(ValueError, match="echo"):
+        TrainConfig.from_dict(micro(data=data))
+
+
+def test_an_echoing_run_resumed_mid_epoch_with_workers_trains_the_batches_it_missed(tmp_path, counter):
+    # 8 tracks x echo 2 = 4 batches of 4 from 2 workers; the run dies after its 3rd step (last.ckpt
+    # holds step 2). Each worker's echoed stream is seeded, so the resumed run skips what was trained.
+    cfg = TrainConfig.from_dict(micro(data={"synth_tracks_per_epoch": 8, "val_tracks": 1, "num_workers": 2,
+                                            "echo": 2, "echo_buffer_tracks": 2}))
+    counter.fail_at = 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(cfg, tmp_path / "run", progress=False)
+    assert ckpt(tmp_path / "run")["global_step"] == 2
+    counter.reset()
+    training.train(cfg, tmp_path / "run", progress=False)
+    resumed = counter.contents
+    counter.reset()
+    training.train(cfg, tmp_path / "whole", progress=False)
+    assert len(counter.contents) == 4 and sorted(resumed) == sorted(counter.contents[2:])

@@ -168,11 +168,20 @@ class DataConfig:
     # (on a CPU, where the network is the cost): training takes that many at random per track,
     # validation the last ones (training.RecognizerSamples).
     frames_per_track: int = 5
+    # Data echoing: each training track is trained on `echo` times, drawn at random from a buffer of
+    # `echo_buffer_tracks` tracks per worker, so that copies rarely share a batch. For a GPU that the
+    # data workers cannot keep busy (both H100 runs of session 14: it sat idle between batches), it
+    # gives more steps per generated track; a copy is worth less than a fresh track. 1 = off.
+    echo: int = 1
+    echo_buffer_tracks: int = 1024
 
     def __post_init__(self):
         check_track_source(self, tracks="synth_tracks_per_epoch", preset="synth_preset", frames="frames_per_track")
         if self.val_tracks < 1:
             raise ValueError("val_tracks must be >= 1")
+        if not 1 <= self.echo <= 16 or self.echo_buffer_tracks < 1:
+            raise ValueError(f"echo must be in 1..16 and echo_buffer_tracks >= 1, got {self.echo} and "
+                             f"{self.echo_buffer_tracks}")
 
 
 @dataclass(frozen=True)

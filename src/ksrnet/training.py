@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ksrnet.infer import select_frames
 from ksrnet.models.baselines import fuse_product
@@ -21,6 +21,7 @@ from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
 from ksrnet.track_dataset import ResumableEpoch, per_rank_count
+from ksrnet.tracks import Track
 
 
 class RecognizerSamples(IterableDataset):
@@ -31,37 +32,76 @@ class RecognizerSamples(IterableDataset):
     reads. Always the first ones, as before, trained a 2-frame recipe on the two farthest frames
     only, which read worst (44.7 and 48.5 % against 53.8 % for the last; benchmarks/RESULTS.md)."""
 
-    def __init__(self, tracks: IterableDataset, config: TrainConfig, *, random_frames: bool = True):
+    def __init__(self, tracks: IterableDataset, config: TrainConfig, *, random_frames: bool = True,
+                 echo: int = 1, echo_buffer: int = 1024):
         self.tracks = tracks
         self.height = config.model.img_h
         self.width = config.model.img_w
         self.frames_per_track = config.data.frames_per_track
         self.tokenizer = Tokenizer()
         self.seed, self.epoch, self.random_frames = config.data.seed, 0, random_frames
+        self.echo, self.echo_buffer = echo, echo_buffer
 
     def __len__(self) -> int:
         # Per DDP rank: the full count made a W-GPU run end at 1/W of its one-cycle schedule, never annealed.
-        return per_rank_count(len(self.tracks))
+        return per_rank_count(len(self.tracks)) * self.echo
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if hasattr(self.tracks, "set_epoch"):
             self.tracks.set_epoch(epoch)
 
-    def frames_of(self, track) -> list:
+    def frames_of(self, track, copy: int = 0) -> list:
+        """The frames a track trains on; each echoed copy of it draws its own (copy 0 as without echo)."""
         k, frames = self.frames_per_track, list(track.lr)
         if k >= len(frames) or not self.random_frames:
             return select_frames(frames, k)
-        rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(track.track_id.encode())])
+        key = [self.seed, self.epoch, zlib.crc32(track.track_id.encode())] + ([copy] if copy else [])
+        rng = np.random.default_rng(key)
         return [frames[i] for i in sorted(rng.choice(len(frames), k, replace=False))]
 
+    def sample(self, track, copy: int = 0):
+        return (
+            frames_to_tensor(self.frames_of(track, copy), self.height, self.width),
+            torch.tensor(self.tokenizer.encode(track.text), dtype=torch.long),
+            LAYOUTS.index(track.layout),
+        )
+
     def __iter__(self):
-        for track in self.tracks:
-            yield (
-                frames_to_tensor(self.frames_of(track), self.height, self.width),
-                torch.tensor(self.tokenizer.encode(track.text), dtype=torch.long),
-                LAYOUTS.index(track.layout),
-            )
+        if self.echo == 1:
+            for track in self.tracks:
+                yield self.sample(track)
+            return
+        for track, copy in self.echoed(self.tracks):
+            yield self.sample(track, copy)
+
+    def echoed(self, tracks):
+        """(track, copy) pairs: every track `echo` times, drawn at random from a buffer of about
+        `echo_buffer` tracks, so that a batch (consecutive samples of one worker) rarely holds one
+        track twice. Seeded per seed, epoch and worker: a resumed epoch replays the same stream, which
+        ResumableEpoch relies on. Only what a sample needs is kept (frames, text, layout)."""
+        info = get_worker_info()
+        rng = np.random.default_rng([self.seed, self.epoch, info.id if info else 0, 0xEC40])
+        buffer: list[list] = []  # [slim track, copies yielded]
+
+        def take():
+            i = int(rng.integers(len(buffer)))
+            entry = buffer[i]
+            copy = entry[1]
+            entry[1] += 1
+            if entry[1] == self.echo:  # its last copy: drop it (swap with the last entry)
+                buffer[i] = buffer[-1]
+                buffer.pop()
+            return entry[0], copy
+
+        for track in tracks:
+            buffer.append([Track(track_id=track.track_id, lr=list(track.lr), text=track.text, layout=track.layout), 0])
+            if len(buffer) >= self.echo_buffer:
+                # As many draws as one track brings: the buffer stays near its size.
+                for _ in range(self.echo):
+                    yield take()
+        while buffer:
+            yield take()
 
 
 def collate_tracks(batch):
@@ -369,7 +409,8 @@ def build_datasets(config: TrainConfig):
         val = FolderTrackDataset(d.val_lrlpr_root, **folder)
     else:
         val = SyntheticTrackDataset(d.val_tracks, seed=d.val_seed, preset=d.val_preset, fixed=True)
-    return RecognizerSamples(train, config), RecognizerSamples(val, config, random_frames=False)
+    return (RecognizerSamples(train, config, echo=d.echo, echo_buffer=d.echo_buffer_tracks),
+            RecognizerSamples(val, config, random_frames=False))
 
 
 def write_validation_list(run_dir: Path, val_samples) -> None:
