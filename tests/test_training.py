@@ -645,7 +645,16 @@ def test_a_run_resumed_in_a_later_epoch_with_workers_trains_that_epochs_remainin
     # there (step 6), so last.ckpt holds step 5: epoch 1 with one batch trained.
     cfg = TrainConfig.from_dict(micro(data={"synth_tracks_per_epoch": 16, "val_tracks": 1, "num_workers": 2},
                                       trainer={"max_epochs": 2}))
-    counter.fail_at = 6
+    resumed, whole = crash_resume_and_run_whole(cfg, tmp_path, counter, fail_at=6)
+    # Epoch 1's last three batches, not epoch 0's first: the same batches, though a new loader asks its
+    # workers in turn from the first, so their order can differ.
+    assert len(whole) == 8 and sorted(resumed) == sorted(whole[5:])
+
+
+def crash_resume_and_run_whole(cfg, tmp_path, counter, fail_at):
+    """Trains cfg in tmp_path/run until step fail_at crashes it, resumes it, then trains it whole
+    in tmp_path/whole: the batch contents (plate texts) of the resumed part and of the whole run."""
+    counter.fail_at = fail_at
     with pytest.raises(RuntimeError, match="simulated crash"):
         training.train(cfg, tmp_path / "run", progress=False)
     counter.reset()
@@ -653,9 +662,7 @@ def test_a_run_resumed_in_a_later_epoch_with_workers_trains_that_epochs_remainin
     resumed = counter.contents
     counter.reset()
     training.train(cfg, tmp_path / "whole", progress=False)
-    # Epoch 1's last three batches, not epoch 0's first: the same batches, though a new loader asks its
-    # workers in turn from the first, so their order can differ.
-    assert len(counter.contents) == 8 and sorted(resumed) == sorted(counter.contents[5:])
+    return resumed, counter.contents
 
 
 def test_every_epoch_draws_new_tracks_with_workers_and_last_ckpt_is_final(tmp_path, monkeypatch):
@@ -981,13 +988,5 @@ def test_an_echoing_run_resumed_mid_epoch_with_workers_trains_the_batches_it_mis
     # holds step 2). Each worker's echoed stream is seeded, so the resumed run skips what was trained.
     cfg = TrainConfig.from_dict(micro(data={"synth_tracks_per_epoch": 8, "val_tracks": 1, "num_workers": 2,
                                             "echo": 2, "echo_buffer_tracks": 2}))
-    counter.fail_at = 3
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        training.train(cfg, tmp_path / "run", progress=False)
-    assert ckpt(tmp_path / "run")["global_step"] == 2
-    counter.reset()
-    training.train(cfg, tmp_path / "run", progress=False)
-    resumed = counter.contents
-    counter.reset()
-    training.train(cfg, tmp_path / "whole", progress=False)
-    assert len(counter.contents) == 4 and sorted(resumed) == sorted(counter.contents[2:])
+    resumed, whole = crash_resume_and_run_whole(cfg, tmp_path, counter, fail_at=3)
+    assert len(whole) == 4 and sorted(resumed) == sorted(whole[2:])
