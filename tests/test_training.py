@@ -27,7 +27,7 @@ import ksrnet.training as training
 from ksrnet.cli import app
 from ksrnet.infer import Reader, select_frames
 from ksrnet.models.baselines import FUSIONS
-from ksrnet.plates import infer_layout
+from ksrnet.plates import LAYOUTS, infer_layout
 from ksrnet.submission import read_predictions
 from ksrnet.train_config import ConfigError, TrainConfig
 from ksrnet.weights import ModelLoadError, load_model
@@ -921,10 +921,6 @@ def test_training_takes_random_frames_of_a_track_and_validation_its_last():
 
 
 def _echo_tracks(n, frames=5):
-    from types import SimpleNamespace
-
-    from ksrnet.plates import LAYOUTS
-
     lr = [np.full((17, 48, 3), i, np.uint8) for i in range(frames)]  # frame i is all i
     return [SimpleNamespace(track_id=f"track_{i:05d}", lr=lr, text="ABC1234", layout=LAYOUTS[0]) for i in range(n)]
 
@@ -932,11 +928,9 @@ def _echo_tracks(n, frames=5):
 def test_data_echo_trains_every_track_echo_times_spread_over_batches():
     from collections import Counter
 
-    from ksrnet.training import RecognizerSamples
-
     config = TrainConfig.from_dict(micro(data={"echo": 3, "echo_buffer_tracks": 64}))
     tracks = _echo_tracks(300)
-    samples = RecognizerSamples(tracks, config, echo=3, echo_buffer=64)
+    samples = training.RecognizerSamples(tracks, config, echo=3, echo_buffer=64)
     assert len(samples) == 900
     stream = [(t.track_id, copy) for t, copy in samples.echoed(tracks)]
     assert len(stream) == 900
@@ -961,12 +955,10 @@ def test_data_echo_trains_every_track_echo_times_spread_over_batches():
 
 
 def test_data_echo_copies_draw_their_own_frames_and_off_changes_nothing():
-    from ksrnet.training import RecognizerSamples
-
     config = TrainConfig.from_dict(micro(data={"frames_per_track": 2}))
     tracks = _echo_tracks(40)
-    plain = RecognizerSamples(tracks, config)
-    echoed = RecognizerSamples(tracks, config, echo=2, echo_buffer=8)
+    plain = training.RecognizerSamples(tracks, config)
+    echoed = training.RecognizerSamples(tracks, config, echo=2, echo_buffer=8)
     first = lambda t, copy: tuple(int(f[0, 0, 0]) for f in echoed.frames_of(t, copy))  # noqa: E731
     assert all(first(t, 0) == tuple(int(f[0, 0, 0]) for f in plain.frames_of(t)) for t in tracks)
     assert sum(first(t, 0) != first(t, 1) for t in tracks) > 10  # a copy is another pair of frames
