@@ -67,6 +67,27 @@ def test_another_text_on_the_same_track_changes_only_the_print(index):
         generate_track(3, index, preset="hard", text="AB?1234")
 
 
+def test_a_photographed_plate_takes_the_rendered_ones_place_in_the_same_track():
+    base = generate_track(3, 5, preset="easy")
+    # A plate "photo" of another size: left half dark, right half light, so where it lands shows.
+    photo = np.zeros((30, 100, 3), np.uint8)
+    photo[:, 50:] = 230
+    real = generate_track(3, 5, preset="easy", text=base.text, plate_image=photo)
+    assert real.text == base.text and real.degradation == base.degradation
+    np.testing.assert_array_equal(real.corners, base.corners)
+    assert real.canonical_hr.shape == base.canonical_hr.shape
+    w = real.canonical_hr.shape[1]
+    assert real.canonical_hr[:, : w // 2 - 2].max() < 10 and real.canonical_hr[:, w // 2 + 2:].min() > 220
+    # In the frames, the plate's left half is now darker than its right half.
+    ref = real.lr[real.reference]
+    (x0, y0), (x1, y1) = real.corners[real.reference][0], real.corners[real.reference][2]
+    ym = int(round((y0 + y1) / 2))
+    left, right = ref[ym, int(x0) + 2: int((x0 + x1) / 2) - 1], ref[ym, int((x0 + x1) / 2) + 2: int(x1) - 1]
+    assert left.mean() + 60 < right.mean()
+    with pytest.raises(ValueError, match="RGB uint8"):
+        generate_track(3, 5, preset="easy", plate_image=np.zeros((30, 100), np.uint8))
+
+
 def _texts(loader):
     return [t.text for t in loader]
 

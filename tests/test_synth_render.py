@@ -13,6 +13,7 @@ import pytest
 from ksrnet.plates import LAYOUTS, Layout, matches_layout
 from ksrnet.synth import fonts as fontmod
 from ksrnet.synth.render import (
+    BUILTIN_FACE_WEIGHT,
     CANONICAL_SIZE,
     PlateStyle,
     Scheme,
@@ -186,10 +187,11 @@ def test_no_font_anywhere_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv(fontmod.FONT_DIRS_ENV, raising=False)
     monkeypatch.setattr(fontmod, "PACKAGE_PREFIX", "no_such_font_package_prefix_")
     monkeypatch.setattr(fontmod, "SYSTEM_FONT_ROOTS", ())
+    monkeypatch.setattr(fontmod, "_builtin_font_files", lambda: [])  # as if the package lost its own faces
     with pytest.raises(fontmod.FontNotFoundError, match=fontmod.FONT_DIRS_ENV):
         fontmod.discover_fonts([tmp_path])
     with pytest.raises(fontmod.FontNotFoundError):
-        fontmod.discover_fonts([], packages=False, system=False)
+        fontmod.discover_fonts([], packages=False, system=False, builtin=False)
 
 
 def _copy_some_font(dest_dir, name="Mandatory.ttf"):
@@ -208,7 +210,7 @@ def test_user_font_dir_is_picked_up(monkeypatch, tmp_path):
     monkeypatch.setenv(fontmod.FONT_DIRS_ENV, str(tmp_path / "envdir"))
     monkeypatch.setattr(fontmod, "PACKAGE_PREFIX", "no_such_font_package_prefix_")
     monkeypatch.setattr(fontmod, "SYSTEM_FONT_ROOTS", ())
-    faces = fontmod.plate_fonts()
+    faces = fontmod.plate_fonts(builtin=False)
     assert [f.source for f in faces] == ["user"] and faces[0].path.endswith("FE-Schrift.ttf")
     # A user-supplied plate face is what the renderer then draws with.
     style = sample_style(np.random.default_rng(0), Layout.MERCOSUR, fonts=faces)
@@ -257,10 +259,25 @@ def test_a_font_lacking_plate_glyphs_is_left_out_with_a_warning(tmp_path):
     assert faces and not any(f.source == "user" for f in faces)
     fontmod.clear_cache()
     with pytest.warns(RuntimeWarning), pytest.raises(fontmod.FontNotFoundError):
-        fontmod.plate_fonts([tmp_path / "fonts"], packages=False, system=False)
+        fontmod.plate_fonts([tmp_path / "fonts"], packages=False, system=False, builtin=False)
     assert not any(fontmod.missing_plate_glyphs(ImageFont.truetype(f.path, 32)) for f in fontmod.plate_fonts())
 
 
 def test_load_font_is_cached():
     face = fontmod.plate_fonts()[0]
     assert fontmod.load_font(face.path, 20) is fontmod.load_font(face.path, 20)
+
+
+def test_our_own_plate_faces_are_found_and_print_about_a_third_of_the_plates():
+    faces = fontmod.plate_fonts()
+    builtin = [f for f in faces if f.source == "builtin"]
+    assert {f.family for f in builtin} == {"KSRNet Plate DIN", "KSRNet Plate FE"}
+    assert all(f.weight == 700 and not f.variable for f in builtin)
+    rng = np.random.default_rng(1)
+    picked = [sample_style(rng, Layout.MERCOSUR, fonts=faces).font_path for _ in range(600)]
+    share = np.mean(["KSRNetPlate" in p for p in picked])
+    families = len({f.family for f in faces})
+    expected = 2 * BUILTIN_FACE_WEIGHT / (families - 2 + 2 * BUILTIN_FACE_WEIGHT)
+    assert abs(share - expected) < 0.06
+    assert all(f.source != "builtin" for f in fontmod.plate_fonts(builtin=False))
+

@@ -92,7 +92,7 @@ class UndegradedTrack:
 def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
                      layout: Layout | None = None, codec: str | None = None,
                      camera: CameraParams = CameraParams(), epoch: int = 0,
-                     text: str | None = None) -> UndegradedTrack:
+                     text: str | None = None, plate_image: np.ndarray | None = None) -> UndegradedTrack:
     """generate_track's draws up to the degradations (same arguments)."""
     rng = np.random.default_rng([seed, epoch, index])
     if layout is None:
@@ -105,6 +105,8 @@ def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: 
     else:
         text = normalize_text(text)
     plate = render_plate(text, sample_style(rng, layout), size=CANONICAL_SIZE)
+    if plate_image is not None:
+        plate = dataclasses.replace(plate, image=as_canonical_plate(plate_image))
     scene = render_scene(plate, rng)
     h, w = scene.image.shape[:2]
     traj = sample_trajectory(rng, (w, h), scene.plate_corners, num_frames, camera)
@@ -115,16 +117,33 @@ def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: 
 
 def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
                    layout: Layout | None = None, codec: str | None = None,
-                   camera: CameraParams = CameraParams(), epoch: int = 0, text: str | None = None) -> SynthTrack:
+                   camera: CameraParams = CameraParams(), epoch: int = 0, text: str | None = None,
+                   plate_image: np.ndarray | None = None) -> SynthTrack:
     """Track `index` of the stream identified by (seed, epoch): deterministic in all arguments.
 
     `text` prints that text instead of the drawn one, on the same plate, camera and degradations
     (noise included): the random draws never depend on the text. It must fit the track's layout.
+
+    `plate_image` (RGB uint8, any size; a photograph of a real plate, cropped to it) replaces the
+    rendered plate's pixels, stretched to the canonical size, in the same scene, camera and
+    degradations: the same track with a real plate in it. Pass the plate's text as `text` (and its
+    layout), or the labels will not describe what is printed.
     """
     track = undegraded_track(seed, index, preset=preset, num_frames=num_frames, layout=layout, codec=codec,
-                             camera=camera, epoch=epoch, text=text)
+                             camera=camera, epoch=epoch, text=text, plate_image=plate_image)
     # The stream itself, not a copy: nothing else uses this one.
     return track.finish(make_lr_track(track.scene, track.trajectory, track.degradation, track.rng))
+
+
+def as_canonical_plate(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 plate photograph resized to CANONICAL_SIZE (area-averaged when shrinking)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 2:
+        raise ValueError(f"plate_image must be an RGB uint8 image (H, W, 3) of at least 2x2 pixels, "
+                         f"got {image.dtype} {image.shape}")
+    h, w = CANONICAL_SIZE
+    interp = cv2.INTER_AREA if image.shape[0] > h or image.shape[1] > w else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(image, (w, h), interpolation=interp))
 
 
 def _quiet_worker_threads() -> None:

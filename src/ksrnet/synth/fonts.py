@@ -2,8 +2,10 @@
 
 The real plate faces (Mandatory for the old Brazilian plates, FE-Schrift for Mercosur) are not
 freely licensed, so the renderer trains on a spread of condensed sans faces shipped as
-``fontpkg_*`` wheels, plus Debian's Open DIN if installed. A user who owns the real faces can add
-them with ``extra_dirs`` or the ``KSRNET_FONT_DIRS`` environment variable; they are then preferred.
+``fontpkg_*`` wheels, plus Debian's Open DIN if installed, and on our own faces drawn after the
+plate faces' construction (``synth/faces/``, built by ``plate_faces``; source "builtin"). A user
+who owns the real faces can add them with ``extra_dirs`` or the ``KSRNET_FONT_DIRS`` environment
+variable; they are then preferred.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class FontFace:
     path: str
     family: str
     weight: int
-    source: str  # "user", "package" or "system"
+    source: str  # "user", "builtin", "package" or "system"
     weight_range: tuple[int, int] | None = None
 
     @property
@@ -130,6 +132,12 @@ def _package_font_files() -> list[Path]:
     return files
 
 
+def _builtin_font_files() -> list[Path]:
+    from ksrnet.synth.plate_faces import FACES_DIR
+
+    return sorted(p for p in FACES_DIR.glob("*") if p.suffix.lower() in FONT_SUFFIXES) if FACES_DIR.is_dir() else []
+
+
 def _system_font_files() -> list[Path]:
     files = []
     for root in SYSTEM_FONT_ROOTS:
@@ -163,20 +171,24 @@ def discover_fonts(
     *,
     packages: bool = True,
     system: bool = True,
+    builtin: bool = True,
 ) -> tuple[FontFace, ...]:
-    """Every upright font the renderer may use: user folders first, then packages, then system.
+    """Every upright font the renderer may use: user folders first, then our own plate faces,
+    then packages, then system.
 
     Raises FontNotFoundError, listing where it looked, when nothing usable is found.
     """
     dirs = user_font_dirs(extra_dirs)
-    return _discover(dirs, packages, system)
+    return _discover(dirs, packages, system, builtin)
 
 
 @functools.lru_cache(maxsize=32)
-def _discover(dirs: tuple[Path, ...], packages: bool, system: bool) -> tuple[FontFace, ...]:
+def _discover(dirs: tuple[Path, ...], packages: bool, system: bool, builtin: bool = True) -> tuple[FontFace, ...]:
     candidates: list[tuple[Path, str]] = []
     for folder in dirs:
         candidates += [(p, "user") for p in _dir_font_files(folder)]
+    if builtin:
+        candidates += [(p, "builtin") for p in _builtin_font_files()]
     if packages:
         candidates += [(p, "package") for p in _package_font_files()]
     if system:
@@ -192,6 +204,8 @@ def _discover(dirs: tuple[Path, ...], packages: bool, system: bool) -> tuple[Fon
             faces.append(face)
     if not faces:
         looked = [f"user folders {[str(d) for d in dirs] or '(none)'} (argument or ${FONT_DIRS_ENV})"]
+        if builtin:
+            looked.append("ksrnet's own plate faces (ksrnet/synth/faces/*.ttf)")
         if packages:
             looked.append(f"installed '{PACKAGE_PREFIX}*' packages (files/*.ttf|otf)")
         if system:
@@ -210,7 +224,7 @@ def faces_in(folder: str | os.PathLike) -> tuple[FontFace, ...]:
     if not folder.exists():
         raise FontNotFoundError(f"{folder} does not exist")
     try:
-        faces = _discover((folder,), False, False)
+        faces = _discover((folder,), False, False, False)
     except FontNotFoundError:
         faces = ()
     if not faces:
@@ -224,12 +238,13 @@ def plate_fonts(
     *,
     packages: bool = True,
     system: bool = True,
+    builtin: bool = True,
 ) -> tuple[FontFace, ...]:
     """The faces fit for plate characters: heavy enough, or variable so a weight can be chosen.
 
     User faces are always kept (a real plate font may be named anything, weight included).
     """
-    faces = discover_fonts(extra_dirs, packages=packages, system=system)
+    faces = discover_fonts(extra_dirs, packages=packages, system=system, builtin=builtin)
     kept = tuple(
         f for f in faces
         if f.source == "user" or f.variable or MIN_PLATE_WEIGHT <= f.weight <= MAX_PLATE_WEIGHT

@@ -311,6 +311,10 @@ def _font_families(fonts: tuple[FontFace, ...]) -> dict[str, tuple[FontFace, ...
     return {k: tuple(v) for k, v in families.items()}
 
 
+# Our own plate faces (synth/plate_faces.py) are drawn after the real ones' construction, which no
+# package face follows: each counts as this many package families, so that together they print
+# about a third of the plates while the package faces keep the variety of shapes.
+BUILTIN_FACE_WEIGHT = 2.0
 # Name fragments of the real plate faces; a user who supplies them gets them used for their layout.
 _LAYOUT_FONT_HINTS = {
     Layout.BRAZILIAN: ("mandatory",),
@@ -343,6 +347,8 @@ def _font_choices(fonts: tuple[FontFace, ...], layout: Layout):
     for name in names:
         w = 1.0
         faces = families[name]
+        if any(f.source == "builtin" for f in faces):
+            w = BUILTIN_FACE_WEIGHT
         if any(f.source == "user" for f in faces):
             w = 3.0
             hints = _LAYOUT_FONT_HINTS[layout]

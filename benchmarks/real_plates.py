@@ -1,0 +1,216 @@
+"""Real plates through the synthetic camera and degradations: is our renderer the gap to real footage?
+
+Only four real LR frames were available to us, too few to say how a reader trained on synthetic
+plates does on real ones. ../shared/real-samples/ also holds 26 real HR plate crops (rodosol_hr/,
+pairs/: grey, red, white and yellow Brazilian plates, Mercosur plates, by day and under IR). This
+puts each of them, in place of the rendered plate, into synthetic tracks (`generate_track(...,
+plate_image=...)`: the plate's pixels replaced, the scene, camera, blur, tone, noise and codec the
+same draws) and reads every such track beside its synthetic twin, the same track with our rendered
+plate of the same text and layout. The two differ only in the plate's appearance (fonts, paint,
+wear, the photo's own lighting), so the paired difference measures the renderer's realism for a
+reader, apart from the degradations; the confidences on the real plates say whether a misread of
+a real plate's glyphs still comes out sure.
+
+Limits: the crops are display-rescaled figure excerpts (already resampled and compressed once),
+cut loosely (some show a little car around the plate, all of which is stretched to the canonical
+plate), and their labels were read from the images. 26 plates are few: the per-plate table shows
+which plates carry the difference. Never train or tune on them.
+
+Usage: python benchmarks/real_plates.py [--model parseq-tiny] [--draws 20] [--presets easy,medium,hard]
+       [--json F] [--sheet F.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_readers import mcnemar_exact  # noqa: E402
+
+from ksrnet.calibration import SURE_CHARACTER, expected_calibration_error  # noqa: E402
+from ksrnet.cli_readers import make_reader  # noqa: E402
+from ksrnet.metrics import levenshtein  # noqa: E402
+from ksrnet.plates import infer_layout  # noqa: E402
+from ksrnet.synth.dataset import as_canonical_plate, generate_track  # noqa: E402
+
+REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-samples"
+HR_FOLDERS = ("rodosol_hr", "pairs")
+REAL_PLATE_SEED = 20_261_128  # no training run or other benchmark draws this stream
+FRAME_COUNTS = (1, 5)
+SURE_READING = 0.9
+
+
+def real_plates(root: Path = REAL_SAMPLES) -> list[tuple[str, str, np.ndarray]]:
+    """(name, text, RGB image) of every HR crop whose file name holds a valid plate text."""
+    out = []
+    for folder in HR_FOLDERS:
+        for path in sorted((root / folder).glob("*.png")):
+            m = re.search(r"(?:^|_)([A-Z]{3}[0-9][A-Z0-9][0-9]{2})(?:_|\.)", path.name)
+            if m and infer_layout(m.group(1)) is not None:
+                rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+                out.append((f"{folder}/{path.stem}", m.group(1), rgb))
+    return out
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def exposed_like(photo: np.ndarray, rendered: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
+    """The photo with one gain and offset on all channels so that its luma's `low` and `high`
+    percentiles equal the rendered plate's: each photo was taken under its own light (some under IR
+    at night, nearly black), which the degradations would otherwise add to the light they model.
+    Hue, paint, glyphs and wear stay the photo's."""
+    photo = as_canonical_plate(photo)
+    p_lo, p_hi = np.percentile(_luma(photo), [low, high])
+    r_lo, r_hi = np.percentile(_luma(rendered), [low, high])
+    gain = (r_hi - r_lo) / max(float(p_hi - p_lo), 1.0)
+    return np.clip((photo.astype(np.float32) - p_lo) * gain + r_lo, 0, 255).round().astype(np.uint8)
+
+
+def twin_tracks(plate: int, text: str, image: np.ndarray, draws: int, preset: str) -> tuple[list, list]:
+    """`draws` tracks of our rendered plate of `text`, and the same tracks with the real plate in
+    them, exposed like the rendered one (exposed_like)."""
+    layout = infer_layout(text)
+    synthetic, real = [], []
+    for k in range(draws):
+        index = plate * 1000 + k
+        twin = generate_track(REAL_PLATE_SEED, index, preset=preset, layout=layout, text=text)
+        photo = exposed_like(image, twin.canonical_hr)
+        mine = generate_track(REAL_PLATE_SEED, index, preset=preset, layout=layout, text=text, plate_image=photo)
+        for out, t in ((synthetic, twin), (real, mine)):
+            t.scene = t.trajectory = None
+            out.append(t)
+    return synthetic, real
+
+
+def read_all(reader, tracks: list, frames: int, batch: int = 64) -> list:
+    out = []
+    for start in range(0, len(tracks), batch):
+        out += reader.read(tracks[start:start + batch], ["product"], frame_count=frames)["product"]
+    return out
+
+
+def figures(tracks: list, readings: list) -> dict:
+    """Whole-reading and character figures of one reader's readings of `tracks`."""
+    right = np.array([r.text == t.text for r, t in zip(readings, tracks)])
+    conf = np.array([r.confidence for r in readings], dtype=float)
+    chars = [(float(p), a == b) for r, t in zip(readings, tracks) for p, a, b in zip(r.char_probs, r.text, t.text)]
+    p, ok = (np.array(x) for x in zip(*chars)) if chars else (np.zeros(0), np.zeros(0, bool))
+    sure, sure_chars = conf >= SURE_READING, p >= SURE_CHARACTER
+    return {
+        "tracks": int(right.size), "rr": float(right.mean()),
+        "cer": float(sum(levenshtein(r.text, t.text) for r, t in zip(readings, tracks))
+                     / sum(len(t.text) for t in tracks)),
+        "ece": expected_calibration_error(conf, right), "mean_confidence": float(conf.mean()),
+        "sure_readings": int(sure.sum()), "sure_wrong": int((sure & ~right).sum()),
+        "sure_characters": int(sure_chars.sum()), "sure_characters_wrong": int((sure_chars & ~ok).sum()),
+        "correct": right.tolist(), "confidence": conf.tolist(),
+    }
+
+
+def contact_sheet(pairs: list[tuple[str, object, object]], path: Path, scale: int = 4) -> None:
+    """Rows of (label, synthetic twin, real-plate track): each track's five frames, enlarged."""
+    rows = []
+    for label, synthetic, real in pairs:
+        for kind, t in (("synthetic twin", synthetic), ("real plate", real)):
+            frames = [cv2.resize(f, (f.shape[1] * scale, f.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+                      for f in t.lr]
+            h = max(f.shape[0] for f in frames)
+            strip = np.full((h + 18, sum(f.shape[1] + 6 for f in frames), 3), 255, np.uint8)
+            x = 0
+            for f in frames:
+                strip[18:18 + f.shape[0], x:x + f.shape[1]] = f
+                x += f.shape[1] + 6
+            cv2.putText(strip, f"{label} - {kind}", (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+            rows.append(strip)
+    width = max(r.shape[1] for r in rows)
+    sheet = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="parseq-tiny", help="anything `ksrnet predict --model` takes (a recognizer)")
+    ap.add_argument("--draws", type=int, default=20, help="tracks per plate and preset (default 20)")
+    ap.add_argument("--presets", default="easy,medium,hard")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    ap.add_argument("--sheet", type=Path, default=None,
+                    help="PNG of one hard track per plate for the first 8 plates, twin above real")
+    args = ap.parse_args()
+    if args.draws < 1:
+        ap.error("--draws must be at least 1")
+    torch.set_num_threads(args.threads)
+    plates = real_plates()
+    if not plates:
+        sys.exit(f"no labelled HR plate crops under {REAL_SAMPLES} ({', '.join(HR_FOLDERS)})")
+    reader = make_reader(args.model, "cpu", "nar")[0]
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    print(f"{len(plates)} real plates x {args.draws} draws x {len(presets)} presets, model {args.model}")
+    out = {"model": args.model, "draws": args.draws, "seed": REAL_PLATE_SEED,
+           "plates": [name for name, _, _ in plates], "results": {}}
+    summary = ["| preset | F | twin RR % | real RR % | only twin / only real right (p) | CER twin / real % "
+               "| ECE twin / real | readings >= 0.9: wrong of read, twin / real | characters >= 0.9 wrong, twin / real |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    per_plate = {}
+    for preset in presets:
+        start = time.perf_counter()
+        synthetic, real, owner = [], [], []
+        for j, (name, text, image) in enumerate(plates):
+            s, r = twin_tracks(j, text, image, args.draws, preset)
+            synthetic += s
+            real += r
+            owner += [j] * len(s)
+        if preset == "hard" and args.sheet:
+            contact_sheet([(plates[j][0].split("/")[-1], synthetic[j * args.draws], real[j * args.draws])
+                           for j in range(min(8, len(plates)))], args.sheet)
+        for frames in FRAME_COUNTS:
+            twin = figures(synthetic, read_all(reader, synthetic, frames))
+            mine = figures(real, read_all(reader, real, frames))
+            only_twin = sum(a and not b for a, b in zip(twin["correct"], mine["correct"]))
+            only_real = sum(b and not a for a, b in zip(twin["correct"], mine["correct"]))
+            out["results"][f"{preset}@{frames}"] = {"twin": twin, "real": mine}
+            summary.append(
+                f"| {preset} | {frames} | {pct(twin['rr'])} | {pct(mine['rr'])} | {only_twin} / {only_real} "
+                f"({mcnemar_exact(only_twin, only_real):.1g}) | {pct(twin['cer'])} / {pct(mine['cer'])} "
+                f"| {pct(twin['ece'])} / {pct(mine['ece'])} "
+                f"| {twin['sure_wrong']} of {twin['sure_readings']} / {mine['sure_wrong']} of {mine['sure_readings']} "
+                f"| {twin['sure_characters_wrong']} of {twin['sure_characters']} / "
+                f"{mine['sure_characters_wrong']} of {mine['sure_characters']} |")
+            if frames == max(FRAME_COUNTS):
+                for j, (name, _, _) in enumerate(plates):
+                    sel = [i for i, o in enumerate(owner) if o == j]
+                    per_plate.setdefault(name, {})[preset] = (
+                        np.mean([twin["correct"][i] for i in sel]), np.mean([mine["correct"][i] for i in sel]),
+                        sum(mine["confidence"][i] >= SURE_READING and not mine["correct"][i] for i in sel))
+        print(f"{preset}: {2 * len(synthetic)} tracks generated and read at F={FRAME_COUNTS} "
+              f"in {time.perf_counter() - start:.0f} s", flush=True)
+    print("\n**product fusion; twin = our rendered plate, real = the photographed plate, same tracks otherwise**\n")
+    print("\n".join(summary))
+    print(f"\n**per plate, F={max(FRAME_COUNTS)}: twin RR % / real RR % (real readings wrong at >= 0.9)**\n")
+    print("| plate | " + " | ".join(presets) + " |")
+    print("| --- |" + " --- |" * len(presets))
+    for name, by_preset in per_plate.items():
+        cells = [f"{pct(a)} / {pct(b)}" + (f" ({w})" if w else "") for a, b, w in (by_preset[p] for p in presets)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
