@@ -114,8 +114,19 @@ def figures(tracks: list, readings: list) -> dict:
         "ece": expected_calibration_error(conf, right), "mean_confidence": float(conf.mean()),
         "sure_readings": int(sure.sum()), "sure_wrong": int((sure & ~right).sum()),
         "sure_characters": int(sure_chars.sum()), "sure_characters_wrong": int((sure_chars & ~ok).sum()),
-        "correct": right.tolist(), "confidence": conf.tolist(),
+        "correct": right.tolist(), "confidence": conf.tolist(), "readings": [r.text for r in readings],
     }
+
+
+def confusions(tracks: list, readings: list) -> dict[str, int]:
+    """How often each true character was read as another ("M>H"), over same-length readings."""
+    out: dict[str, int] = {}
+    for r, t in zip(readings, tracks):
+        if len(r.text) == len(t.text):
+            for a, b in zip(t.text, r.text):
+                if a != b:
+                    out[f"{a}>{b}"] = out.get(f"{a}>{b}", 0) + 1
+    return out
 
 
 def contact_sheet(pairs: list[tuple[str, object, object]], path: Path, scale: int = 4) -> None:
@@ -151,7 +162,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     ap.add_argument("--sheet", type=Path, default=None,
-                    help="PNG of one hard track per plate for the first 8 plates, twin above real")
+                    help="PNG of one track of every third plate, twin above real, at the middle preset given")
     args = ap.parse_args()
     if args.draws < 1:
         ap.error("--draws must be at least 1")
@@ -167,7 +178,7 @@ def main() -> None:
     summary = ["| preset | F | twin RR % | real RR % | only twin / only real right (p) | CER twin / real % "
                "| ECE twin / real | readings >= 0.9: wrong of read, twin / real | characters >= 0.9 wrong, twin / real |",
                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    per_plate = {}
+    per_plate, swaps = {}, {"twin": {}, "real": {}}
     for preset in presets:
         start = time.perf_counter()
         synthetic, real, owner = [], [], []
@@ -176,12 +187,16 @@ def main() -> None:
             synthetic += s
             real += r
             owner += [j] * len(s)
-        if preset == "hard" and args.sheet:
-            contact_sheet([(plates[j][0].split("/")[-1], synthetic[j * args.draws], real[j * args.draws])
-                           for j in range(min(8, len(plates)))], args.sheet)
+        if args.sheet and preset == presets[len(presets) // 2]:
+            contact_sheet([(f"{plates[j][0].split('/')[-1]}, {preset}", synthetic[j * args.draws], real[j * args.draws])
+                           for j in range(0, len(plates), 3)], args.sheet)
         for frames in FRAME_COUNTS:
-            twin = figures(synthetic, read_all(reader, synthetic, frames))
-            mine = figures(real, read_all(reader, real, frames))
+            twin_read, real_read = read_all(reader, synthetic, frames), read_all(reader, real, frames)
+            twin, mine = figures(synthetic, twin_read), figures(real, real_read)
+            if frames == max(FRAME_COUNTS):
+                for kind, tracks, read in (("twin", synthetic, twin_read), ("real", real, real_read)):
+                    for k, n in confusions(tracks, read).items():
+                        swaps[kind][k] = swaps[kind].get(k, 0) + n
             only_twin = sum(a and not b for a, b in zip(twin["correct"], mine["correct"]))
             only_real = sum(b and not a for a, b in zip(twin["correct"], mine["correct"]))
             out["results"][f"{preset}@{frames}"] = {"twin": twin, "real": mine}
@@ -208,6 +223,11 @@ def main() -> None:
     for name, by_preset in per_plate.items():
         cells = [f"{pct(a)} / {pct(b)}" + (f" ({w})" if w else "") for a, b, w in (by_preset[p] for p in presets)]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    top = sorted(swaps["real"].items(), key=lambda kv: -kv[1])[:12]
+    print(f"\n**the commonest character swaps on real plates, F={max(FRAME_COUNTS)}, all presets: "
+          "real count (twin count)**\n")
+    print(", ".join(f"{k} {n} ({swaps['twin'].get(k, 0)})" for k, n in top))
+    out["confusions"] = swaps
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

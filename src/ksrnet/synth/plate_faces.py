@@ -304,7 +304,10 @@ def build_face(face: FaceDesign, out_dir: Path = FACES_DIR) -> Path:
     order = [".notdef", "space"] + [names[ch] for ch in GLYPH_CHARS]
     glyphs, metrics = {}, {}
     pen = TTGlyphPen(None)
-    pen.moveTo((50, 0)), pen.lineTo((50, CAP)), pen.lineTo((350, CAP)), pen.lineTo((350, 0)), pen.closePath()
+    pen.moveTo((50, 0))
+    for corner in ((50, CAP), (350, CAP), (350, 0)):  # the missing-glyph box
+        pen.lineTo(corner)
+    pen.closePath()
     glyphs[".notdef"], metrics[".notdef"] = pen.glyph(), (400, 50)
     glyphs["space"], metrics["space"] = TTGlyphPen(None).glyph(), (WIDTH // 2, 0)
     for ch in GLYPH_CHARS:
