@@ -23,6 +23,7 @@ from typing import Iterable
 from PIL import Image, ImageDraw, ImageFont
 
 from ksrnet.plates import DIGITS, LETTERS
+from ksrnet.synth.plate_faces import FACES_DIR
 
 FONT_DIRS_ENV = "KSRNET_FONT_DIRS"
 FONT_SUFFIXES = (".ttf", ".otf")
@@ -133,8 +134,6 @@ def _package_font_files() -> list[Path]:
 
 
 def _builtin_font_files() -> list[Path]:
-    from ksrnet.synth.plate_faces import FACES_DIR
-
     return sorted(p for p in FACES_DIR.glob("*") if p.suffix.lower() in FONT_SUFFIXES) if FACES_DIR.is_dir() else []
 
 
@@ -183,7 +182,7 @@ def discover_fonts(
 
 
 @functools.lru_cache(maxsize=32)
-def _discover(dirs: tuple[Path, ...], packages: bool, system: bool, builtin: bool = True) -> tuple[FontFace, ...]:
+def _discover(dirs: tuple[Path, ...], packages: bool, system: bool, builtin: bool) -> tuple[FontFace, ...]:
     candidates: list[tuple[Path, str]] = []
     for folder in dirs:
         candidates += [(p, "user") for p in _dir_font_files(folder)]
