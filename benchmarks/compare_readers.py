@@ -38,14 +38,18 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def readings_of(model: str, tracks: list, fusion: str, frames: int | None, batch: int = 64) -> list:
-    """The model's readings of `tracks` by `fusion` over their last `frames` (calibrated as `ksrnet
-    predict` gives them), read `batch` tracks at a time."""
-    reader = make_reader(model, "cpu", "nar")[0]
+def read_in_batches(reader, tracks: list, fusion: str, frames: int | None, batch: int = 64) -> list:
+    """`reader`'s readings of `tracks` by `fusion` over their last `frames`, `batch` tracks at a time."""
     out = []
     for start in range(0, len(tracks), batch):
         out += reader.read(tracks[start:start + batch], [fusion], frame_count=frames)[fusion]
     return out
+
+
+def readings_of(model: str, tracks: list, fusion: str, frames: int | None, batch: int = 64) -> list:
+    """The model's readings of `tracks` by `fusion` over their last `frames` (calibrated as `ksrnet
+    predict` gives them), read `batch` tracks at a time."""
+    return read_in_batches(make_reader(model, "cpu", "nar")[0], tracks, fusion, frames, batch)
 
 
 def correct_per_track(model: str, tracks: list, fusion: str, frames: int | None, batch: int) -> list[bool]:
