@@ -35,19 +35,23 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_readers import mcnemar_exact  # noqa: E402
+from compare_readers import mcnemar_exact, read_in_batches  # noqa: E402
 
-from ksrnet.calibration import SURE_CHARACTER, expected_calibration_error  # noqa: E402
+from ksrnet.calibration import (  # noqa: E402
+    character_calibration,
+    confidence_and_correct,
+    expected_calibration_error,
+)
 from ksrnet.cli_readers import make_reader  # noqa: E402
-from ksrnet.metrics import levenshtein  # noqa: E402
+from ksrnet.metrics import CONFIDENT, GroundTruth, Reading, score  # noqa: E402
 from ksrnet.plates import infer_layout  # noqa: E402
+from ksrnet.synth.contact_sheet import frame_rows  # noqa: E402
 from ksrnet.synth.dataset import as_canonical_plate, generate_track  # noqa: E402
 
 REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-samples"
 HR_FOLDERS = ("rodosol_hr", "pairs")
 REAL_PLATE_SEED = 20_261_128  # no training run or other benchmark draws this stream
 FRAME_COUNTS = (1, 5)
-SURE_READING = 0.9
 
 
 def real_plates(root: Path = REAL_SAMPLES) -> list[tuple[str, str, np.ndarray]]:
@@ -94,28 +98,21 @@ def twin_tracks(plate: int, text: str, image: np.ndarray, draws: int, preset: st
     return synthetic, real
 
 
-def read_all(reader, tracks: list, frames: int, batch: int = 64) -> list:
-    out = []
-    for start in range(0, len(tracks), batch):
-        out += reader.read(tracks[start:start + batch], ["product"], frame_count=frames)["product"]
-    return out
-
-
 def figures(tracks: list, readings: list) -> dict:
-    """Whole-reading and character figures of one reader's readings of `tracks`."""
-    right = np.array([r.text == t.text for r, t in zip(readings, tracks)])
-    conf = np.array([r.confidence for r in readings], dtype=float)
-    chars = [(float(p), a == b) for r, t in zip(readings, tracks) for p, a, b in zip(r.char_probs, r.text, t.text)]
-    p, ok = (np.array(x) for x in zip(*chars)) if chars else (np.zeros(0), np.zeros(0, bool))
-    sure, sure_chars = conf >= SURE_READING, p >= SURE_CHARACTER
+    """Whole-reading and character figures of one reader's readings of `tracks` (track ids unique)."""
+    truths = [GroundTruth.of_track(t) for t in tracks]
+    by_id = {r.track_id: r for r in readings}
+    scores = score(truths, {k: Reading(k, r.text, r.confidence) for k, r in by_id.items()}).overall
+    conf, right = confidence_and_correct(truths, by_id)
+    chars = character_calibration(truths, by_id)
+    sure_chars = round(chars["sure_share"] * chars["characters"]) if chars["characters"] else 0
     return {
-        "tracks": int(right.size), "rr": float(right.mean()),
-        "cer": float(sum(levenshtein(r.text, t.text) for r, t in zip(readings, tracks))
-                     / sum(len(t.text) for t in tracks)),
-        "ece": expected_calibration_error(conf, right), "mean_confidence": float(conf.mean()),
-        "sure_readings": int(sure.sum()), "sure_wrong": int((sure & ~right).sum()),
-        "sure_characters": int(sure_chars.sum()), "sure_characters_wrong": int((sure_chars & ~ok).sum()),
-        "correct": right.tolist(), "confidence": conf.tolist(), "readings": [r.text for r in readings],
+        "tracks": scores.tracks, "rr": scores.recognition_rate, "cer": scores.cer,
+        "ece": expected_calibration_error(conf, right), "mean_confidence": float(np.mean(conf)),
+        "sure_readings": sum(c >= CONFIDENT for c in conf), "sure_wrong": scores.confident_wrong,
+        "sure_characters": sure_chars,
+        "sure_characters_wrong": round(chars["sure_error"] * sure_chars) if sure_chars else 0,
+        "correct": right, "confidence": conf, "readings": [r.text for r in readings],
     }
 
 
@@ -132,24 +129,12 @@ def confusions(tracks: list, readings: list) -> dict[str, int]:
 
 def contact_sheet(pairs: list[tuple[str, object, object]], path: Path, scale: int = 4) -> None:
     """Rows of (label, synthetic twin, real-plate track): each track's five frames, enlarged."""
-    rows = []
-    for label, synthetic, real in pairs:
-        for kind, t in (("synthetic twin", synthetic), ("real plate", real)):
-            frames = [cv2.resize(f, (f.shape[1] * scale, f.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-                      for f in t.lr]
-            h = max(f.shape[0] for f in frames)
-            strip = np.full((h + 18, sum(f.shape[1] + 6 for f in frames), 3), 255, np.uint8)
-            x = 0
-            for f in frames:
-                strip[18:18 + f.shape[0], x:x + f.shape[1]] = f
-                x += f.shape[1] + 6
-            cv2.putText(strip, f"{label} - {kind}", (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-            rows.append(strip)
-    width = max(r.shape[1] for r in rows)
-    sheet = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    rows = [(f"{label} - {kind}", list(t.lr)) for label, synthetic, real in pairs
+            for kind, t in (("synthetic twin", synthetic), ("real plate", real))]
     path.parent.mkdir(parents=True, exist_ok=True)
     # 256 colours: a tenth of the bytes of a true-colour PNG of noisy frames, for the README.
-    Image.fromarray(sheet).quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    Image.fromarray(frame_rows(rows, scale)).quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True)
 
 
 def pct(x: float) -> str:
@@ -193,7 +178,7 @@ def main() -> None:
             contact_sheet([(f"{plates[j][0].split('/')[-1]}, {preset}", synthetic[j * args.draws], real[j * args.draws])
                            for j in range(0, len(plates), 3)], args.sheet)
         for frames in FRAME_COUNTS:
-            twin_read, real_read = read_all(reader, synthetic, frames), read_all(reader, real, frames)
+            twin_read, real_read = (read_in_batches(reader, t, "product", frames) for t in (synthetic, real))
             twin, mine = figures(synthetic, twin_read), figures(real, real_read)
             if frames == max(FRAME_COUNTS):
                 for kind, tracks, read in (("twin", synthetic, twin_read), ("real", real, real_read)):
@@ -214,7 +199,7 @@ def main() -> None:
                     sel = [i for i, o in enumerate(owner) if o == j]
                     per_plate.setdefault(name, {})[preset] = (
                         np.mean([twin["correct"][i] for i in sel]), np.mean([mine["correct"][i] for i in sel]),
-                        sum(mine["confidence"][i] >= SURE_READING and not mine["correct"][i] for i in sel))
+                        sum(mine["confidence"][i] >= CONFIDENT and not mine["correct"][i] for i in sel))
         print(f"{preset}: {2 * len(synthetic)} tracks generated and read at F={FRAME_COUNTS} "
               f"in {time.perf_counter() - start:.0f} s", flush=True)
     print("\n**product fusion; twin = our rendered plate, real = the photographed plate, same tracks otherwise**\n")

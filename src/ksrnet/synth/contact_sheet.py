@@ -43,28 +43,31 @@ def real_frames(folder: Path) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def frame_rows(rows: list[tuple[str, list[np.ndarray]]], scale: int = 4) -> np.ndarray:
+    """RGB image: each (label, up to 5 frames) as one labelled row, every frame at native scale on
+    a grey cell of one size for the whole sheet (so sizes compare across rows), zoomed `scale` x."""
+    frames = [f for _, fs in rows for f in fs]
+    size = (max([CELL_H] + [f.shape[0] for f in frames]), max([CELL_W] + [f.shape[1] for f in frames]))
+    empty = np.full((*size, 3), 128, np.uint8)
+    out = []
+    for label, fs in rows:
+        strip = np.hstack([_cell(f, size) for f in fs] + [empty] * (5 - len(fs)))
+        out.append(_label(cv2.resize(strip, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST), label))
+    width = max(r.shape[1] for r in out)
+    return np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in out])
+
+
 def contact_sheet(num_tracks: int = 8, *, seed: int = 0, preset: str = "hard", real_dir: Path | None = None,
                   scale: int = 4) -> np.ndarray:
     """RGB image: one row per synthetic track (its 5 LR frames), then a row of real LR frames."""
     tracks = [generate_track(seed, i, preset=preset) for i in range(num_tracks)]
     reals = real_frames(real_dir) if real_dir is not None else []
-    frames = [f for t in tracks for f in t.lr] + [f for _, f in reals]
-    size = (max([CELL_H] + [f.shape[0] for f in frames]), max([CELL_W] + [f.shape[1] for f in frames]))
-    empty = np.full((*size, 3), 128, np.uint8)
-
-    def row(cells: list[np.ndarray], label: str) -> np.ndarray:  # five cells side by side, zoomed, labelled
-        strip = np.hstack(cells + [empty] * (5 - len(cells)))
-        return _label(cv2.resize(strip, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST), label)
-
-    rows = [row([_cell(f, size) for f in track.lr], f"synthetic {preset} #{i}: {track.text}")
-            for i, track in enumerate(tracks)]
+    rows = [(f"synthetic {preset} #{i}: {track.text}", list(track.lr)) for i, track in enumerate(tracks)]
     for start in range(0, len(reals), 5):
         chunk = reals[start:start + 5]
         names = "  ".join(n.split("_lr")[0][-12:] for n, _ in chunk)
-        rows.append(row([_cell(f, size) for _, f in chunk], f"REAL: {names}"))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    return np.vstack(rows)
+        rows.append((f"REAL: {names}", [f for _, f in chunk]))
+    return frame_rows(rows, scale)
 
 
 def write_contact_sheet(out: str | Path, **kwargs) -> Path:
