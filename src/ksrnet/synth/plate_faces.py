@@ -74,8 +74,8 @@ class Canvas:
     def _pts(self, points) -> np.ndarray:
         return np.array([[x + self.pad, ASCENT - y] for x, y in points], np.float64)
 
-    def polygon(self, layer: np.ndarray, points, value: int = 1) -> np.ndarray:
-        cv2.fillPoly(layer, [np.round(self._pts(points) * 16).astype(np.int32)], value, cv2.LINE_8, shift=4)
+    def polygon(self, layer: np.ndarray, points) -> np.ndarray:
+        cv2.fillPoly(layer, [np.round(self._pts(points) * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
         return layer
 
     def rect(self, x0, y0, x1, y1, layer: np.ndarray | None = None, value: int = 1) -> np.ndarray:
