@@ -9,16 +9,19 @@
 # Calibrate and benchmark them afterwards on any machine (benchmarks/RESULTS.md, session 14).
 # Usage: OUT=/dir scripts/gpu_train_both.sh [hard timeout of each training, s]
 # REC_CONFIG / KSR_CONFIG override the configs (a smoke run on a CPU with tiny budgets, or a new
-# run). The defaults record session 14's runs, which read stage M's weights from runs/shipped-m/
-# (see the configs): carry that folder, or point both at configs that start from parseq-tiny.
+# run); KSR_STAGES picks KSR-Net's stages; COST=0 skips the timing (its figures do not change while
+# the architecture does not) and gives its 80 s to training. The defaults record session 14's runs,
+# which read stage M's weights from runs/shipped-m/ (see the configs): carry that folder, or point
+# both at configs that start from parseq-tiny.
 set -u
 limit=${1:-460}
 export CALL_LIMIT_S=${CALL_LIMIT_S:-590}  # the device call's timeout_s (600 at most)
 rec_config=${REC_CONFIG:-configs/parseq-tiny-gpu-n.yaml}
 ksr_config=${KSR_CONFIG:-configs/ksrnet-tiny-gpu-shared.yaml}
 source scripts/gpu_env.sh
-# Both runs must end 100 s before the call does: the packing and ksrnet_cost.py's 80 s come after.
-export KSRNET_DEADLINE=$(( KSRNET_DEADLINE - 100 ))
+cost=${COST:-1}
+# Both runs must end before the call does: the packing (and ksrnet_cost.py's 80 s) come after.
+export KSRNET_DEADLINE=$(( KSRNET_DEADLINE - (cost == 1 ? 100 : 20) ))
 mkdir -p "$OUT/rec" "$OUT/ksr"
 OUT=$OUT/rec bash scripts/gpu_train.sh "$rec_config" "$limit" 0 > "$OUT/rec/script.log" 2>&1 &
 rec=$!
@@ -39,7 +42,9 @@ wait "$ksr"; echo "ksrnet script exit: $?"
 tail -n 4 "$OUT/rec/script.log" "$OUT/ksr/script.log"
 # Packed before the timing, so a call cut at its limit still brings the weights back.
 tar czf "$OUT/recognizer.tar.gz" -C "$OUT" rec && tar czf "$OUT/ksrnet.tar.gz" -C "$OUT" ksr && rm -rf "$OUT/rec" "$OUT/ksr"
-timeout 80 python3 benchmarks/ksrnet_cost.py --device "$device" --batch 64 --threads 8 --lr-size 20x48 \
-  > "$OUT/cost.txt" 2>&1
-echo "cost exit: $?"; cat "$OUT/cost.txt"
+if [ "$cost" = 1 ]; then
+  timeout 80 python3 benchmarks/ksrnet_cost.py --device "$device" --batch 64 --threads 8 --lr-size 20x48 \
+    > "$OUT/cost.txt" 2>&1
+  echo "cost exit: $?"; cat "$OUT/cost.txt"
+fi
 ls -la "$OUT"

@@ -9,7 +9,8 @@
 # (ignored by git, kept between calls on a warm machine); weights, logs and tables go to $OUT.
 # With CALL_LIMIT_S set to the device call's timeout_s, the training's limit shrinks so that the
 # phase ends in time (scripts/gpu_env.sh). configs/ksrnet-tiny-gpu.yaml trains for 7.5 minutes;
-# with each stage's start and validation the train phase takes about 9.
+# with each stage's start and validation the train phase takes about 9. KSR_STAGES picks the
+# stages (default 1,1b,2,3): a config with init_weights may continue a run in stage 3 alone.
 set -u
 phase=${1:-}  # no default: "all" does not fit one 600 s device call (train ~9 min + measure ~2)
 case "$phase" in
@@ -23,7 +24,8 @@ train() {
   local config=${1:-configs/ksrnet-tiny-gpu.yaml} limit=${2:-570}
   limit=$(training_limit "$limit" "${3:-20}") || return 1
   echo "training limit: $limit s"
-  timeout "$limit" python3 -m ksrnet.cli train-ksrnet "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" \
+  timeout "$limit" python3 -m ksrnet.cli train-ksrnet "$config" --run-dir "$run" \
+    --stages "${KSR_STAGES:-1,1b,2,3}" 2>&1 | grep -v "^\s*$" \
     | tail -c 20000 > "$OUT/train.log"
   local rc=${PIPESTATUS[0]}
   echo "train exit: $rc"
