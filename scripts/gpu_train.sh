@@ -16,8 +16,14 @@ echo "training limit: $limit s"
 # One run dir per config: a second call on a warm machine with another config (say, continuing this
 # one's weights) must start its own run, not resume this one.
 run=/tmp/run-$(basename "$config" .yaml)
+# GPU busy % and memory every 15 s during training: says whether the GPU or the data workers set the pace.
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 15 > "$OUT/gpu_util.csv" 2>/dev/null &
+  sampler=$!
+fi
 timeout "$limit" python3 -m ksrnet.cli train "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" | tail -c 20000 > "$OUT/train.log"
 echo "train exit: ${PIPESTATUS[0]}"
+[ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null && echo "GPU busy % while training: $(cut -d, -f2 "$OUT/gpu_util.csv" | tr -d ' %' | sort -n | tr '\n' ' ')"
 # If the hard timeout cut the run before its own export, export the last checkpoint ourselves.
 if [ ! -f "$run/model.safetensors" ] && [ -f "$run/checkpoints/last.ckpt" ]; then
   python3 -m ksrnet.export_checkpoint "$run/checkpoints/last.ckpt" "$run/model.safetensors"
