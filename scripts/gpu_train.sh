@@ -10,7 +10,8 @@ config=${1:-configs/parseq-tiny-gpu.yaml}
 limit=${2:-480}
 test_tracks=${3:-2000}
 source scripts/gpu_env.sh
-python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
+# The generator's speed on that machine's cores, when asked (THROUGHPUT=1): seconds of device time.
+[ "${THROUGHPUT:-0}" = 1 ] && python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
 limit=$(training_limit "$limit" $(( test_tracks > 0 ? 130 : 30 ))) || exit 1
 echo "training limit: $limit s"
 # One run dir per config: a second call on a warm machine with another config (say, continuing this
