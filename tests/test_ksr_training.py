@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig
 from ksrnet.ksr_targets import track_sample
-from ksrnet.ksr_training import KSRFolderDataset, KSRStageModule, KSRTrackDataset, resolve_model_config, run_stages, train_ksrnet
+from ksrnet.ksr_training import (KSRFolderDataset, KSRStageModule, KSRTrackDataset, resolve_model_config, run_stages,
+                                 thinned_frame_mask, train_ksrnet)
 from ksrnet.weights import load_ksrnet
 from ksrnet.models.flow import resize_flow, warp
-from ksrnet.models.ksrnet import resize_track
+from ksrnet.models.ksrnet import reference_indices, resize_track
 from ksrnet.models.parseq import Parseq, ParseqConfig
 from ksrnet.preprocess import frame_to_unit_tensor
 from ksrnet.synth.camera import CameraParams, flow_between, render_frames
@@ -98,7 +99,7 @@ def test_bad_configs_are_rejected(bad):
 @pytest.mark.parametrize("data, needle", [
     ({"preset": "nope"}, "preset and val_preset must be one of"), ({"num_frames": 17}, "num_frames in 1..16"),
     ({"tracks_per_epoch": -1}, "tracks_per_epoch must be >= 0"), ({"val_tracks": -1}, "val_tracks must be >= 0"),
-    ({"codec": "mpeg"}, "codec must be one of"),
+    ({"codec": "mpeg"}, "codec must be one of"), ({"frame_dropout": 1.5}, "frame_dropout must be in"),
 ])
 def test_bad_data_sections_name_the_ksrnet_key(data, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -677,3 +678,50 @@ def test_degenerate_or_misordered_corners_give_no_pixel_target(bad):
     assert folder_track_sample(track, LR, 4)["sr_mask"].sum() > 0  # hr-002 stands in for hr-001
     track.corners[ref_name] = quad
     assert folder_track_sample(track, LR, 4)["sr_mask"].sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame dropout
+
+
+@pytest.mark.parametrize("policy, counts", [("middle", {1, 3, 5}), ("last", {1, 2, 3, 4, 5})])
+def test_thinned_frame_masks_keep_the_reference_and_draw_every_frame_count(policy, counts):
+    full = torch.ones(400, 5, dtype=torch.bool)
+    thinned = thinned_frame_mask(full, policy, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(reference_indices(policy, thinned), reference_indices(policy, full))
+    assert set(thinned.sum(1).tolist()) == counts
+    kept_sets = {tuple(row.nonzero().flatten().tolist()) for row in thinned}
+    assert len(kept_sets) > len(counts)  # which frames are kept is drawn, not only how many
+    assert torch.equal(thinned_frame_mask(full, policy, 0.0), full)
+
+
+def test_thinning_a_short_track_keeps_its_reference_and_never_revives_a_missing_frame():
+    short = torch.tensor([[True, True, True, False, False]]).expand(200, -1)
+    thinned = thinned_frame_mask(short, "middle", 1.0, torch.Generator().manual_seed(1))
+    assert (reference_indices("middle", thinned) == 1).all()
+    assert not (thinned & ~short).any()
+    assert set(thinned.sum(1).tolist()) == {1, 3}
+
+
+def test_frame_dropout_thins_the_frames_in_training_only(recognizer_path, small_batch, monkeypatch):
+    module = KSRStageModule(micro(recognizer_path, recognizer_weights=None, data={"frame_dropout": 1.0}), "2")
+    masks = []
+    restore = module.model.restore
+
+    def recording_restore(frames, frame_mask=None):
+        masks.append(frame_mask)
+        return restore(frames, frame_mask)
+
+    monkeypatch.setattr(module.model, "restore", recording_restore)
+    torch.manual_seed(0)
+    module.train()
+    for _ in range(8):
+        assert torch.isfinite(module.stage_losses(small_batch)["loss"])
+    thinned = [m for m in masks if m is not None]
+    assert thinned, "frame_dropout 1 never thinned a track of 3 frames in 8 batches"
+    assert all(bool(m[:, 1].all()) and int(m.sum()) < m.numel() for m in thinned)  # the reference, frame 1, stays
+    masks.clear()
+    module.eval()
+    for _ in range(4):
+        module.stage_losses(small_batch)
+    assert masks == [None] * 4

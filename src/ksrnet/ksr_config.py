@@ -45,7 +45,10 @@ class KSRDataConfig:
     ``lrlpr_val_fraction`` of ``lrlpr_root`` held out of every stage's training (as in the
     recognizer's config; stage 3 lists them in the run dir's val_tracks.txt). The flow and warm-up
     stages keep the synthetic validation: real tracks have no flow ground truth, nor always a
-    rectified HR."""
+    rectified HR. ``frame_dropout``: in stages 2 and 3, the share of training tracks whose
+    supporting frames are thinned to a random, balanced subset, possibly none or all of them
+    (``ksr_training.thinned_frame_mask``), so that the restoration also learns to work from fewer
+    frames; validation always sees every frame."""
 
     tracks_per_epoch: int = 4000
     lrlpr_root: str | None = None
@@ -59,6 +62,7 @@ class KSRDataConfig:
     val_preset: str = "hard"
     val_seed: int = 1_000_003
     num_workers: int = 1
+    frame_dropout: float = 0.0
     # The SR target is rendered on a grid this many times finer than the SR grid and box-averaged
     # (the canonical plate is point-sampled; the plate's height shrinks up to ~3x under pitch).
     target_supersample: int = 2
@@ -69,6 +73,8 @@ class KSRDataConfig:
             raise ValueError("val_tracks must be >= 0")
         if self.target_supersample < 1:
             raise ValueError("target_supersample must be >= 1")
+        if not 0.0 <= self.frame_dropout <= 1.0:
+            raise ValueError(f"frame_dropout must be in [0, 1], got {self.frame_dropout}")
         from ksrnet.synth.degrade import CODECS
 
         if self.codec is not None and self.codec not in CODECS:  # else only refused once Lightning has started

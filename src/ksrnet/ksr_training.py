@@ -64,7 +64,7 @@ from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, se
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
                                 smoothness_loss, valid_mask)
 from ksrnet.ksr_targets import folder_track_sample, track_sample
-from ksrnet.models.ksrnet import KSRNet, KSRNetConfig
+from ksrnet.models.ksrnet import KSRNet, KSRNetConfig, reference_indices
 from ksrnet.models.parseq import ParseqConfig, decode_constrained, layout_log_probs
 from ksrnet.plates import layout_masks
 from ksrnet.synth.camera import CameraParams
@@ -152,6 +152,43 @@ class KSRFolderDataset(IterableDataset):
 
 def _others(t: int, ref: int) -> list[int]:
     return [i for i in range(t) if i != ref]
+
+
+def thinned_frame_mask(frame_mask: Tensor, policy: str, share: float,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """A copy of ``frame_mask`` ``(B, T)`` bool in which a ``share`` of the tracks keep only some of
+    their supporting frames, and always their reference frame.
+
+    The reference must stay the frame the SR target was built on, and the model picks it from the
+    valid frames by ``policy`` (``models.ksrnet.reference_indices``). So under ``"middle"`` a
+    thinned track keeps ``k`` frames on each side of its reference, ``k`` drawn uniformly from 0 up
+    to the fewer it has on one side (one frame alone when ``k`` is 0); under ``"last"`` it keeps ``k``
+    of the frames before its reference, ``k`` drawn uniformly from 0 up to all of them. Which frames
+    of a side are kept is drawn too."""
+    mask = frame_mask.to(torch.bool).clone()
+    if share <= 0:
+        return mask
+    refs = reference_indices(policy, mask).tolist()
+    chosen = (torch.rand(mask.shape[0], generator=generator) < share).tolist()
+
+    def keep_some(frames: list[int], k: int) -> list[int]:
+        order = torch.randperm(len(frames), generator=generator)[:k].tolist()
+        return [frames[i] for i in order]
+
+    for b, (ref, thin) in enumerate(zip(refs, chosen)):
+        if not thin:
+            continue
+        valid = torch.nonzero(mask[b]).flatten().tolist()
+        before = [i for i in valid if i < ref]
+        after = [i for i in valid if i > ref]
+        if policy == "middle":
+            k = int(torch.randint(0, min(len(before), len(after)) + 1, (1,), generator=generator))
+            kept = keep_some(before, k) + keep_some(after, k)
+        else:
+            kept = keep_some(before, int(torch.randint(0, len(before) + 1, (1,), generator=generator)))
+        mask[b] = False
+        mask[b, kept + [ref]] = True
+    return mask
 
 
 def _batch_reference(batch: dict[str, Tensor]) -> int:
@@ -269,6 +306,9 @@ class KSRStageModule(WallClockLR, L.LightningModule):
     def _restoration_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         lc = self.config.losses
         mask_frames = batch["frame_mask"]
+        if self.training and self.config.data.frame_dropout > 0:
+            mask_frames = thinned_frame_mask(mask_frames, self.model_config.ref_index,
+                                             self.config.data.frame_dropout).to(mask_frames.device)
         out = self.model.restore(batch["frames"], None if bool(mask_frames.all()) else mask_frames)
         if not bool((out.reference == batch["reference"]).all()):
             raise ValueError("the model's reference frame differs from the one the SR target was built on")
