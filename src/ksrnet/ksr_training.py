@@ -156,8 +156,8 @@ def _others(t: int, ref: int) -> list[int]:
 
 def thinned_frame_mask(frame_mask: Tensor, policy: str, share: float,
                        generator: torch.Generator | None = None) -> Tensor:
-    """A copy of ``frame_mask`` ``(B, T)`` bool in which a ``share`` of the tracks keep only some of
-    their supporting frames, and always their reference frame.
+    """A copy of ``frame_mask`` ``(B, T)`` bool in which each track, with probability ``share``, keeps
+    a random subset of its supporting frames (possibly none or all of them) and always its reference.
 
     The reference must stay the frame the SR target was built on, and the model picks it from the
     valid frames by ``policy`` (``models.ksrnet.reference_indices``). So under ``"middle"`` a
