@@ -8,7 +8,8 @@ clear when they disagree on few tracks, and noise when they disagree on many; th
 Usage: python benchmarks/compare_readers.py --model A --model B [--model C ...] [--tracks 2000]
        [--preset hard] [--frames 5] [--fusion product]
 A model is anything `ksrnet predict --model` takes (a shipped name, a .safetensors file, a run dir,
-a KSR-Net run dir). Every model after the first is compared with the first. The tracks are those of
+a KSR-Net run dir); `tta:MODEL` reads MODEL as `ksrnet predict --tta` does (the default TTA views,
+with its TTA temperatures). Every model after the first is compared with the first. The tracks are those of
 benchmarks/recognizer.py (its TEST_SEED), never seen in training.
 """
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recognizer import synthetic_tracks  # noqa: E402  (the test set every recognizer figure uses)
 
 from ksrnet.cli_readers import make_reader  # noqa: E402
+from ksrnet.tta import DEFAULT_VIEWS  # noqa: E402
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:
@@ -46,10 +48,21 @@ def read_in_batches(reader, tracks: list, fusion: str, frames: int | None, batch
     return out
 
 
+TTA_PREFIX = "tta:"
+
+
+def reader_spec(model: str) -> tuple[str, tuple[str, ...] | None]:
+    """(model, TTA views) of a --model argument: `tta:MODEL` asks for the default views."""
+    if model.startswith(TTA_PREFIX):
+        return model[len(TTA_PREFIX):], DEFAULT_VIEWS
+    return model, None
+
+
 def readings_of(model: str, tracks: list, fusion: str, frames: int | None, batch: int = 64) -> list:
     """The model's readings of `tracks` by `fusion` over their last `frames` (calibrated as `ksrnet
     predict` gives them), read `batch` tracks at a time."""
-    return read_in_batches(make_reader(model, "cpu", "nar")[0], tracks, fusion, frames, batch)
+    name, views = reader_spec(model)
+    return read_in_batches(make_reader(name, "cpu", "nar", views)[0], tracks, fusion, frames, batch)
 
 
 def correct_per_track(model: str, tracks: list, fusion: str, frames: int | None, batch: int) -> list[bool]:

@@ -96,3 +96,11 @@ def test_real_plates_finds_labelled_crops_and_exposes_them_like_the_render(tmp_p
     assert exposed.shape == rendered.shape and exposed.dtype == np.uint8
     lo, hi = np.percentile(real._luma(exposed), [2, 98])
     assert abs(lo - 20) < 2 and abs(hi - 230) < 2  # the render's dark and light levels, the photo's pattern
+
+
+def test_compare_readers_reads_tta_prefixed_models_with_the_default_views():
+    from ksrnet.tta import DEFAULT_VIEWS
+
+    compare = _script("compare_readers")
+    assert compare.reader_spec("parseq-tiny") == ("parseq-tiny", None)
+    assert compare.reader_spec("tta:runs/x") == ("runs/x", DEFAULT_VIEWS)
