@@ -165,9 +165,11 @@ def thinned_frame_mask(frame_mask: Tensor, policy: str, share: float,
     to the fewer it has on one side (one frame alone when ``k`` is 0); under ``"last"`` it keeps ``k``
     of the frames before its reference, ``k`` drawn uniformly from 0 up to all of them. Which frames
     of a side are kept is drawn too."""
-    mask = frame_mask.to(torch.bool).clone()
     if share <= 0:
-        return mask
+        return frame_mask.to(torch.bool).clone()
+    # Drawn track by track on the CPU, then moved once: per-track writes to a GPU tensor in a
+    # Python loop would each be a kernel launch.
+    mask = frame_mask.to("cpu", torch.bool).clone()
     refs = reference_indices(policy, mask).tolist()
     chosen = (torch.rand(mask.shape[0], generator=generator) < share).tolist()
 
@@ -188,7 +190,7 @@ def thinned_frame_mask(frame_mask: Tensor, policy: str, share: float,
             kept = keep_some(before, int(torch.randint(0, len(before) + 1, (1,), generator=generator)))
         mask[b] = False
         mask[b, kept + [ref]] = True
-    return mask
+    return mask.to(frame_mask.device)
 
 
 def _batch_reference(batch: dict[str, Tensor]) -> int:
@@ -307,8 +309,7 @@ class KSRStageModule(WallClockLR, L.LightningModule):
         lc = self.config.losses
         mask_frames = batch["frame_mask"]
         if self.training and self.config.data.frame_dropout > 0:
-            mask_frames = thinned_frame_mask(mask_frames, self.model_config.ref_index,
-                                             self.config.data.frame_dropout).to(mask_frames.device)
+            mask_frames = thinned_frame_mask(mask_frames, self.model_config.ref_index, self.config.data.frame_dropout)
         out = self.model.restore(batch["frames"], None if bool(mask_frames.all()) else mask_frames)
         if not bool((out.reference == batch["reference"]).all()):
             raise ValueError("the model's reference frame differs from the one the SR target was built on")
