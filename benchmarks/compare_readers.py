@@ -48,13 +48,14 @@ def read_in_batches(reader, tracks: list, fusion: str, frames: int | None, batch
     return out
 
 
-TTA_PREFIX = "tta:"
+# A model spec, not infer.TTA_PREFIX (the prefix of TTA temperature keys).
+TTA_MODEL_PREFIX = "tta:"
 
 
 def reader_spec(model: str) -> tuple[str, tuple[str, ...] | None]:
     """(model, TTA views) of a --model argument: `tta:MODEL` asks for the default views."""
-    if model.startswith(TTA_PREFIX):
-        return model[len(TTA_PREFIX):], DEFAULT_VIEWS
+    if model.startswith(TTA_MODEL_PREFIX):
+        return model[len(TTA_MODEL_PREFIX):], DEFAULT_VIEWS
     return model, None
 
 
