@@ -62,3 +62,18 @@ def test_demo_shows_the_confidences_predict_writes(tmp_path):
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "demo" / "tracks"), "--out", str(out)])
     assert result.exit_code == 0, result.stdout
     assert sorted(out.read_text().splitlines()) == sorted((tmp_path / "demo" / "predictions.txt").read_text().splitlines())
+
+
+@pytest.mark.parametrize("recipe", ["parseq-tiny-gpu.yaml", "parseq-tiny-lrlpr.yaml"])
+def test_recipes_that_continue_the_shipped_model_fit_it(recipe):
+    # README's GPU and LRLPR-26 recipes start from the shipped weights; shipping a deeper model
+    # without updating them made both fail at start-up (session 17).
+    from pathlib import Path
+
+    from ksrnet.train_config import TrainConfig
+    from ksrnet.training import initial_model
+
+    config = TrainConfig.load(Path(__file__).resolve().parents[1] / "configs" / recipe)
+    assert config.init_weights == DEFAULT_MODEL
+    _, meta = load_model()
+    assert initial_model(config).config == ParseqConfig.from_dict(meta["config"]) == config.model
