@@ -15,12 +15,15 @@ source scripts/gpu_env.sh
 limit=$(training_limit "$limit" $(( test_tracks > 0 ? 130 : 30 ))) || exit 1
 echo "training limit: $limit s"
 # Lightning's max_minutes counts from the fit's start; start-up, the last validation and the export
-# come on top (about 45 s here). A hard limit inside that cuts the run before its own export, and the
-# weights come from the last periodic checkpoint instead (stage V, session 17, lost 239 steps so).
+# come on top (about 45 s here). A hard limit inside that cut stage V (session 17) 239 steps before
+# its own export, its weights then coming from the last periodic checkpoint: so where the config's
+# minutes do not fit, the budget is lowered to what does (the time-based cosine anneals over it).
+budget=()
 minutes=$(awk '/^[[:space:]]*max_minutes:/ {print $2; exit}' "$config")
 if [ -n "$minutes" ] && awk -v m="$minutes" -v l="$limit" 'BEGIN { exit !(m * 60 + 45 > l) }'; then
-  echo "warning: max_minutes $minutes + about 45 s of start and export exceed the $limit s limit:" \
-    "the run will be cut and its last checkpoint exported"
+  fitted=$(awk -v l="$limit" 'BEGIN { m = (l - 45) / 60; printf "%.2f", (m < 0.25 ? 0.25 : m) }')
+  echo "max_minutes $minutes + about 45 s of start and export exceed the $limit s limit: training $fitted minutes"
+  budget=(--max-minutes "$fitted")
 fi
 # One run dir per config: a second call on a warm machine with another config (say, continuing this
 # one's weights) must start its own run, not resume this one.
@@ -30,7 +33,7 @@ if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 15 > "$OUT/gpu_util.csv" 2>/dev/null &
   sampler=$!
 fi
-timeout "$limit" python3 -m ksrnet.cli train "$config" --run-dir "$run" 2>&1 | grep -v "^\s*$" | tail -c 20000 > "$OUT/train.log"
+timeout "$limit" python3 -m ksrnet.cli train "$config" --run-dir "$run" ${budget[@]+"${budget[@]}"} 2>&1 | grep -v "^\s*$" | tail -c 20000 > "$OUT/train.log"
 echo "train exit: ${PIPESTATUS[0]}"
 [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null && echo "GPU busy % while training: $(cut -d, -f2 "$OUT/gpu_util.csv" | tr -d ' %' | sort -n | tr '\n' ' ')"
 # If the hard timeout cut the run before its own export, export the last checkpoint ourselves.

@@ -195,6 +195,16 @@ def test_cli_train_refuses_a_bad_config(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_train_max_minutes_overrides_the_config(tmp_path):
+    # scripts/gpu_train.sh lowers the budget this way when the device call's limit would cut the run
+    # before its own export.
+    config = write_yaml(tmp_path / "c.yaml", MICRO)
+    assert_refused(invoke("train", config, "--run-dir", tmp_path / "bad", "--max-minutes", 0),
+                   "max_minutes must be positive")
+    assert_ok(invoke("train", config, "--run-dir", tmp_path / "run", "--max-minutes", 0.5))
+    assert TrainConfig.load(tmp_path / "run" / "config.yaml").trainer.max_minutes == 0.5
+
+
 def _unusable(kind: str, tmp_path: Path) -> dict:
     """A config whose init_weights or lrlpr_root cannot be used (each was a Python traceback)."""
     if kind == "init_missing":

@@ -339,6 +339,8 @@ def train_cmd(
     devices: Optional[int] = typer.Option(None, "--devices", help="Devices per node (overrides the config)."),
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Nodes for DDP (overrides the config)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Overrides trainer.max_epochs."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Overrides trainer.max_minutes "
+                                                "(the wall-clock budget, which a time_cosine schedule anneals over)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if run-dir holds a checkpoint "
                                    "(its checkpoints are deleted when training starts)."),
 ) -> None:
@@ -353,8 +355,8 @@ def train_cmd(
 
     try:
         cfg = TrainConfig.load(config)
-        overrides = {k: v for k, v in (("devices", devices), ("num_nodes", num_nodes), ("max_epochs", max_epochs))
-                     if v is not None}
+        overrides = {k: v for k, v in (("devices", devices), ("num_nodes", num_nodes), ("max_epochs", max_epochs),
+                                       ("max_minutes", max_minutes)) if v is not None}
         if overrides:
             cfg = cfg.replace("trainer", **overrides)
     except (ConfigError, ValueError) as exc:
