@@ -105,13 +105,11 @@ def figures(tracks: list, readings: list) -> dict:
     scores = score(truths, {k: Reading(k, r.text, r.confidence) for k, r in by_id.items()}).overall
     conf, right = confidence_and_correct(truths, by_id)
     chars = character_calibration(truths, by_id)
-    sure_chars = round(chars["sure_share"] * chars["characters"]) if chars["characters"] else 0
     return {
         "tracks": scores.tracks, "rr": scores.recognition_rate, "cer": scores.cer,
         "ece": expected_calibration_error(conf, right), "mean_confidence": float(np.mean(conf)),
         "sure_readings": sum(c >= CONFIDENT for c in conf), "sure_wrong": scores.confident_wrong,
-        "sure_characters": sure_chars,
-        "sure_characters_wrong": round(chars["sure_error"] * sure_chars) if sure_chars else 0,
+        "sure_characters": chars["sure_characters"], "sure_characters_wrong": chars["sure_wrong"],
         "correct": right, "confidence": conf, "readings": [r.text for r in readings],
     }
 

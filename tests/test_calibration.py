@@ -38,6 +38,7 @@ def test_character_calibration_counts_each_read_character_against_the_truth():
     got = character_calibration(truths, readings)
     assert got["characters"] == 14
     assert got["sure_share"] == pytest.approx(0.5) and got["sure_error"] == pytest.approx(1 / 7)
+    assert (got["sure_characters"], got["sure_wrong"]) == (7, 1)
     # two bins of 7: conf 0.5 all right (0.5 off), conf 0.95 with 6 of 7 right (0.95 - 6/7 off)
     assert got["ece"] == pytest.approx((7 * 0.5 + 7 * (0.95 - 6 / 7)) / 14)
     bands = got["sure_error_by_reading"]

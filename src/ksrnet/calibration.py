@@ -83,7 +83,8 @@ def character_calibration(truths, readings: dict) -> dict:
         right += [a == b for a, b in zip(r.text, truth.text.ljust(len(r.text)))]
         track_conf += [float(r.confidence)] * len(r.text)
     if not probs:
-        return {"characters": 0, "ece": None, "sure_share": None, "sure_error": None, "sure_error_by_reading": []}
+        return {"characters": 0, "ece": None, "sure_share": None, "sure_error": None, "sure_characters": 0,
+                "sure_wrong": 0, "sure_error_by_reading": []}
     p, ok, conf = np.asarray(probs), np.asarray(right, dtype=bool), np.asarray(track_conf)
     sure = p >= SURE_CHARACTER
     # A sure character inside an unsure reading is less sure than it looks: by the reading's confidence.
@@ -93,7 +94,8 @@ def character_calibration(truths, readings: dict) -> dict:
         by_reading.append({"from": lo, "to": hi, "sure_characters": int(sel.sum()),
                            "sure_error": float(1 - ok[sel].mean()) if sel.any() else None})
     return {"characters": int(p.size), "ece": expected_calibration_error(p, ok), "sure_share": float(sure.mean()),
-            "sure_error": float(1 - ok[sure].mean()) if sure.any() else None, "sure_error_by_reading": by_reading}
+            "sure_error": float(1 - ok[sure].mean()) if sure.any() else None, "sure_characters": int(sure.sum()),
+            "sure_wrong": int((sure & ~ok).sum()), "sure_error_by_reading": by_reading}
 
 
 def confidence_gap(confidence, correct) -> float | None:
