@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import ksrnet.synth.dataset as synth_dataset
 import ksrnet.training as training
 from ksrnet.cli import app
-from ksrnet.infer import Reader, select_frames
+from ksrnet.infer import CPU_BATCH_FRAMES, LARGE_BATCH_FRAMES, Reader, default_batch_frames, select_frames
 from ksrnet.models.baselines import FUSIONS
 from ksrnet.plates import LAYOUTS, infer_layout
 from ksrnet.submission import read_predictions
@@ -540,6 +540,13 @@ def test_reader_with_the_trained_model(trained_run):
     frames = [f for t in tracks for f in t.lr]
     a, b = reader.frame_outputs(frames), Reader(model, batch_frames=256).frame_outputs(frames)
     assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+    # Unasked, a PyTorch reader on a CPU calls the network in cache-sized chunks, onnxruntime and a
+    # GPU in large ones; a chunk must hold a frame.
+    assert Reader(model).batch_frames == CPU_BATCH_FRAMES
+    assert default_batch_frames(torch.device("cuda")) == LARGE_BATCH_FRAMES > CPU_BATCH_FRAMES
+    assert default_batch_frames(torch.device("cpu"), pytorch=False) == LARGE_BATCH_FRAMES
+    with pytest.raises(ValueError, match="batch_frames must be >= 1"):
+        Reader(model, batch_frames=0)
     assert out["product"][1].text == out["single"][1].text  # one frame: every rule reads the same
     with pytest.raises(ValueError, match="frame count"):
         reader.read(tracks, ["product"], frame_count=0)

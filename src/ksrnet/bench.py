@@ -2,7 +2,7 @@
 
 Components of reading one batch of tracks: preprocessing (resize + normalise every frame), the
 network (encoder, then decoder: NAR + the configured refinement, or AR; timed apart for a PyTorch
-model, together for an ONNX graph, which is one call), and fusion + syntax-constrained decoding per
+model, together for an ONNX graph, which is one call; in the reader's chunks of frames), and fusion + syntax-constrained decoding per
 track. Each figure is the best of `repeats` passes after a warm-up pass.
 """
 
@@ -61,12 +61,15 @@ def bench_batch(reader: Reader, tracks: list, fusion: str, frame_count: int | No
     chosen = [select_frames(t.lr, frame_count) for t in tracks]
     flat = [f for frames in chosen for f in frames]
     pre, images = _timed(lambda: frames_to_tensor(flat, reader.height, reader.width).to(device), repeats, device)
-    net, _ = _timed(lambda: model(images, mode=reader.mode, refine_iters=reader.refine_iters), repeats, device)
+    # The network runs in the chunks the reader calls it with (Reader.batch_frames), each component too.
+    chunks = images.split(reader.batch_frames)
+    net, _ = _timed(lambda: [model(c, mode=reader.mode, refine_iters=reader.refine_iters) for c in chunks],
+                    repeats, device)
     enc = dec = None
     if hasattr(model, "encode"):  # a PyTorch Parseq; an ONNX session has no separate halves
-        enc, memory = _timed(lambda: model.encode(images), repeats, device)
-        dec, _ = _timed(lambda: model.decode_memory(memory, mode=reader.mode, refine_iters=reader.refine_iters),
-                        repeats, device)
+        enc, memories = _timed(lambda: [model.encode(c) for c in chunks], repeats, device)
+        dec, _ = _timed(lambda: [model.decode_memory(m, mode=reader.mode, refine_iters=reader.refine_iters)
+                                 for m in memories], repeats, device)
     logits = reader.track_logits(tracks, frame_count)
 
     def fuse_all():

@@ -817,12 +817,14 @@ def bench_cmd(
     from ksrnet.infer import select_frames
 
     per_track = len(select_frames(tracks[0].lr, frames))  # --frames beyond a track's length reads them all
+    chunk = getattr(reader, "batch_frames", None)  # frames per network call (infer.default_batch_frames)
     if as_json:
         print(json.dumps({"threads": used, "device": device, "fusion": fusion, "backend": backend,
-                          "frames_per_track": per_track, "rows": [r.as_dict() for r in rows]}, indent=2))
+                          "frames_per_track": per_track, "batch_frames": chunk,
+                          "rows": [r.as_dict() for r in rows]}, indent=2))
         return
-    table = Table(title=f"{fusion} fusion of {per_track} frames a track, {backend}, {used} threads on {device}; "
-                        "per-batch ms by component")
+    table = Table(title=f"{fusion} fusion of {per_track} frames a track, {backend}, {used} threads on {device}, "
+                        f"network calls of <= {chunk} frames; per-batch ms by component")
     for col in ("batch", "tracks/s", "ms/track", "ms/batch", "preprocess", "network", "encoder", "decoder", "fusion"):
         table.add_column(col, justify="right")
     for r in rows:

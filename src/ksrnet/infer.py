@@ -127,10 +127,21 @@ def _check_fusions(fusions: Iterable[str]) -> list[str]:
 
 _TOKENIZER = Tokenizer()
 
+# Frames per network call. On a CPU, PyTorch reads the shipped model ~1.3x faster in chunks of 16-32
+# frames than in calls of 256-320, where a call's activations no longer stay in cache; onnxruntime
+# reads no faster in small chunks (slower in most runs), and a GPU wants the largest batch it is
+# given (benchmarks/RESULTS.md, "PyTorch reads in cache-sized chunks").
+CPU_BATCH_FRAMES = 32
+LARGE_BATCH_FRAMES = 256
+
+
+def default_batch_frames(device: torch.device, pytorch: bool = True) -> int:
+    return CPU_BATCH_FRAMES if pytorch and device.type == "cpu" else LARGE_BATCH_FRAMES
+
 
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
-                 refine_iters: int | None = None, batch_frames: int = 256,
+                 refine_iters: int | None = None, batch_frames: int | None = None,
                  temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
         """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
         calibration temperature dividing the per-frame logits for the readings' probabilities
@@ -147,7 +158,9 @@ class Reader:
         self.device = torch.device(device)
         self.mode = mode
         self.refine_iters = refine_iters
-        self.batch_frames = batch_frames
+        if batch_frames is not None and batch_frames < 1:
+            raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+        self.batch_frames = batch_frames or default_batch_frames(self.device, isinstance(model, torch.nn.Module))
         self.masks = torch.from_numpy(layout_masks())
 
     @property
