@@ -174,11 +174,23 @@ class DataConfig:
     # gives more steps per generated track; a copy is worth less than a fresh track. 1 = off.
     echo: int = 1
     echo_buffer_tracks: int = 1024
+    # Re-crop this share of training tracks around the plate (ksrnet.recrop), each frame with a margin
+    # drawn from recrop_margin (fractions of the plate's width per side; negative cuts into the plate):
+    # tight and edge-cutting crops, which the generator never makes. Tracks without corners (LRLPR-26
+    # Scenario B) stay as they are. 0 = off.
+    recrop_prob: float = 0.0
+    recrop_margin: list = field(default_factory=lambda: [-0.02, 0.04])
 
     def __post_init__(self):
         check_track_source(self, tracks="synth_tracks_per_epoch", preset="synth_preset", frames="frames_per_track")
         if self.val_tracks < 1:
             raise ValueError("val_tracks must be >= 1")
+        if not 0 <= self.recrop_prob <= 1:
+            raise ValueError(f"recrop_prob must be in [0, 1], got {self.recrop_prob}")
+        m = self.recrop_margin
+        if (not isinstance(m, list) or len(m) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in m)
+                or not -0.1 <= m[0] <= m[1] <= 0.5):
+            raise ValueError(f"recrop_margin must be [low, high] with -0.1 <= low <= high <= 0.5, got {m!r}")
         if not 1 <= self.echo <= 16 or self.echo_buffer_tracks < 1:
             raise ValueError(f"echo must be in 1..16 and echo_buffer_tracks >= 1, got {self.echo} and "
                              f"{self.echo_buffer_tracks}")

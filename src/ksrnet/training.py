@@ -19,6 +19,7 @@ from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_config, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
+from ksrnet.recrop import frame_quads, recrop_frames
 from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
 from ksrnet.track_dataset import ResumableEpoch, per_rank_count
 from ksrnet.tracks import Track
@@ -41,6 +42,9 @@ class RecognizerSamples(IterableDataset):
         self.tokenizer = Tokenizer()
         self.seed, self.epoch, self.random_frames = config.data.seed, 0, random_frames
         self.echo, self.echo_buffer = echo, echo_buffer
+        # Re-cropping is a training augmentation: validation (random_frames=False) reads tracks as made.
+        self.recrop_prob = config.data.recrop_prob if random_frames else 0.0
+        self.recrop_margin = tuple(config.data.recrop_margin)
 
     def __len__(self) -> int:
         # Per DDP rank: the full count made a W-GPU run end at 1/W of its one-cycle schedule, never annealed.
@@ -52,13 +56,24 @@ class RecognizerSamples(IterableDataset):
             self.tracks.set_epoch(epoch)
 
     def frames_of(self, track, copy: int = 0) -> list:
-        """The frames a track trains on; each echoed copy of it draws its own (copy 0 as without echo)."""
+        """The frames a track trains on; each echoed copy of it draws its own (copy 0 as without echo),
+        and with ``recrop_prob`` its own re-crop (ksrnet.recrop)."""
         k, frames = self.frames_per_track, list(track.lr)
-        if k >= len(frames) or not self.random_frames:
-            return select_frames(frames, k)
+        indices = list(range(len(frames)))
         key = [self.seed, self.epoch, zlib.crc32(track.track_id.encode())] + ([copy] if copy else [])
-        rng = np.random.default_rng(key)
-        return [frames[i] for i in sorted(rng.choice(len(frames), k, replace=False))]
+        if k >= len(frames) or not self.random_frames:
+            indices = select_frames(indices, k)
+        else:
+            rng = np.random.default_rng(key)
+            indices = sorted(int(i) for i in rng.choice(len(frames), k, replace=False))
+        chosen = [frames[i] for i in indices]
+        if self.recrop_prob > 0:
+            # A stream of its own: the frame choice above stays what it was without re-cropping.
+            rng = np.random.default_rng(key + [0x7EC0])
+            quads = frame_quads(track)
+            if quads is not None and rng.random() < self.recrop_prob:
+                chosen = recrop_frames(chosen, [quads[i] for i in indices], rng, self.recrop_margin)
+        return chosen
 
     def sample(self, track, copy: int = 0):
         return (
@@ -79,7 +94,8 @@ class RecognizerSamples(IterableDataset):
         """(track, copy) pairs: every track `echo` times, drawn at random from a buffer of about
         `echo_buffer` tracks, so that a batch (consecutive samples of one worker) rarely holds one
         track twice. Seeded per seed, epoch and worker: a resumed epoch replays the same stream, which
-        ResumableEpoch relies on. Only what a sample needs is kept (frames, text, layout)."""
+        ResumableEpoch relies on. Only what a sample needs is kept (frames, text, layout, and the plate
+        corners when re-cropping)."""
         info = get_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, info.id if info else 0, 0xEC40])
         buffer: list[list] = []  # [slim track, copies yielded]
@@ -95,7 +111,11 @@ class RecognizerSamples(IterableDataset):
             return entry[0], copy
 
         for track in tracks:
-            buffer.append([Track(track_id=track.track_id, lr=list(track.lr), text=track.text, layout=track.layout), 0])
+            quads = frame_quads(track) if self.recrop_prob > 0 else None
+            names = [f"{i}" for i in range(len(track.lr))] if quads is not None else []
+            slim = Track(track_id=track.track_id, lr=list(track.lr), text=track.text, layout=track.layout,
+                         lr_names=names, corners=dict(zip(names, quads or [])))
+            buffer.append([slim, 0])
             if len(buffer) >= self.echo_buffer:
                 # As many draws as one track brings: the buffer stays near its size.
                 for _ in range(self.echo):
