@@ -6,10 +6,11 @@ tighter crops, or cuts into the plate. This reads the same synthetic tracks (the
 as generated and re-cropped around each frame's plate (`ksrnet.recrop.plate_box_crop`, the plate
 corners the generator knows) with each margin given, a fraction of the plate's width per side
 (0 = the plate's own box, negative cuts into it), and reports RR, CER and the wrong readings at
->= 0.9 for each, at F=1 and F=5 (product fusion, the model's calibration).
+>= 0.9 for each, at F=1 and F=5 (product fusion, the model's calibration). With --pad-margin, the
+reader pads every frame first, as `ksrnet predict --pad-margin` does.
 
 Usage: python benchmarks/crop_margin.py [--model parseq-tiny] [--tracks 1000] [--preset hard]
-       [--margins 0.08,0.04,0.02,0,-0.02,-0.04] [--json F]
+       [--margins 0.08,0.04,0.02,0,-0.02,-0.04] [--pad-margin 0.06] [--json F]
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     ap.add_argument("--preset", default="hard")
     ap.add_argument("--margins", default="0.08,0.04,0.02,0,-0.02,-0.04",
                     help="comma-separated margins, fractions of the plate's width per side")
+    ap.add_argument("--pad-margin", type=float, default=0.0,
+                    help="pad every frame by this share of its width per side before reading (ksrnet.recrop.pad_frame)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -53,11 +56,15 @@ def main() -> None:
     except ValueError:
         ap.error(f"--margins must be numbers, got {args.margins!r}")
     torch.set_num_threads(args.threads)
+    if not 0 <= args.pad_margin <= 0.5:
+        ap.error("--pad-margin must be in [0, 0.5]")
     reader = make_reader(args.model, "cpu", "nar")[0]
+    reader.pad_margin = args.pad_margin
     start = time.perf_counter()
     tracks = [generate_track(TEST_SEED, i, preset=args.preset) for i in range(args.tracks)]
     fills = [float(np.ptp(q[:, 0])) / f.shape[1] for t in tracks for f, q in zip(t.lr, t.corners)]
-    print(f"{args.tracks} {args.preset} tracks (seed {TEST_SEED}), model {args.model}; the plate fills "
+    print(f"{args.tracks} {args.preset} tracks (seed {TEST_SEED}), model {args.model}, pad margin "
+          f"{args.pad_margin}; the plate fills "
           f"{np.percentile(fills, 5):.2f} / {np.median(fills):.2f} / {np.percentile(fills, 95):.2f} of the "
           "generated crops' width (p5 / median / p95)\n")
     truths = [GroundTruth.of_track(t) for t in tracks]

@@ -705,3 +705,12 @@ def test_a_txt_list_of_track_folders_is_a_tracks_argument(tmp_path):
     assert mentions(result.stderr, "2 of the 3 entries") and mentions(result.stderr, "not track folders")
     listing.write_text("# nothing\n")
     assert mentions(invoke("predict", listing, "--out", out).stderr, "lists no track folders")
+
+
+def test_predict_pads_tight_crops_on_request(tmp_path):
+    make_track(tmp_path / "tracks" / "track_00001", text=None, layout=None)
+    out = tmp_path / "p.txt"
+    assert_exit(invoke("predict", tmp_path / "tracks", "--out", out, "--pad-margin", "0.06"), 0)
+    assert out.read_text().startswith("track_00001,")
+    assert_failed(invoke("predict", tmp_path / "tracks", "--out", out, "--pad-margin", "0.9"))
+    assert_failed(invoke("predict", tmp_path / "tracks", "--out", out, "--pad-margin", "-0.1"))

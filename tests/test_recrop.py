@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ksrnet.recrop import MIN_CROP_PX, frame_quads, plate_box_crop, recrop_frames
+from ksrnet.infer import Reader
+from ksrnet.recrop import MIN_CROP_PX, frame_quads, pad_frame, plate_box_crop, recrop_frames
 from ksrnet.synth.dataset import SyntheticTrackDataset, generate_track
 from ksrnet.train_config import TrainConfig
 from ksrnet.training import RecognizerSamples
@@ -92,3 +93,27 @@ def test_bad_recrop_settings_are_refused(margin):
         TrainConfig.from_dict({"data": {"recrop_margin": margin}})
     with pytest.raises(ValueError, match="recrop_prob"):
         TrainConfig.from_dict({"data": {"recrop_prob": 1.5}})
+
+
+def test_pad_frame_replicates_the_edges():
+    frame = np.arange(17 * 48 * 3, dtype=np.uint8).reshape(17, 48, 3)
+    assert pad_frame(frame, 0.0) is frame
+    padded = pad_frame(frame, 0.0625)  # 3 px on every side of a 48 px frame
+    assert padded.shape == (23, 54, 3)
+    assert np.array_equal(padded[3:20, 3:51], frame)
+    assert np.array_equal(padded[0, 3:51], frame[0]) and np.array_equal(padded[10, 0], frame[7, 0])
+    assert pad_frame(frame, 0.001).shape == (19, 50, 3)  # at least one pixel
+    with pytest.raises(ValueError, match="pad margin"):
+        pad_frame(frame, -0.1)
+
+
+def test_reader_pads_every_frame_when_asked(micro_parseq, noise_tracks):
+    model = micro_parseq()
+    frames = [f for t in noise_tracks(2, 3) for f in t.lr]
+    padded = Reader(model, pad_margin=0.06).frame_outputs(frames)
+    by_hand = Reader(model).frame_outputs([pad_frame(f, 0.06) for f in frames])
+    plain = Reader(model).frame_outputs(frames)
+    assert torch.equal(padded[0], by_hand[0]) and torch.equal(padded[1], by_hand[1])
+    assert not torch.allclose(padded[0], plain[0])
+    with pytest.raises(ValueError, match="pad_margin"):
+        Reader(model, pad_margin=-0.01)

@@ -2,8 +2,9 @@
 
 Components of reading one batch of tracks: preprocessing (resize + normalise every frame), the
 network (encoder, then decoder: NAR + the configured refinement, or AR; timed apart for a PyTorch
-model, together for an ONNX graph, which is one call; in the reader's chunks of frames), and fusion + syntax-constrained decoding per
-track. Each figure is the best of `repeats` passes after a warm-up pass.
+model, together for an ONNX graph, which is one call; in the reader's chunks of frames), and
+fusion + syntax-constrained decoding per track. Each figure is the best of `repeats` passes after a
+warm-up pass.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from ksrnet.cli_console import (check_output_path, console, err_console, fail, f
 from ksrnet.cli_readers import (
     CALIBRATION_HELP,
     ENSEMBLE_HELP,
+    PAD_MARGIN_HELP,
     RESTORATION_MODEL_HELP,
     TTA_HELP,
     TTA_VIEWS_HELP,
@@ -27,6 +28,7 @@ from ksrnet.cli_readers import (
     parse_tta_views,
     read_track_batches,
     restoration_model,
+    set_pad_margin,
     temperatures_for,
 )
 
@@ -428,6 +430,7 @@ def predict(
                                                    help="Abstain below this (calibrated) confidence: the reading "
                                                    "is written empty, i.e. illegible, with confidence 0 (an empty "
                                                    "reading is never the plate); --details keeps the guess."),
+    pad_margin: float = typer.Option(0.0, "--pad-margin", min=0.0, max=0.5, help=PAD_MARGIN_HELP),
 ) -> None:
     """Read every track and write predictions.txt (track_id,TEXT;confidence).
 
@@ -452,6 +455,7 @@ def predict(
     paths = discover_or_fail(tracks)
     check_submittable_ids(paths)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
+    set_pad_margin(reader, pad_margin)
     preds, extra, readings, failures, abstained = [], [], [], [], 0
     for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):
         good = [t for _, t in batch if not isinstance(t, Exception)]
@@ -585,6 +589,7 @@ def eval_cmd(
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    pad_margin: float = typer.Option(0.0, "--pad-margin", min=0.0, max=0.5, help=PAD_MARGIN_HELP),
 ) -> None:
     """RR, CER, confidence gap and ECE per fusion rule and frame count on an annotated folder.
 
@@ -597,7 +602,7 @@ def eval_cmd(
 
     if ablation:
         # The ablation rows fix their own frames and fusions and read with torch: these would be ignored.
-        refuse_given(ctx, ("fusions", "frame_counts", "backend"), "do not apply to --ablation")
+        refuse_given(ctx, ("fusions", "frame_counts", "backend", "pad_margin"), "do not apply to --ablation")
         _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
                   parse_tta_views(tta, tta_views), ensemble, as_json, calibration)
         return
@@ -613,6 +618,7 @@ def eval_cmd(
     views = parse_tta_views(tta, tta_views)
     paths = scorable_paths_or_fail(tracks)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
+    set_pad_margin(reader, pad_margin)
     # TrackReadings by (rule, F), then track id: scored as Readings, their per-character probabilities kept
     truths, full, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
     unlabelled = 0
@@ -1217,6 +1223,7 @@ def report(
     mode: str = typer.Option("nar", "--decode", help="nar (parallel + refinement) or ar (autoregressive)."),
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
+    pad_margin: float = typer.Option(0.0, "--pad-margin", min=0.0, max=0.5, help=PAD_MARGIN_HELP),
 ) -> None:
     """Write an HTML reading report for analysts: per track, the reading with each character's
     probability and alternatives, every frame with what it reads alone, and which model and
@@ -1241,6 +1248,7 @@ def report(
     if target.exists() and any(p.resolve() in target.parents for p in paths):
         fail(f"--out {out} is a file of the track {target.parent}: the report would replace the evidence it shows")
     reader = make_readers(model, device, mode, views, ensemble, "torch", calibration)
+    set_pad_margin(reader, pad_margin)
     members = ensemble_members(list(model or [None]), getattr(reader, "readers", [reader]), "torch")
     reports, unreadable = [], []
     for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):

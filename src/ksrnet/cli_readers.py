@@ -59,6 +59,11 @@ TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scal
 RESTORATION_MODEL_HELP = ("KSR-Net weights (a train-ksrnet run dir or ksrnet.safetensors) read each track as "
                           "one restored image; mflpr2:RUN reads it through the MF-LPR²-style fusion built on "
                           "that run's flow estimator and recognizer.")
+PAD_MARGIN_HELP = ("Pad every frame with its own edge pixels by this share of its width on each side before "
+                   "reading: for plates cropped tight, or cut into (by hand, or by a tight detector box). The "
+                   "model expects the plate inside a margin, as in LRLPR-26 crops; on such frames leave it at 0 "
+                   "(padding costs them about 5 points). 0.06 gave tight crops back their RR "
+                   "(benchmarks/RESULTS.md, \"Tight crops\").")
 ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
                  "of their readings).")
 
@@ -244,3 +249,17 @@ def discover_or_fail(tracks: Path):
         return discover_tracks(tracks)
     except DatasetError as exc:
         fail(str(exc))
+
+
+def set_pad_margin(reader, margin: float) -> None:
+    """--pad-margin on a reader, or on each member of an ensemble; restoration models refuse it."""
+    if not margin:
+        return
+    from ksrnet.restoration_reader import RestorationReader
+
+    members = getattr(reader, "readers", [reader])
+    if any(isinstance(r, RestorationReader) for r in members):
+        fail("--pad-margin pads the frames a recognizer reads one by one; a restoration model reads a track on "
+             "its own grid: leave it out with KSR-Net or MF-LPR²")
+    for r in members:
+        r.pad_margin = margin

@@ -14,6 +14,7 @@ from ksrnet.models.inference import inference_copy
 from ksrnet.models.parseq import Parseq
 from ksrnet.plates import CHARSET, LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
+from ksrnet.recrop import pad_frame
 from ksrnet.tta import check_views, make_view, vote
 
 
@@ -142,13 +143,16 @@ def default_batch_frames(device: torch.device, pytorch: bool = True) -> int:
 class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
                  refine_iters: int | None = None, batch_frames: int | None = None,
-                 temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None):
+                 temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None,
+                 pad_margin: float = 0.0):
         """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
         calibration temperature dividing the per-frame logits for the readings' probabilities
         (ksrnet.calibration; never the readings themselves, see baselines.fuse; rules without one
         use 1). tta_views: read every frame under these views (ksrnet.tta.VIEWS) and vote; None =
         the frame as it is. With views, the "tta:" temperatures are used where present, else the
-        plain ones (pick_calibration; reader_temperatures drops "tta:" ones fitted for other views)."""
+        plain ones (pick_calibration; reader_temperatures drops "tta:" ones fitted for other views).
+        pad_margin: pad every frame with its edge pixels by this share of its width per side before
+        reading (ksrnet.recrop.pad_frame), for frames cropped tight to the plate; 0 = as they are."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
         self.tta_views = check_views(tta_views) if tta_views else None
@@ -161,6 +165,9 @@ class Reader:
         if batch_frames is not None and batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
         self.batch_frames = batch_frames or default_batch_frames(self.device, isinstance(model, torch.nn.Module))
+        if pad_margin < 0:
+            raise ValueError(f"pad_margin must be >= 0, got {pad_margin}")
+        self.pad_margin = pad_margin
         self.masks = torch.from_numpy(layout_masks())
 
     @property
@@ -181,6 +188,8 @@ class Reader:
         return vote(torch.stack([c for c, _ in per_view]), torch.stack([l for _, l in per_view]), self.tta_views)
 
     def _model_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pad_margin:
+            frames = [pad_frame(f, self.pad_margin) for f in frames]
         images = frames_to_tensor(frames, self.height, self.width)
         chars, layouts = [], []
         for start in range(0, images.shape[0], self.batch_frames):

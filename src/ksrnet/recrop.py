@@ -5,7 +5,8 @@ detector with tight boxes, or an analyst cropping by hand, gives crops the recog
 training. The shipped stage V read a hard track's frames cut to the plate's own box 7 points worse at
 F=5, and with the plate's edge cut by 2 % of its width it read 45 % instead of 79 %, with four times
 as many wrong readings at >= 0.9 (benchmarks/RESULTS.md, "Tight crops"). Training re-crops some
-tracks this way (`DataConfig.recrop_prob`), and `benchmarks/crop_margin.py` measures reading by margin.
+tracks this way (`DataConfig.recrop_prob`), `benchmarks/crop_margin.py` measures reading by margin,
+and `pad_frame` (`ksrnet predict --pad-margin`) gives a tight crop back the margin the reader expects.
 
 The margin is a fraction of the plate's width, added on every side (so the same number of pixels
 above and below as left and right); a negative margin cuts into the plate.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 MIN_CROP_PX = 4  # a re-crop smaller than this on either side keeps the frame as it was
@@ -58,3 +60,15 @@ def recrop_frames(frames: Sequence[np.ndarray], quads: Sequence[np.ndarray], rng
     ``margin_range`` (a detector's box differs from frame to frame)."""
     lo, hi = margin_range
     return [plate_box_crop(f, q, float(rng.uniform(lo, hi))) for f, q in zip(frames, quads)]
+
+
+def pad_frame(frame: np.ndarray, margin: float) -> np.ndarray:
+    """``frame`` inside a border of its own edge pixels, ``margin`` x its width on every side (at
+    least one pixel): what a reader that expects the plate inside a margin needs from a crop cut
+    tight to the plate, or into it. ``margin`` 0 returns the frame itself."""
+    if margin < 0:
+        raise ValueError(f"pad margin must be >= 0, got {margin}")
+    if margin == 0:
+        return frame
+    pad = max(1, int(round(margin * frame.shape[1])))
+    return cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
