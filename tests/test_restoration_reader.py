@@ -162,3 +162,11 @@ def test_a_logit_ensemble_refuses_to_mix_restoration_and_recognizer_models(saved
                                  "--out", str(tmp_path / "p.txt")])
     assert result.exit_code == 0, result.stdout
     assert len((tmp_path / "p.txt").read_text().splitlines()) == 3
+
+
+def test_pad_margin_is_refused_for_a_restoration_model(saved_ksrnet, synth_tracks, tmp_path):
+    result = runner.invoke(app, ["predict", str(synth_tracks), "--model", str(saved_ksrnet.parent),
+                                 "--out", str(tmp_path / "p.txt"), "--pad-margin", "0.06"])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "--pad-margin" in " ".join(result.output.split()) or "--pad-margin" in " ".join(result.stderr.split())
+    assert not (tmp_path / "p.txt").exists()
