@@ -53,7 +53,8 @@ def parse_tta_views(tta: bool, views: Optional[str]):
 
 TTA_HELP = ("Test-time augmentation: average the log-probabilities of identity, zoom 0.9/1.1 and gamma 0.8/1.2 "
             "views of every frame (the flip hurt this model; add it with --tta-views).")
-TTA_VIEWS_HELP = "Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2 (implies --tta)."
+TTA_VIEWS_HELP = ("Comma-separated TTA views from identity, hflip, scale0.9, scale1.1, gamma0.8, gamma1.2, pad0.06 "
+                  "(implies --tta). identity,pad0.06 suits crops of unknown tightness (see --pad-margin).")
 
 
 RESTORATION_MODEL_HELP = ("KSR-Net weights (a train-ksrnet run dir or ksrnet.safetensors) read each track as "
