@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_readers import read_in_batches  # noqa: E402
 
 from ksrnet.cli_readers import make_reader  # noqa: E402
-from ksrnet.metrics import CONFIDENT, GroundTruth, Reading, score  # noqa: E402
+from ksrnet.metrics import GroundTruth, Reading, score  # noqa: E402
 from ksrnet.recrop import plate_box_crop  # noqa: E402
 from ksrnet.synth.dataset import generate_track  # noqa: E402
 
@@ -76,9 +76,8 @@ def main() -> None:
         for frames in FRAME_COUNTS:
             read = read_in_batches(reader, cropped, "product", frames)
             s = score(truths, {r.track_id: Reading(r.track_id, r.text, r.confidence) for r in read}).overall
-            sure_wrong = sum(r.confidence >= CONFIDENT and r.text != t.text for r, t in zip(read, tracks))
-            row[f"F{frames}"] = {"rr": s.recognition_rate, "cer": s.cer, "sure_wrong": sure_wrong}
-            cells.append(f"{100 * s.recognition_rate:.1f} | {100 * s.cer:.1f} | {sure_wrong}")
+            row[f"F{frames}"] = {"rr": s.recognition_rate, "cer": s.cer, "sure_wrong": s.confident_wrong}
+            cells.append(f"{100 * s.recognition_rate:.1f} | {100 * s.cer:.1f} | {s.confident_wrong}")
         label = "as generated" if margin is None else f"plate box {100 * margin:+.0f} %"
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
         out["rows"].append(row)

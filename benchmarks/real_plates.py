@@ -114,13 +114,14 @@ def clean_reads(reader, plates: list) -> dict[str, list[dict]]:
     blur), never our degradations: as cropped (the twin's plate fills its image), and inside a
     grey margin, as the generator's crops hold a plate (the readers never saw a plate that fills its
     frame: ksrnet.recrop)."""
+    renders = [generate_track(REAL_PLATE_SEED, j * 1000, preset="easy", layout=infer_layout(text),
+                              text=text).canonical_hr for j, (_, text, _) in enumerate(plates)]
     out = {}
     for variant, frame in (("as cropped", lambda im: im), ("with margin", with_margin)):
         tracks = []
-        for j, (name, text, image) in enumerate(plates):
-            rendered = generate_track(REAL_PLATE_SEED, j * 1000, preset="easy", layout=infer_layout(text), text=text)
+        for (name, _, image), rendered in zip(plates, renders):
             tracks += [SimpleNamespace(track_id=f"{name}|real", lr=[frame(image)]),
-                       SimpleNamespace(track_id=f"{name}|twin", lr=[frame(rendered.canonical_hr)])]
+                       SimpleNamespace(track_id=f"{name}|twin", lr=[frame(rendered)])]
         read = reader.read(tracks, ["product"])["product"]
         out[variant] = [{"plate": name, "text": text, "real": read[2 * j].text,
                          "real_confidence": read[2 * j].confidence, "twin": read[2 * j + 1].text,
