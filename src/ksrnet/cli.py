@@ -905,19 +905,18 @@ def export_cmd(
     fast = inference_copy(net)  # what `ksrnet predict` reads through with the PyTorch backend
     # Each backend in the network calls `ksrnet predict` makes on this CPU (infer.default_batch_frames).
     cpu = torch.device("cpu")
-    chunks = {"pytorch": images.split(default_batch_frames(cpu, pytorch=True)),
-              "onnxruntime": images.split(default_batch_frames(cpu, pytorch=False))}
+    sizes = {"pytorch": default_batch_frames(cpu, pytorch=True),
+             "onnxruntime": default_batch_frames(cpu, pytorch=False)}
     for name, run in (("pytorch", lambda c: fast(c, mode="nar", refine_iters=runtime.refine_iters)),
                       ("onnxruntime", runtime)):
         with torch.inference_mode():
             for _ in range(2):  # the first pass warms up
                 start = time.perf_counter()
-                for chunk in chunks[name]:
+                for chunk in images.split(sizes[name]):
                     run(chunk)
                 timings[name] = images.shape[0] / (time.perf_counter() - start)
-    console.print(f"speed, {images.shape[0]} frames, {torch.get_num_threads()} threads, calls of <= "
-                  f"{default_batch_frames(cpu, True)} (pytorch) / {default_batch_frames(cpu, False)} (onnxruntime) "
-                  "frames: " + ", ".join(f"{k} {v:.0f} frames/s" for k, v in timings.items()))
+    console.print(f"speed, {images.shape[0]} frames, {torch.get_num_threads()} threads: " +
+                  ", ".join(f"{k} {v:.0f} frames/s in calls of <= {sizes[k]} frames" for k, v in timings.items()))
     if parity.readings_differ:
         fail(f"{parity.readings_differ} of {parity.frames} readings differ between PyTorch and ONNX", code=1)
 

@@ -62,9 +62,10 @@ RESTORATION_MODEL_HELP = ("KSR-Net weights (a train-ksrnet run dir or ksrnet.saf
                           "that run's flow estimator and recognizer.")
 PAD_MARGIN_HELP = ("Pad every frame with its own edge pixels by this share of its width on each side before "
                    "reading: for plates cropped tight, or cut into (by hand, or by a tight detector box). The "
-                   "model expects the plate inside a margin, as in LRLPR-26 crops; on such frames leave it at 0 "
-                   "(padding costs them about 5 points). 0.06 gave tight crops back their RR "
-                   "(benchmarks/RESULTS.md, \"Tight crops\").")
+                   "model expects the plate inside a margin, as in LRLPR-26 crops; on such frames leave it at 0. "
+                   "Measured with stage V, the model shipped before: 0.06 gave tight crops back their RR and cost "
+                   "normal crops about 5 points. The shipped stage X reads tight crops nearly as well without it; "
+                   "with it, not yet measured (benchmarks/RESULTS.md, \"Tight crops\", \"Stages X and Y\").")
 ENSEMBLE_HELP = ("With several --model: logit (average their per-frame log-probabilities) or vote (majority "
                  "of their readings).")
 

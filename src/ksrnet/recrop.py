@@ -2,7 +2,7 @@
 
 The generator crops the way the LRLPR-26 crops look: the plate fills 80-95 % of the crop's width. A
 detector with tight boxes, or an analyst cropping by hand, gives crops the recognizer never saw in
-training. The shipped stage V read a hard track's frames cut to the plate's own box 7 points worse at
+training. Stage V (shipped in sessions 17-18) read a hard track's frames cut to the plate's own box 7 points worse at
 F=5, and with the plate's edge cut by 2 % of its width it read 44 % instead of 78 %, with four times
 as many wrong readings at >= 0.9 (benchmarks/RESULTS.md, "Tight crops"). Training re-crops some
 tracks this way (`DataConfig.recrop_prob`), `benchmarks/crop_margin.py` measures reading by margin,
