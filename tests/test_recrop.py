@@ -117,3 +117,7 @@ def test_reader_pads_every_frame_when_asked(micro_parseq, noise_tracks):
     assert not torch.allclose(padded[0], plain[0])
     with pytest.raises(ValueError, match="pad_margin"):
         Reader(model, pad_margin=-0.01)
+    reader = Reader(model)
+    with pytest.raises(ValueError, match="pad_margin"):
+        reader.pad_margin = 0.7  # set after construction, as the CLI does: checked all the same
+    assert reader.pad_margin == 0

@@ -152,7 +152,7 @@ class Reader:
         the frame as it is. With views, the "tta:" temperatures are used where present, else the
         plain ones (pick_calibration; reader_temperatures drops "tta:" ones fitted for other views).
         pad_margin: pad every frame with its edge pixels by this share of its width per side before
-        reading (ksrnet.recrop.pad_frame), for frames cropped tight to the plate; 0 = as they are."""
+        reading (ksrnet.recrop.pad_frame; 0 to 0.5), for frames cropped tight to the plate; 0 = as they are."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
         self.tta_views = check_views(tta_views) if tta_views else None
@@ -165,10 +165,19 @@ class Reader:
         if batch_frames is not None and batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
         self.batch_frames = batch_frames or default_batch_frames(self.device, isinstance(model, torch.nn.Module))
-        if pad_margin < 0:
-            raise ValueError(f"pad_margin must be >= 0, got {pad_margin}")
         self.pad_margin = pad_margin
         self.masks = torch.from_numpy(layout_masks())
+
+    @property
+    def pad_margin(self) -> float:
+        return self._pad_margin
+
+    @pad_margin.setter
+    def pad_margin(self, margin: float) -> None:
+        # A setter, not a check in __init__ alone: the CLI sets the margin on readers it has built.
+        if not 0 <= margin <= 0.5:
+            raise ValueError(f"pad_margin must be in [0, 0.5], got {margin}")
+        self._pad_margin = margin
 
     @property
     def height(self) -> int:
