@@ -14,7 +14,11 @@ recognizer, keeps every frame's logits, and decodes them under several fusion ru
   probabilities), and the last k frames only;
 - with --ksrnet RUN: KSR-Net's single restored-plate reading added to the product with weight w.
 
-Usage: python benchmarks/fusion_probe.py [--tracks 3000] [--ksrnet runs/ksr-cpu-final-f --ksr-tracks 1500]
+- with --every-reference besides: the track restored onto each of its frames in turn (that frame
+  swapped into the middle slot KSR-Net restores onto), and the product of those readings.
+
+Usage: python benchmarks/fusion_probe.py [--tracks 3000] [--ksrnet runs/ksr-cpu-final-f --ksr-tracks 1500
+       [--every-reference]]
 (one thread; ~1 min per 1,000 tracks for the recognizer, ~3 min per 1,000 for KSR-Net on this CPU)
 """
 
@@ -105,21 +109,51 @@ def confusions(chars: torch.Tensor, layouts: torch.Tensor, texts: list[str], top
             "most frequent (truth -> read): " + ", ".join(f"{t}->{c} {n}" for (t, c), n in pairs.most_common(top)))
 
 
-def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: list[str]) -> list[tuple[str, float]]:
+def with_reference(track, k: int):
+    """The track with frame k swapped into the middle slot, the one KSR-Net restores onto."""
+    import dataclasses
+
+    lr = list(track.lr)
+    mid = len(lr) // 2
+    lr[k], lr[mid] = lr[mid], lr[k]
+    return dataclasses.replace(track, lr=lr)
+
+
+def restored_log_probs(reader, n: int, reference: int | None = None):
+    """Per-layout log-probs (N, L, 7, C), (N, L) of KSR-Net's restored plate for the first n dev tracks,
+    restored onto its own reference frame (None) or onto frame `reference`."""
+    chars, layouts = [], []
+    for start in range(0, n, 50):
+        tracks = hard_tracks(start, min(n, start + 50))
+        if reference is not None:
+            tracks = [with_reference(t, reference) for t in tracks]
+        _, c, l = reader.restore_and_read(tracks)
+        chars.append(c)
+        layouts.append(l)
+    return layout_log_probs(torch.cat(chars), torch.cat(layouts), _MASKS)
+
+
+def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: list[str],
+                every_reference: bool = False) -> list[tuple[str, float]]:
     from ksrnet.restoration_reader import load_restoration_reader
 
     reader, _ = load_restoration_reader(path)
-    sr_chars, sr_layouts = [], []
-    for start in range(0, len(texts), 50):
-        _, c, l = reader.restore_and_read(hard_tracks(start, min(len(texts), start + 50)))
-        sr_chars.append(c)
-        sr_layouts.append(l)
-    slp, sllp = layout_log_probs(torch.cat(sr_chars), torch.cat(sr_layouts), _MASKS)
+    slp, sllp = restored_log_probs(reader, len(texts))
     lp, llp = per_frame_log_probs(chars, layouts)
     rr = lambda a, b: recognition_rate(a, b, texts)  # noqa: E731
     rows = [("product of the frames (same tracks)", rr(lp.sum(1), llp.sum(1))), ("KSR-Net restored plate alone", rr(slp, sllp))]
     for w in (0.5, 1.0, 2.0, 3.0, 5.0):
         rows.append((f"product + {w} x restored plate", rr(lp.sum(1) + w * slp, llp.sum(1) + w * sllp)))
+    if every_reference:
+        # One restored plate per frame as the reference: do five restorations, each keeping its own
+        # reference frame's detail, carry evidence that one restoration loses?
+        refs = [restored_log_probs(reader, len(texts), k) for k in range(chars.shape[1])]
+        for k, (a, b) in enumerate(refs):
+            rows.append((f"KSR-Net restored onto frame {k + 1}", rr(a, b)))
+        rlp, rllp = sum(a for a, _ in refs), sum(b for _, b in refs)
+        rows.append(("product of the restored plates of every reference", rr(rlp, rllp)))
+        for w in (0.5, 1.0):
+            rows.append((f"product of the frames + {w} x that", rr(lp.sum(1) + w * rlp, llp.sum(1) + w * rllp)))
     return rows
 
 
@@ -135,6 +169,8 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=3000)
     ap.add_argument("--ksrnet", default=None, help="KSR-Net run or weights whose restored reading to add")
     ap.add_argument("--ksr-tracks", type=int, default=1500, help="the first N dev tracks for the KSR-Net rows")
+    ap.add_argument("--every-reference", action="store_true",
+                    help="with --ksrnet: also restore each track onto every frame in turn and fuse those readings (5x KSR-Net's time)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.tracks < 1 or not 1 <= args.ksr_tracks <= args.tracks:
@@ -158,7 +194,7 @@ def main() -> None:
     if args.ksrnet:
         n = args.ksr_tracks
         print_table(f"adding KSR-Net's reading ({args.ksrnet}), first {n} dev tracks",
-                    ksrnet_rows(args.ksrnet, chars[:n], layouts[:n], texts[:n]))
+                    ksrnet_rows(args.ksrnet, chars[:n], layouts[:n], texts[:n], args.every_reference))
 
 
 if __name__ == "__main__":
