@@ -29,6 +29,7 @@ import math
 from collections import Counter
 
 import torch
+from compare_readers import mcnemar_exact  # the same directory: run from benchmarks/
 
 from ksrnet.infer import Reader
 from ksrnet.models.parseq import decode_constrained, layout_log_probs
@@ -53,10 +54,14 @@ def per_frame_log_probs(char_logits: torch.Tensor, layout_logits: torch.Tensor, 
     return lp.unflatten(0, (n, f)), llp.unflatten(0, (n, f))
 
 
-def recognition_rate(per_layout: torch.Tensor, layout: torch.Tensor, texts: list[str]) -> float:
+def right_tracks(per_layout: torch.Tensor, layout: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """(N,) bool: which tracks the constrained reading gets whole."""
     r = decode_constrained(per_layout, layout)
-    right = sum(_TOKENIZER.decode(tuple(int(x) for x in row)) == t for row, t in zip(r.indices, texts))
-    return 100.0 * right / len(texts)
+    return torch.tensor([_TOKENIZER.decode(tuple(int(x) for x in row)) == t for row, t in zip(r.indices, texts)])
+
+
+def recognition_rate(per_layout: torch.Tensor, layout: torch.Tensor, texts: list[str]) -> float:
+    return 100.0 * right_tracks(per_layout, layout, texts).float().mean().item()
 
 
 def weighted(lp: torch.Tensor, llp: torch.Tensor, w: torch.Tensor):
@@ -140,27 +145,38 @@ def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: li
     reader, _ = load_restoration_reader(path)
     slp, sllp = restored_log_probs(reader, len(texts))
     lp, llp = per_frame_log_probs(chars, layouts)
-    rr = lambda a, b: recognition_rate(a, b, texts)  # noqa: E731
-    rows = [("product of the frames (same tracks)", rr(lp.sum(1), llp.sum(1))), ("KSR-Net restored plate alone", rr(slp, sllp))]
+    product = right_tracks(lp.sum(1), llp.sum(1), texts)
+
+    def row(name: str, a: torch.Tensor, b: torch.Tensor) -> tuple[str, float, str]:
+        # Paired against the product of the frames: only the tracks the two read differently count.
+        ok = right_tracks(a, b, texts)
+        only_it, only_product = int((ok & ~product).sum()), int((product & ~ok).sum())
+        return name, 100.0 * ok.float().mean().item(), f"{only_it} / {only_product} ({mcnemar_exact(only_it, only_product):.2g})"
+
+    rows = [row("product of the frames (same tracks)", lp.sum(1), llp.sum(1)), row("KSR-Net restored plate alone", slp, sllp)]
     for w in (0.5, 1.0, 2.0, 3.0, 5.0):
-        rows.append((f"product + {w} x restored plate", rr(lp.sum(1) + w * slp, llp.sum(1) + w * sllp)))
+        rows.append(row(f"product + {w} x restored plate", lp.sum(1) + w * slp, llp.sum(1) + w * sllp))
     if every_reference:
         # One restored plate per frame as the reference: do five restorations, each keeping its own
         # reference frame's detail, carry evidence that one restoration loses?
         refs = [restored_log_probs(reader, len(texts), k) for k in range(chars.shape[1])]
         for k, (a, b) in enumerate(refs):
-            rows.append((f"KSR-Net restored onto frame {k + 1}", rr(a, b)))
+            rows.append(row(f"KSR-Net restored onto frame {k + 1}", a, b))
         rlp, rllp = sum(a for a, _ in refs), sum(b for _, b in refs)
-        rows.append(("product of the restored plates of every reference", rr(rlp, rllp)))
+        rows.append(row("product of the restored plates of every reference", rlp, rllp))
         for w in (0.5, 1.0):
-            rows.append((f"product of the frames + {w} x that", rr(lp.sum(1) + w * rlp, llp.sum(1) + w * rllp)))
+            rows.append(row(f"product of the frames + {w} x that", lp.sum(1) + w * rlp, llp.sum(1) + w * rllp))
     return rows
 
 
-def print_table(title: str, rows: list[tuple[str, float]]) -> None:
-    print(f"\n**{title}**\n\n| rule | RR % |\n| --- | --- |")
-    for name, value in rows:
-        print(f"| {name} | {value:.2f} |")
+def print_table(title: str, rows: list[tuple]) -> None:
+    """Rows (rule, RR %) or (rule, RR %, paired counts against the product)."""
+    paired = any(len(r) == 3 for r in rows)
+    head = "| rule | RR % | only it / only the product right (McNemar p) |\n| --- | --- | --- |" if paired else \
+        "| rule | RR % |\n| --- | --- |"
+    print(f"\n**{title}**\n\n{head}")
+    for name, value, *extra in rows:
+        print(f"| {name} | {value:.2f} |" + (f" {extra[0]} |" if extra else ""))
 
 
 def main() -> None:
