@@ -25,6 +25,7 @@ Usage: python benchmarks/fusion_probe.py [--tracks 3000] [--ksrnet runs/ksr-cpu-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections import Counter
 
@@ -116,8 +117,6 @@ def confusions(chars: torch.Tensor, layouts: torch.Tensor, texts: list[str], top
 
 def with_reference(track, k: int):
     """The track with frame k swapped into the middle slot, the one KSR-Net restores onto."""
-    import dataclasses
-
     lr = list(track.lr)
     mid = len(lr) // 2
     lr[k], lr[mid] = lr[mid], lr[k]
@@ -139,7 +138,7 @@ def restored_log_probs(reader, n: int, reference: int | None = None):
 
 
 def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: list[str],
-                every_reference: bool = False) -> list[tuple[str, float]]:
+                every_reference: bool = False) -> list[tuple[str, float, str]]:
     from ksrnet.restoration_reader import load_restoration_reader
 
     reader, _ = load_restoration_reader(path)
