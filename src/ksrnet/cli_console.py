@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-console = Console()
+# Width of results written to a file or a pipe (a log, CI). Rich would cut them to 80 columns there,
+# leaving tables with headers like "track…"; a terminal keeps its own width, and COLUMNS still rules.
+PIPED_WIDTH = 160
+
+
+def results_width() -> int | None:
+    """PIPED_WIDTH where stdout is not a terminal and COLUMNS is unset; None (rich's own choice) otherwise."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    piped = not (isatty and isatty()) and "COLUMNS" not in os.environ
+    return PIPED_WIDTH if piped else None
+
+
+def results_console() -> Console:
+    return Console(width=results_width())
+
+
+console = results_console()
 err_console = Console(stderr=True)
 
 
