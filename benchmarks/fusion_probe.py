@@ -123,15 +123,14 @@ def with_reference(track, k: int):
     return dataclasses.replace(track, lr=lr)
 
 
-def restored_log_probs(reader, n: int, reference: int | None = None):
-    """Per-layout log-probs (N, L, 7, C), (N, L) of KSR-Net's restored plate for the first n dev tracks,
-    restored onto its own reference frame (None) or onto frame `reference`."""
+def restored_log_probs(reader, tracks: list, reference: int | None = None):
+    """Per-layout log-probs (N, L, 7, C), (N, L) of KSR-Net's restored plate for each track, restored
+    onto its own reference frame (None) or onto frame `reference`."""
+    if reference is not None:
+        tracks = [with_reference(t, reference) for t in tracks]
     chars, layouts = [], []
-    for start in range(0, n, 50):
-        tracks = hard_tracks(start, min(n, start + 50))
-        if reference is not None:
-            tracks = [with_reference(t, reference) for t in tracks]
-        _, c, l = reader.restore_and_read(tracks)
+    for start in range(0, len(tracks), 50):
+        _, c, l = reader.restore_and_read(tracks[start:start + 50])
         chars.append(c)
         layouts.append(l)
     return layout_log_probs(torch.cat(chars), torch.cat(layouts), _MASKS)
@@ -142,7 +141,8 @@ def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: li
     from ksrnet.restoration_reader import load_restoration_reader
 
     reader, _ = load_restoration_reader(path)
-    slp, sllp = restored_log_probs(reader, len(texts))
+    tracks = hard_tracks(0, len(texts))  # generated once for every restoration below
+    slp, sllp = restored_log_probs(reader, tracks)
     lp, llp = per_frame_log_probs(chars, layouts)
     product = right_tracks(lp.sum(1), llp.sum(1), texts)
 
@@ -158,7 +158,7 @@ def ksrnet_rows(path: str, chars: torch.Tensor, layouts: torch.Tensor, texts: li
     if every_reference:
         # One restored plate per frame as the reference: do five restorations, each keeping its own
         # reference frame's detail, carry evidence that one restoration loses?
-        refs = [restored_log_probs(reader, len(texts), k) for k in range(chars.shape[1])]
+        refs = [restored_log_probs(reader, tracks, k) for k in range(chars.shape[1])]
         for k, (a, b) in enumerate(refs):
             rows.append(row(f"KSR-Net restored onto frame {k + 1}", a, b))
         rlp, rllp = sum(a for a, _ in refs), sum(b for _, b in refs)
