@@ -21,11 +21,7 @@ def results_width() -> int | None:
     return PIPED_WIDTH if piped else None
 
 
-def results_console() -> Console:
-    return Console(width=results_width())
-
-
-console = results_console()
+console = Console(width=results_width())
 err_console = Console(stderr=True)
 
 
