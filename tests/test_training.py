@@ -971,6 +971,24 @@ def test_data_echo_trains_every_track_echo_times_spread_over_batches():
     assert max(held) <= 2 * 64 and min(held[:8000]) >= 32
 
 
+def test_workers_send_uint8_frames_that_the_module_scales_to_what_the_readers_see():
+    """A float batch of 128 tracks is 31 MB for a data worker to fill and hand over; uint8 is a
+    quarter of it. The network must still get the values inference gives it (frames_to_tensor)."""
+    from ksrnet.preprocess import frames_to_tensor
+    from ksrnet.synth.dataset import SyntheticTrackDataset
+
+    config = TrainConfig.from_dict(MICRO)
+    tracks = list(SyntheticTrackDataset(3, seed=5, preset="hard"))
+    samples = training.RecognizerSamples(tracks, config, random_frames=False)
+    batch = training.collate_tracks([samples.sample(t) for t in tracks])
+    assert batch[0].dtype == torch.uint8
+    module = training.RecognizerModule(config)
+    frames, targets, layouts, counts = module.on_after_batch_transfer(batch, 0)
+    m = config.model
+    assert torch.equal(frames, torch.cat([frames_to_tensor(list(t.lr), m.img_h, m.img_w) for t in tracks]))
+    assert torch.equal(targets, batch[1]) and torch.equal(layouts, batch[2]) and torch.equal(counts, batch[3])
+
+
 def test_data_echo_copies_draw_their_own_frames_and_off_changes_nothing():
     config = TrainConfig.from_dict(micro(data={"frames_per_track": 2}))
     tracks = _echo_tracks(40)

@@ -18,7 +18,7 @@ from ksrnet.infer import select_frames
 from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_config, layout_log_probs, decode_constrained, sample_permutations
 from ksrnet.plates import LAYOUTS, Tokenizer, layout_masks
-from ksrnet.preprocess import frames_to_tensor
+from ksrnet.preprocess import frames_to_uint8_tensor, unit_range
 from ksrnet.recrop import frame_quads, recrop_frames
 from ksrnet.train_config import TrainConfig, check_resumable, check_schedule_kept
 from ksrnet.track_dataset import ResumableEpoch, per_rank_count
@@ -76,8 +76,11 @@ class RecognizerSamples(IterableDataset):
         return chosen
 
     def sample(self, track, copy: int = 0):
+        """(frames, targets, layout index); the frames uint8, scaled by the module once the batch is
+        on its device (RecognizerModule.on_after_batch_transfer): a float batch of 128 tracks was
+        31 MB for every worker to fill and hand over, a uint8 one is 8 MB."""
         return (
-            frames_to_tensor(self.frames_of(track, copy), self.height, self.width),
+            frames_to_uint8_tensor(self.frames_of(track, copy), self.height, self.width),
             torch.tensor(self.tokenizer.encode(track.text), dtype=torch.long),
             LAYOUTS.index(track.layout),
         )
@@ -273,6 +276,10 @@ class RecognizerModule(WallClockLR, L.LightningModule):
         self.ctc_head = nn.Linear(config.model.embed_dim, config.model.num_classes + 1) \
             if config.optim.ctc_loss_weight > 0 else None
         self._val = []
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        frames, *rest = batch
+        return (unit_range(frames), *rest)
 
     def training_step(self, batch, batch_idx):
         frames, targets, layouts, counts = batch

@@ -1,0 +1,68 @@
+"""Samples per second that the recognizer's training data pipeline delivers, per data worker.
+
+On the lent H100 the data workers, not the GPU, set the training's pace (benchmarks/RESULTS.md,
+"Stage Z"), so what one worker delivers decides how many steps a lease buys. This runs a config's
+own pipeline (synthetic tracks, frame choice, re-cropping, echo, resize, collate, and the hand-over
+from the worker process) through a DataLoader with `--workers` workers, skips the first batches
+while the glyph caches fill, and times the next ones. `--float` makes the samples as they were
+before session 21 (float32 in [-1, 1] in the worker, four times the bytes) for an A/B comparison.
+
+Usage: python benchmarks/loader_throughput.py [--config configs/parseq-tiny-gpu-grow6b.yaml]
+       [--workers 1] [--warmup 12] [--batches 24] [--float] [--seed 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from ksrnet.plates import LAYOUTS
+from ksrnet.preprocess import frames_to_tensor
+from ksrnet.synth.dataset import SyntheticTrackDataset
+from ksrnet.train_config import TrainConfig
+from ksrnet.training import RecognizerSamples, collate_tracks
+
+
+class FloatSamples(RecognizerSamples):
+    """Samples as the workers made them before session 21: float32 frames in [-1, 1]."""
+
+    def sample(self, track, copy: int = 0):
+        return (frames_to_tensor(self.frames_of(track, copy), self.height, self.width),
+                torch.tensor(self.tokenizer.encode(track.text), dtype=torch.long), LAYOUTS.index(track.layout))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/parseq-tiny-gpu-grow6b.yaml")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=12, help="batches skipped while caches fill")
+    ap.add_argument("--batches", type=int, default=24, help="batches timed")
+    ap.add_argument("--float", action="store_true", help="float32 samples, as before session 21")
+    ap.add_argument("--seed", type=int, default=11, help="data seed (not a training run's)")
+    args = ap.parse_args()
+    if args.workers < 1:
+        ap.error("--workers must be >= 1: the hand-over from a worker process is part of what is timed")
+    config = TrainConfig.load(args.config)
+    d, batch = config.data, config.trainer.batch_tracks
+    tracks = SyntheticTrackDataset(batch * (args.warmup + args.batches + 2 * args.workers + 2),
+                                   seed=args.seed, preset=d.synth_preset)
+    samples = (FloatSamples if args.float else RecognizerSamples)(tracks, config, echo=d.echo,
+                                                                  echo_buffer=d.echo_buffer_tracks)
+    loader = iter(DataLoader(samples, batch_size=batch, collate_fn=collate_tracks, num_workers=args.workers))
+    for _ in range(args.warmup):
+        next(loader)
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        frames = next(loader)[0]
+    elapsed = time.perf_counter() - start
+    rate = args.batches * batch / elapsed
+    print(f"{args.config}: {frames.dtype} samples, echo {d.echo}, batches of {batch} tracks, {args.workers} "
+          f"worker(s): {rate:.0f} samples/s, {rate / args.workers:.0f} per worker "
+          f"({rate / d.echo / args.workers:.0f} generated tracks/s per worker)")
+
+
+if __name__ == "__main__":
+    main()
