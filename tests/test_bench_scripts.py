@@ -104,3 +104,30 @@ def test_compare_readers_reads_tta_prefixed_models_with_the_default_views():
     compare = _script("compare_readers")
     assert compare.reader_spec("parseq-tiny") == ("parseq-tiny", None)
     assert compare.reader_spec("tta:runs/x") == ("runs/x", DEFAULT_VIEWS)
+
+
+def test_refine_context_probe_shipped_row_is_the_readers_decoding_and_its_context_the_fused_reading():
+    from ksrnet.models.baselines import fuse_product
+    from ksrnet.models.parseq import Parseq, ParseqConfig
+    from ksrnet.plates import layout_masks
+
+    probe = _script("refine_context_probe")
+    torch.manual_seed(0)
+    model = Parseq(ParseqConfig.tiny(embed_dim=32, enc_depth=1, enc_heads=2, dec_heads=2, stem="patch")).eval()
+    images = torch.rand(6, 3, model.config.img_h, model.config.img_w) * 2 - 1
+    with torch.inference_mode():
+        rows, layouts = probe.decodings(model, images, tracks=2)  # two tracks of three frames
+        shipped = model(images, mode="nar", refine_iters=1)
+        assert torch.allclose(rows[probe.SHIPPED], shipped.char_logits, atol=1e-5)
+        assert torch.allclose(layouts, shipped.layout_logits, atol=1e-5)
+        # The context of a fused-context refinement: each track's product-fused reading, the one the
+        # Reader would give, for every frame of it.
+        nar = rows["nar (no refinement)"]
+        context = probe.fused_context(model, nar, layouts, tracks=2)
+        masks = torch.from_numpy(layout_masks())
+        for track in range(2):
+            frames = slice(3 * track, 3 * track + 3)
+            fused = fuse_product(nar[frames], layouts[frames], masks)
+            assert all(context[f].tolist() == list(fused.indices) for f in range(3 * track, 3 * track + 3))
+    assert set(rows) == {"nar (no refinement)", probe.SHIPPED, "own refine x2", "fused-context refine x1",
+                         "fused-context refine x2", "own refine, then fused-context refine"}
