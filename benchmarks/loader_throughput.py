@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/parseq-tiny-gpu-grow6b.yaml")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=12, help="batches skipped while caches fill")
+    ap.add_argument("--warmup", type=int, default=12, help="batches skipped while caches fill (and then each worker's two prefetched ones)")
     ap.add_argument("--batches", type=int, default=24, help="batches timed")
     ap.add_argument("--float", action="store_true", help="float32 samples, as before session 21")
     ap.add_argument("--seed", type=int, default=11, help="data seed (not a training run's)")
@@ -86,12 +86,17 @@ def main() -> None:
         ap.error("--workers must be >= 1: the hand-over from a worker process is part of what is timed")
     config = TrainConfig.load(args.config)
     d, batch = config.data, config.trainer.batch_tracks
-    tracks = SyntheticTrackDataset(batch * (args.warmup + args.batches + 2 * args.workers + 2),
+    # Lazy, so generous: a worker that ran out of tracks would empty its echo buffer without
+    # generating anything, and the rate would be inflated.
+    needed = batch * (args.warmup + args.batches + 2 * args.workers) // d.echo
+    tracks = SyntheticTrackDataset(2 * (needed + args.workers * (d.echo_buffer_tracks + batch)),
                                    seed=args.seed, preset=d.synth_preset)
     samples = (FloatSamples if args.float else RecognizerSamples)(tracks, config, echo=d.echo,
                                                                   echo_buffer=d.echo_buffer_tracks)
     loader = iter(DataLoader(samples, batch_size=batch, collate_fn=collate_tracks, num_workers=args.workers))
-    for _ in range(args.warmup):
+    # Each worker keeps two batches ready (the DataLoader's prefetch): skip those too, or the timer
+    # would count batches made before it started.
+    for _ in range(args.warmup + 2 * args.workers):
         next(loader)
     start = time.perf_counter()
     for _ in range(args.batches):

@@ -10,8 +10,17 @@ config=${1:-configs/parseq-tiny-gpu.yaml}
 limit=${2:-480}
 test_tracks=${3:-2000}
 source scripts/gpu_env.sh
-# The generator's speed on that machine's cores, when asked (THROUGHPUT=1): seconds of device time.
-[ "${THROUGHPUT:-0}" = 1 ] && python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
+# The generator's speed on that machine's cores, when asked (THROUGHPUT=1): about a minute of device
+# time. One worker, then as many as the config trains with: if each of those delivers much less
+# than the one alone, the cores (or their threads) are contended, not the code slow.
+if [ "${THROUGHPUT:-0}" = 1 ]; then
+  python3 benchmarks/synth_throughput.py --tracks 100 2>&1 | tail -1
+  workers=$(awk '/^[[:space:]]*num_workers:/ {print $2; exit}' "$config")
+  timeout 60 python3 benchmarks/loader_throughput.py --config "$config" --workers 1 2>&1 | tail -1
+  # Each worker's first batches wait for its echo buffer and glyph caches: skip two per worker.
+  [ -n "$workers" ] && [ "$workers" -gt 1 ] && timeout 60 python3 benchmarks/loader_throughput.py \
+    --config "$config" --workers "$workers" --warmup $(( 2 * workers )) --batches $(( 4 * workers )) 2>&1 | tail -1
+fi
 limit=$(training_limit "$limit" $(( test_tracks > 0 ? 130 : 30 ))) || exit 1
 echo "training limit: $limit s"
 # Lightning's max_minutes counts from the fit's start; start-up, the last validation and the export
