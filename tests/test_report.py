@@ -199,3 +199,34 @@ def test_report_cli_refuses_to_overwrite_a_frame(tmp_path):
     before = frame_file.read_bytes()
     result = runner.invoke(app, ["report", str(root), "--out", str(frame_file)])
     assert result.exit_code != 0 and frame_file.read_bytes() == before
+
+
+def test_what_reading_a_folder_had_to_fix_is_noted_in_the_report_and_on_the_console(tmp_path):
+    from PIL import Image
+
+    root = synth_tree(tmp_path)
+    frame_path = next(root.rglob("track_00002/lr-001.png"))
+    rgb = np.asarray(Image.open(frame_path).convert("RGB"))
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])).save(frame_path)  # RGBA now
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.stdout
+    note = "lr-001.png: RGBA image converted to RGB uint8 (alpha dropped)"
+    assert f"track_00002: {note}" in " ".join((result.stderr + result.stdout).split())
+    page = out.read_text()
+    section = page[page.index("<h2>track_00002</h2>"):]
+    assert f'<p class="notes">Input notes: {note}</p>' in section[:section.index("</section>")]
+    first = page[page.index("<h2>track_00001</h2>"):]
+    assert "Input notes" not in first[:first.index("</section>")]  # a clean track has none
+
+
+def test_console_notes_show_a_few_tracks_in_full_and_count_the_rest(capsys):
+    from ksrnet.cli_readers import TRACK_NOTES_SHOWN, note_track_warnings
+
+    tracks = [Track(f"track_{i:05d}", [], warnings=[f"lr-00{i % 9}.png: grayscale image converted to RGB uint8"])
+              for i in range(TRACK_NOTES_SHOWN + 3)]
+    note_track_warnings(tracks)
+    err = " ".join(capsys.readouterr().err.split())
+    assert all(f"track_{i:05d}" in err for i in range(TRACK_NOTES_SHOWN))
+    assert f"track_{TRACK_NOTES_SHOWN:05d}" not in err
+    assert "3 more track(s) with input notes like these: `ksrnet check-data TRACKS` lists them all" in err

@@ -9,18 +9,27 @@ from typing import List, Optional
 from ksrnet.cli_console import err_console, fail, progress_bar
 
 
+TRACK_NOTES_SHOWN = 5
+
+
 def read_track_batches(paths, batch_tracks: int, description: str, labels: str = "strict"):
     """Yield lists of (path, Track | TrackError) with a progress bar over all tracks. Only the LR
     frames are read: every reader reads those, so a broken HR frame must not make a track unreadable.
     labels: "strict" where the labels are needed (eval, calibrate), "lenient" where a plate is only
-    read (a bad annotations.json then costs the labels, not the reading; see tracks.read_track)."""
+    read (a bad annotations.json then costs the labels, not the reading; see tracks.read_track).
+    Once every batch is taken, what the readable tracks needed fixing (frames converted to RGB,
+    frame sizes far apart, files ignored: tracks.read_track's warnings) is noted, a few in full."""
     from ksrnet.tracks import iter_track_results
 
+    noted = []
     with progress_bar() as progress:
         task = progress.add_task(description, total=len(paths))
         batch = []
         for item in iter_track_results(paths, with_hr=False, labels=labels):
             batch.append(item)
+            track = item[1]
+            if getattr(track, "warnings", None):
+                noted.append(track)
             if len(batch) == batch_tracks:
                 yield batch
                 progress.advance(task, len(batch))
@@ -28,6 +37,19 @@ def read_track_batches(paths, batch_tracks: int, description: str, labels: str =
         if batch:
             yield batch
             progress.advance(task, len(batch))
+    note_track_warnings(noted)
+
+
+def note_track_warnings(tracks: list) -> None:
+    """One line per warning of the first few tracks that have any, then how many more there are."""
+    from rich.markup import escape
+
+    for track in tracks[:TRACK_NOTES_SHOWN]:
+        for warning in track.warnings:
+            err_console.print(f"[yellow]note:[/yellow] {escape(track.track_id)}: {escape(warning)}", soft_wrap=True)
+    if len(tracks) > TRACK_NOTES_SHOWN:
+        err_console.print(f"[yellow]note:[/yellow] {len(tracks) - TRACK_NOTES_SHOWN} more track(s) with input "
+                          "notes like these: `ksrnet check-data TRACKS` lists them all", soft_wrap=True)
 
 
 def check_fusions_and_mode(fusions: list[str], mode: str) -> None:

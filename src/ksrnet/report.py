@@ -43,6 +43,7 @@ class TrackReport:
     truth: str | None = None
     illegible: bool = False  # confidence below the report's threshold
     source: str | None = None  # the track's folder: two folders may share a track id
+    notes: tuple[str, ...] = ()  # what reading the folder had to fix (tracks.read_track's warnings)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
     evidence = frame_evidence(reader, tracks, logits, frame_count, names)
     return [TrackReport(track_id=t.track_id, reading=r, frames=e, truth=getattr(t, "text", None),
                         illegible=min_confidence is not None and r.confidence < min_confidence,
-                        source=None if getattr(t, "path", None) is None else str(t.path))
+                        source=None if getattr(t, "path", None) is None else str(t.path),
+                        notes=tuple(getattr(t, "warnings", None) or ()))
             for t, r, e in zip(tracks, fused, evidence)]
 
 
@@ -183,6 +185,7 @@ th { background: #f2f2f2; }
 .sure { background: #d9f2d9; } .doubtful { background: #fff0c2; } .weak { background: #f7c9c9; }
 .illegible { color: #a00; font-weight: bold; }
 .differs { background: #f7c9c9; }
+.notes { color: #8a5a00; }
 img.frame { image-rendering: pixelated; image-rendering: crisp-edges; height: 68px; border: 1px solid #999; }
 section { border-top: 2px solid #888; margin-top: 1.5em; padding-top: 0.5em; }
 .alt { color: #555; font-size: 0.85em; }
@@ -261,7 +264,11 @@ def _track_section(index: int, report: TrackReport, provenance: Provenance) -> s
     r = report.reading
     layout = f"{_esc(r.layout)}" if r.layout else "-"
     source = f"<p>folder <code>{_esc(report.source)}</code></p>" if report.source else ""
-    return (f'<section id="{_anchor(index)}"><h2>{_esc(report.track_id)}</h2>{source}'
+    # An analyst must see that the pixels read are not exactly the files' (converted to RGB, alpha
+    # dropped) or that something in the folder was left out.
+    notes = ("<p class=\"notes\">Input notes: " + "; ".join(_esc(n) for n in report.notes) + "</p>"
+             if report.notes else "")
+    return (f'<section id="{_anchor(index)}"><h2>{_esc(report.track_id)}</h2>{source}{notes}'
             f"<p>Reading: {_verdict(report, provenance.min_confidence)}, confidence {_confidence(r)} "
             f"(layout {layout}; {r.frames_used} frame{'s' if r.frames_used != 1 else ''} fused by "
             f"{_esc(provenance.fusion)})"
