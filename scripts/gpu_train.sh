@@ -52,6 +52,7 @@ fi
 cp "$run"/model.safetensors "$run"/model.json "$run"/config.yaml "$OUT"/ 2>/dev/null
 latest=$(ls -d "$run"/logs/version_* 2>/dev/null | sort -V | tail -1)  # a resumed run logs to version_1, ...
 [ -n "$latest" ] && cp "$latest/metrics.csv" "$OUT"/ 2>/dev/null
+[ -f "$OUT/metrics.csv" ] && python3 -m ksrnet.data_wait "$OUT/metrics.csv"
 tail -5 "$OUT/train.log"
 if [ -f "$run/model.safetensors" ] && [ "$test_tracks" -gt 0 ]; then
   timeout 90 python3 benchmarks/recognizer.py --model "$run" --tracks "$test_tracks" --device "$device" \

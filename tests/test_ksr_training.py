@@ -363,7 +363,11 @@ def test_all_stages_run_chain_and_freeze(tmp_path, recognizer_path):
         assert meta["kind"] == "ksrnet" and meta["stage"] == s and meta["global_step"] == 2
         ckpt = torch.load(run / f"stage-{s}" / "checkpoints" / "last.ckpt", weights_only=False)
         assert ckpt["global_step"] == 2
-        assert list((run / f"stage-{s}" / "logs").rglob("metrics.csv"))
+        logs = list((run / f"stage-{s}" / "logs").rglob("metrics.csv"))
+        header, *rows = logs[0].read_text().splitlines()
+        waits = [float(r[header.split(",").index("perf/data_wait")]) for r in (row.split(",") for row in rows)
+                 if r[header.split(",").index("perf/data_wait")]]
+        assert waits and all(0.0 <= w < 1.0 for w in waits)  # the share of wall time spent waiting for data
         assert list((run / f"stage-{s}" / "checkpoints").glob("best-*.ckpt"))  # validated and monitored
         expected = {"val/epe"} if s in ("1", "1b") else {"val/psnr", "val/rr"}
         assert set(meta["metrics"]) == expected and all(np.isfinite(v) for v in meta["metrics"].values())

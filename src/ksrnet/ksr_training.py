@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ksrnet.ksr_config import STAGES, KSRTrainConfig, StageConfig, stage_key
 from ksrnet.atomic_files import atomic_write
+from ksrnet.data_wait import DataWaitMeter
 from ksrnet.weights import KSRNET_WEIGHTS_NAME, load_ksrnet_state, resolve_ksrnet, save_ksrnet
 from ksrnet.losses import PerceptualLoss, charbonnier, gradient_profile_loss, semantic_loss
 from ksrnet.models.flow import (endpoint_error, forward_backward_consistency, photometric_loss,
@@ -555,7 +556,7 @@ def train_ksrnet(config: KSRTrainConfig, run_dir: str | Path, stage: str, *, res
 
     periodic = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False)
-    cbs: list[L.Callback] = [periodic, _EpochSetter(train_data), *callbacks]
+    cbs: list[L.Callback] = [periodic, _EpochSetter(train_data), DataWaitMeter(), *callbacks]
     if val_loader is not None:
         monitor, mode = {"1": ("val/epe", "min"), "1b": ("val/epe", "min"),
                          "2": ("val/psnr", "max"), "3": ("val/rr", "max")}[stage]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ksrnet.data_wait import DataWaitMeter
 from ksrnet.infer import select_frames
 from ksrnet.models.baselines import fuse_product
 from ksrnet.models.parseq import Parseq, ParseqConfig, adapt_to_config, layout_log_probs, decode_constrained, sample_permutations
@@ -523,7 +524,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = True, progress: 
         precision=_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip,
-        callbacks=[periodic, best, _EpochSetter(train_samples)],
+        callbacks=[periodic, best, _EpochSetter(train_samples), DataWaitMeter()],
         logger=CSVLogger(run_dir, name="logs"),
         default_root_dir=run_dir,
         enable_progress_bar=progress,
