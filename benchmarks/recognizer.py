@@ -95,6 +95,31 @@ def frame_agreement(reader: Reader, tracks, logits: list, rule: str = "product")
     return rows
 
 
+def typeface_rows(reader: Reader, tracks, logits_at: dict, rule: str = "product") -> list[dict]:
+    """RR by the face each plate is printed in (SynthTrack.typeface), from evaluate's logits: our
+    two plate faces (drawn after the real plates' faces) together, the package faces together, then
+    each family. The real plates' faces are not free, so the renderer prints most plates in package
+    faces, whose look-alikes (6/8, D/O) differ from the plates' own."""
+    from ksrnet.synth.fonts import plate_fonts
+
+    faces = {Path(f.path).name: f for f in plate_fonts()}
+    right = {c: [r.text == t.text for r, t in zip(reader.readings_from_logits(tracks, logits_at[c], [rule])[rule], tracks)]
+             for c in sorted(logits_at)}
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tracks):
+        face = faces.get((t.typeface or "").partition("@")[0])
+        if face is None:
+            continue
+        kind = "our plate faces" if face.source == "builtin" else f"{face.source} faces"
+        groups.setdefault(kind, []).append(i)
+        groups.setdefault(f"{face.family} ({face.source})", []).append(i)
+    rows = []
+    for name, members in sorted(groups.items(), key=lambda kv: (kv[0].endswith(")"), -len(kv[1]))):
+        rows.append({"typeface": name, "tracks": len(members),
+                     **{f"rr@{c}": float(np.mean([right[c][i] for i in members])) for c in right}})
+    return rows
+
+
 def speed(reader: Reader, tracks, batch: int, repeats: int = 3) -> float:
     reader.read(tracks[:batch], ["product"])  # warm-up
     best = float("inf")
@@ -162,6 +187,13 @@ def main() -> None:
         cells = [f"{100 * b['sure_error']:.2f} % of {b['sure_characters']}" if b["sure_error"] is not None else "-"
                  for b in synth[("product", c)][3]["sure_error_by_reading"]]
         print(f"| {c} | " + " | ".join(cells) + " |")
+    by_face = typeface_rows(reader, tracks, synth_logits)
+    print("\n**product RR by the face the plate is printed in**\n")
+    print("| typeface | tracks | " + " | ".join(f"F={c} RR %" for c in sorted(synth_logits)) + " |")
+    print("| --- | --- |" + " --- |" * len(synth_logits))
+    for row in by_face:
+        print(f"| {row['typeface']} | {row['tracks']} | "
+              + " | ".join(f"{100 * row[f'rr@{c}']:.1f}" for c in sorted(synth_logits)) + " |")
     agreement = [] if args.no_frame_agreement else frame_agreement(reader, tracks, synth_logits[5])
     if agreement:
         print("\n**characters of the product reading at F=5, by how many frames read them alone**\n")
@@ -171,7 +203,7 @@ def main() -> None:
         sure = f"{a['sure_characters']} / {100 * a['sure_error']:.2f}" if a["sure_error"] is not None else "0 / -"
         print(f"| {a['frames_agreeing']} of 5 | {a['characters']} | {100 * a['accuracy']:.1f} "
               f"| {100 * a['mean_probability']:.1f} | {sure} |")
-    out = {"temperatures": temperatures, "frame_agreement": agreement,
+    out = {"temperatures": temperatures, "frame_agreement": agreement, "by_typeface": by_face,
            "synthetic": {f"{k[0]}@{k[1]}": v[0].as_dict() | {"ece": v[1], "risk_coverage": v[2],
                                                              "character_calibration": v[3]}
                          for k, v in synth.items()}}

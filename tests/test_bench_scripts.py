@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 _BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -131,3 +132,25 @@ def test_refine_context_probe_shipped_row_is_the_readers_decoding_and_its_contex
             assert all(context[f].tolist() == list(fused.indices) for f in range(3 * track, 3 * track + 3))
     assert set(rows) == {"nar (no refinement)", probe.SHIPPED, "own refine x2", "fused-context refine x1",
                          "fused-context refine x2", "own refine, then fused-context refine"}
+
+
+def test_recognizer_typeface_rows_split_every_track_once_by_kind_and_once_by_family(micro_parseq):
+    from ksrnet.infer import Reader
+    from ksrnet.synth.dataset import generate_track
+
+    recognizer = _script("recognizer")
+    tracks = [generate_track(3, i, preset="easy", num_frames=2) for i in range(24)]
+    reader = Reader(micro_parseq())
+    logits = {c: reader.track_logits(tracks, c) for c in (1, 2)}
+    rows = recognizer.typeface_rows(reader, tracks, logits)
+    kinds = [r for r in rows if not r["typeface"].endswith(")")]
+    families = [r for r in rows if r["typeface"].endswith(")")]
+    assert {r["typeface"] for r in kinds} <= {"our plate faces", "package faces", "user faces", "system faces"}
+    assert sum(r["tracks"] for r in kinds) == sum(r["tracks"] for r in families) == len(tracks)
+    assert rows.index(kinds[-1]) < rows.index(families[0])  # the two kinds first
+    for row in rows:
+        assert 0.0 <= row["rr@1"] <= 1.0 and 0.0 <= row["rr@2"] <= 1.0
+    # An untrained reader: the RR of a group is that of its tracks read one by one.
+    read = reader.readings_from_logits(tracks, logits[2], ["product"])["product"]
+    everyone = sum(r.text == t.text for r, t in zip(read, tracks)) / len(tracks)
+    assert sum(r["rr@2"] * r["tracks"] for r in kinds) / len(tracks) == pytest.approx(everyone)

@@ -67,6 +67,22 @@ def test_another_text_on_the_same_track_changes_only_the_print(index):
         generate_track(3, index, preset="hard", text="AB?1234")
 
 
+def test_a_track_names_the_face_its_plate_is_printed_in():
+    from pathlib import Path
+
+    from ksrnet.synth.fonts import plate_fonts
+
+    files = {Path(f.path).name: f for f in plate_fonts()}
+    faces = [generate_track(3, i, preset="hard").typeface for i in range(40)]
+    for face in faces:
+        name, _, weight = face.partition("@")
+        assert name in files and (weight == "") == (not files[name].variable)
+    assert len(set(faces)) > 5  # drawn per plate
+    assert generate_track(3, 7, preset="hard").typeface == faces[7]  # from the track's own draws
+    photo = np.full((30, 100, 3), 128, np.uint8)
+    assert generate_track(3, 7, preset="hard", plate_image=photo).typeface is None  # a photo, not our print
+
+
 def test_a_photographed_plate_takes_the_rendered_ones_place_in_the_same_track():
     base = generate_track(3, 5, preset="easy")
     # A plate "photo" of another size: left half dark, right half light, so where it lands shows.

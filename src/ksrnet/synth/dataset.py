@@ -50,6 +50,9 @@ class SynthTrack:
     trajectory: object | None = None
     scenario: str = "Scenario-Synthetic"
     degradation: DegradationParams | None = None  # what the degradations drew for this track
+    # The face the plate is printed in: its font file's name, "@weight" for a variable font; None
+    # where a photograph took the rendered plate's place. Benchmarks break accuracy down by it.
+    typeface: str | None = None
 
     def flows_to_reference(self) -> list[np.ndarray]:
         return [flow_to_reference(self.trajectory, t) for t in range(len(self.lr))]
@@ -77,6 +80,7 @@ class UndegradedTrack:
     trajectory: object
     degradation: DegradationParams
     rng: np.random.Generator
+    typeface: str | None = None  # as SynthTrack.typeface
 
     def lr_frames(self) -> list[np.ndarray]:
         return make_lr_track(self.scene, self.trajectory, self.degradation, copy.deepcopy(self.rng))
@@ -86,7 +90,8 @@ class UndegradedTrack:
         return SynthTrack(
             track_id=f"track_{self.index + 1:05d}", lr=lr, text=self.text, layout=self.layout,
             canonical_hr=self.canonical_hr, corners=traj.corners.astype(np.float32), reference=traj.reference,
-            preset=self.preset, scene=self.scene, trajectory=traj, degradation=self.degradation)
+            preset=self.preset, scene=self.scene, trajectory=traj, degradation=self.degradation,
+            typeface=self.typeface)
 
 
 def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
@@ -104,15 +109,18 @@ def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: 
         raise ValueError(f"text {text!r} does not fit track {index}'s {layout.value} layout: " + "; ".join(problems))
     else:
         text = normalize_text(text)
-    plate = render_plate(text, sample_style(rng, layout), size=CANONICAL_SIZE)
+    style = sample_style(rng, layout)
+    plate = render_plate(text, style, size=CANONICAL_SIZE)
+    typeface = Path(style.font_path).name + ("" if style.font_weight is None else f"@{style.font_weight}")
     if plate_image is not None:
         plate = dataclasses.replace(plate, image=as_canonical_plate(plate_image))
+        typeface = None
     scene = render_scene(plate, rng)
     h, w = scene.image.shape[:2]
     traj = sample_trajectory(rng, (w, h), scene.plate_corners, num_frames, camera)
     params = sample_degradation(rng, preset, num_frames, codec=codec)
     return UndegradedTrack(index=index, text=text, layout=layout, preset=params.preset, canonical_hr=plate.image,
-                           scene=scene.image, trajectory=traj, degradation=params, rng=rng)
+                           scene=scene.image, trajectory=traj, degradation=params, rng=rng, typeface=typeface)
 
 
 def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
