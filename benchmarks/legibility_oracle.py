@@ -128,6 +128,15 @@ def confidence_table(rows: list[dict], readings: dict[int, list], rule: str = "m
     return "\n".join(lines)
 
 
+def _face_kind(typeface: str | None) -> str:
+    """"our plate faces" (drawn after the real plates' faces) or "<source> faces" (package, user...)."""
+    from ksrnet.synth.fonts import plate_fonts
+
+    sources = {Path(f.path).name: f.source for f in plate_fonts()}
+    source = sources.get((typeface or "").partition("@")[0], "unknown")
+    return "our plate faces" if source == "builtin" else f"{source} faces"
+
+
 def _conditions(track) -> dict[str, str]:
     """The track's group under each condition the condition table splits by."""
     d = track.degradation
@@ -140,6 +149,7 @@ def _conditions(track) -> dict[str, str]:
         "noise_a": "< 0.003" if d.noise_a < 0.003 else "0.003-0.0045" if d.noise_a < 0.0045 else ">= 0.0045",
         "motion blur length": "< 0.6 px" if motion < 0.6 else "0.6-1.2 px" if motion < 1.2 else ">= 1.2 px",
         "low light": str(d.low_light),
+        "typeface": _face_kind(track.typeface),
     }
 
 
