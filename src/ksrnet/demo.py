@@ -61,7 +61,9 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
     report = score(truths, {p.track_id: Reading(p.track_id, p.text, p.confidence) for p in preds})
     o = report.overall
     gap = f"{100 * o.confidence_gap:.1f}" if o.confidence_gap is not None else "-"
-    console.print(f"3/3 RR {100 * o.recognition_rate:.1f}%  CER {100 * o.cer:.1f}%  confidence gap {gap} points; "
+    right = sum(r.text == t.text for t, r in zip(tracks, readings))
+    console.print(f"3/3 scored: {right} of {len(tracks)} plates read whole, RR {100 * o.recognition_rate:.1f}%  "
+                  f"CER {100 * o.cer:.1f}%  confidence gap {gap} points; "
                   f"predictions in {predictions_path}")
     report_path = out / "report.html"
     provenance = Provenance(models=[{"model": DEFAULT_MODEL, "kind": "parseq", "sha256": file_sha256(resolve(None)),
