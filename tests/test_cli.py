@@ -500,6 +500,29 @@ def test_eval_says_how_many_unlabelled_tracks_it_left_out(good_tree, micro_model
     assert mentions(result.stderr, "1 readable track(s) without a plate_text left out"), result.stderr
 
 
+def test_eval_breaks_each_row_down_by_layout_and_scenario(good_tree, micro_model):
+    result = invoke("eval", good_tree / "train", "--model", micro_model, "--fusions", "product,logit_mean",
+                    "--frames", "1,3", "--json")
+    assert_exit(result, 0)
+    doc = json.loads(result.stdout)
+    result = invoke("eval", good_tree / "train", "--model", micro_model, "--fusions", "product,logit_mean",
+                    "--frames", "1,3")
+    assert_exit(result, 0)
+    out = " ".join(result.stdout.split())
+    assert "by layout and scenario, RR % / CER % / conf gap (pts)" in out
+    assert all(f"{name} ({n})" in out for name, n in
+               (("Brazilian", 2), ("Mercosur", 1), ("Scenario-A", 2), ("Scenario-B", 1)))
+    # Each cell holds the figures the JSON has for that group.
+    brazilian = doc["product@F=3"]["by_layout"]["Brazilian"]
+    cell = f"{100 * brazilian['recognition_rate']:.2f} / {100 * brazilian['cer']:.2f} / "
+    assert cell in out
+    # One layout and one scenario: nothing to break down, no second table.
+    result = invoke("eval", good_tree / "train" / "Scenario-A", "--model", micro_model, "--fusions", "product",
+                    "--frames", "1")
+    assert_exit(result, 0)
+    assert "by layout" not in result.stdout
+
+
 @pytest.mark.parametrize("ablation", [False, True])
 def test_eval_refuses_one_track_id_in_two_folders(tmp_path, micro_model, ablation):
     # Readings are keyed by track id: both folders would be scored against the one read last (a perfect

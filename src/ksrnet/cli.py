@@ -63,6 +63,32 @@ def print_report(report, title: str) -> None:
     console.print(table)
 
 
+def print_group_table(results: dict, title: str) -> None:
+    """RR % / CER % / confidence gap of each row of eval's table (fusion rule @ frame count) per
+    plate layout, and per scenario where the tracks come from more than one: a rule can trade one
+    layout for the other, which the overall figures hide."""
+    first = next(iter(results.values()))
+    groups = [("layout", k) for k in first.by_layout]
+    if len(first.by_scenario) > 1:
+        groups += [("scenario", k) for k in first.by_scenario]
+    if len(groups) < 2:
+        return
+    by = "layout and scenario" if any(kind == "scenario" for kind, _ in groups) else "layout"
+    table = Table(title=f"{title}: by {by}, RR % / CER % / conf gap (pts)")
+    table.add_column("fusion")
+    table.add_column("F", justify="right")
+    for kind, name in groups:
+        table.add_column(f"{name} ({getattr(first, f'by_{kind}')[name].tracks})", justify="right")
+    for key, report in results.items():
+        rule, _, frames = key.partition("@F=")
+        cells = []
+        for kind, name in groups:
+            g = getattr(report, f"by_{kind}")[name]
+            cells.append(f"{_fmt(g.recognition_rate)} / {_fmt(g.cer)} / {_fmt(g.confidence_gap)}")
+        table.add_row(rule, frames, *cells)
+    console.print(table)
+
+
 def annotated_truth(path: Path):
     """GroundTruth from a track's annotations.json (None when unlabelled); raises TrackError."""
     from ksrnet.metrics import GroundTruth
@@ -669,6 +695,7 @@ def eval_cmd(
     console.print(table)
     console.print("char ECE: each read character's probability against whether it is right; chars@>=0.9 wrong: "
                   "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
+    print_group_table(results, escape(str(tracks)))
     raw = [k for k, ok in calibrated.items() if not ok]
     if raw:
         err_console.print("[yellow]note:[/yellow] " + escape(
