@@ -7,6 +7,7 @@ Everything is micro (a 32-wide PARSeq of one block, a slimmed tiny KSR-Net, 2-4 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -364,9 +365,8 @@ def test_all_stages_run_chain_and_freeze(tmp_path, recognizer_path):
         ckpt = torch.load(run / f"stage-{s}" / "checkpoints" / "last.ckpt", weights_only=False)
         assert ckpt["global_step"] == 2
         logs = list((run / f"stage-{s}" / "logs").rglob("metrics.csv"))
-        header, *rows = logs[0].read_text().splitlines()
-        waits = [float(r[header.split(",").index("perf/data_wait")]) for r in (row.split(",") for row in rows)
-                 if r[header.split(",").index("perf/data_wait")]]
+        with logs[0].open(newline="") as f:
+            waits = [float(r["perf/data_wait"]) for r in csv.DictReader(f) if r.get("perf/data_wait")]
         assert waits and all(0.0 <= w < 1.0 for w in waits)  # the share of wall time spent waiting for data
         assert list((run / f"stage-{s}" / "checkpoints").glob("best-*.ckpt"))  # validated and monitored
         expected = {"val/epe"} if s in ("1", "1b") else {"val/psnr", "val/rr"}
