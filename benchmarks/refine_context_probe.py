@@ -40,18 +40,11 @@ FRAME_COUNTS = (5, 3, 1)
 SHIPPED = "own refine x1 (shipped)"
 
 
-def fused_context(model: Parseq, logits: torch.Tensor, layouts: torch.Tensor, tracks: int) -> torch.Tensor:
+def fused_context(logits: torch.Tensor, layouts: torch.Tensor, tracks: int) -> torch.Tensor:
     """Each track's product-fused, syntax-constrained reading (tracks, 7), repeated for its frames."""
     frames = logits.shape[0] // tracks
     lp, llp = per_frame_log_probs(logits.unflatten(0, (tracks, frames)), layouts.unflatten(0, (tracks, frames)))
     return decode_constrained(lp.sum(1), llp.sum(1)).indices.repeat_interleave(frames, 0)
-
-
-def refined(model: Parseq, memory_kv: list, tokens: torch.Tensor) -> torch.Tensor:
-    """One cloze refinement pass of every slot given `tokens` as the other slots' reading."""
-    slots = model.config.num_slots
-    content = model._content(tokens, tokens.shape[0], tokens.device)
-    return model._decode(model.pos_queries, content, memory_kv, model.cloze_mask, slice(0, slots))
 
 
 def decodings(model: Parseq, images: torch.Tensor, tracks: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -61,18 +54,18 @@ def decodings(model: Parseq, images: torch.Tensor, tracks: int) -> tuple[dict[st
     layouts = model.layout_logits_from_memory(memory)
     kv = model._memory_kv(memory)
     own = lambda logits: model._masked_argmax(logits, slice(0, slots))  # noqa: E731
-    fused = lambda logits: fused_context(model, logits, layouts, tracks)  # noqa: E731
-    nar = model._decode(model.pos_queries, model._content(None, images.shape[0], images.device), kv, None,
-                        slice(0, slots))
-    own1 = refined(model, kv, own(nar))
-    fused1 = refined(model, kv, fused(nar))
+    fused = lambda logits: fused_context(logits, layouts, tracks)  # noqa: E731
+    refined = lambda tokens: model._refined_logits(tokens, kv)  # noqa: E731
+    nar = model._nar_logits(kv, images.shape[0], images.device)
+    own1 = refined(own(nar))
+    fused1 = refined(fused(nar))
     return {
         "nar (no refinement)": nar,
         SHIPPED: own1,
-        "own refine x2": refined(model, kv, own(own1)),
+        "own refine x2": refined(own(own1)),
         "fused-context refine x1": fused1,
-        "fused-context refine x2": refined(model, kv, fused(fused1)),
-        "own refine, then fused-context refine": refined(model, kv, fused(own1)),
+        "fused-context refine x2": refined(fused(fused1)),
+        "own refine, then fused-context refine": refined(fused(own1)),
     }, layouts
 
 

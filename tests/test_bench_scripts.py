@@ -124,7 +124,7 @@ def test_refine_context_probe_shipped_row_is_the_readers_decoding_and_its_contex
         # The context of a fused-context refinement: each track's product-fused reading, the one the
         # Reader would give, for every frame of it.
         nar = rows["nar (no refinement)"]
-        context = probe.fused_context(model, nar, layouts, tracks=2)
+        context = probe.fused_context(nar, layouts, tracks=2)
         masks = torch.from_numpy(layout_masks())
         for track in range(2):
             frames = slice(3 * track, 3 * track + 3)

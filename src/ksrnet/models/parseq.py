@@ -638,9 +638,7 @@ class Parseq(nn.Module):
         b, s = memory.shape[0], self.config.num_slots
         memory_kv = self._memory_kv(memory)
         if mode == "nar":
-            # All queries at once against BOS alone: the row of a mask with only column 0 True.
-            logits = self._decode(self.pos_queries, self._content(None, b, memory.device), memory_kv, None,
-                                  slice(0, s))
+            logits = self._nar_logits(memory_kv, b, memory.device)
         else:
             # Left-to-right, one query per step; the content holds exactly the slots decoded so far,
             # which is row i of the identity-permutation mask, so no mask is needed.
@@ -654,10 +652,19 @@ class Parseq(nn.Module):
                 preds.append(self._masked_argmax(step, slice(i, i + 1)))
             logits = torch.cat(steps, dim=1)
         for _ in range(iters):
-            tokens = self._masked_argmax(logits, slice(0, s))
-            content = self._content(tokens, b, memory.device)
-            logits = self._decode(self.pos_queries, content, memory_kv, self.cloze_mask, slice(0, s))
+            logits = self._refined_logits(self._masked_argmax(logits, slice(0, s)), memory_kv)
         return logits
+
+    def _nar_logits(self, memory_kv: list[tuple[Tensor, Tensor]], batch: int, device: torch.device) -> Tensor:
+        """Every slot at once against BOS alone: the row of a mask with only column 0 True."""
+        return self._decode(self.pos_queries, self._content(None, batch, device), memory_kv, None,
+                            slice(0, self.config.num_slots))
+
+    def _refined_logits(self, tokens: Tensor, memory_kv: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """One refinement pass: every slot again, with the cloze mask, given ``tokens`` (B, slots) as
+        the reading of the other slots."""
+        content = self._content(tokens, tokens.shape[0], tokens.device)
+        return self._decode(self.pos_queries, content, memory_kv, self.cloze_mask, slice(0, self.config.num_slots))
 
     def forward(self, images: Tensor, *, mode: str = "nar", refine_iters: int | None = None) -> ParseqOutput:
         """Read ``images``: ``mode="ar"`` decodes greedily left to right feeding back the argmax
