@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recognizer import TEST_SEED  # noqa: E402
+from recognizer import TEST_SEED, face_kind, face_of  # noqa: E402
 
 import ksrnet.synth.degrade as degrade  # noqa: E402
 from ksrnet.plates import DIGITS, LETTERS  # noqa: E402
@@ -128,15 +128,6 @@ def confidence_table(rows: list[dict], readings: dict[int, list], rule: str = "m
     return "\n".join(lines)
 
 
-def _face_kind(typeface: str | None) -> str:
-    """"our plate faces" (drawn after the real plates' faces) or "<source> faces" (package, user...)."""
-    from ksrnet.synth.fonts import plate_fonts
-
-    sources = {Path(f.path).name: f.source for f in plate_fonts()}
-    source = sources.get((typeface or "").partition("@")[0], "unknown")
-    return "our plate faces" if source == "builtin" else f"{source} faces"
-
-
 def _conditions(track) -> dict[str, str]:
     """The track's group under each condition the condition table splits by."""
     d = track.degradation
@@ -149,7 +140,7 @@ def _conditions(track) -> dict[str, str]:
         "noise_a": "< 0.003" if d.noise_a < 0.003 else "0.003-0.0045" if d.noise_a < 0.0045 else ">= 0.0045",
         "motion blur length": "< 0.6 px" if motion < 0.6 else "0.6-1.2 px" if motion < 1.2 else ">= 1.2 px",
         "low light": str(d.low_light),
-        "typeface": _face_kind(track.typeface),
+        "typeface": face_kind(face_of(track.typeface)),
     }
 
 

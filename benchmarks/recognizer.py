@@ -8,6 +8,7 @@ The test tracks use a seed no training run uses (TEST_SEED), so they are never s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import time
@@ -95,23 +96,38 @@ def frame_agreement(reader: Reader, tracks, logits: list, rule: str = "product")
     return rows
 
 
+@functools.lru_cache(maxsize=1)
+def _faces_by_file() -> dict:
+    from ksrnet.synth.fonts import plate_fonts
+
+    return {Path(f.path).name: f for f in plate_fonts()}
+
+
+def face_of(typeface: str | None):
+    """The FontFace a SynthTrack.typeface names (its file name, "@weight" dropped); None if unknown."""
+    return _faces_by_file().get((typeface or "").partition("@")[0])
+
+
+def face_kind(face) -> str:
+    """"our plate faces" (drawn after the real plates' faces) or "<source> faces" (package, user...)."""
+    if face is None:
+        return "unknown faces"
+    return "our plate faces" if face.source == "builtin" else f"{face.source} faces"
+
+
 def typeface_rows(reader: Reader, tracks, logits_at: dict, rule: str = "product") -> list[dict]:
     """RR by the face each plate is printed in (SynthTrack.typeface), from evaluate's logits: our
     two plate faces (drawn after the real plates' faces) together, the package faces together, then
     each family. The real plates' faces are not free, so the renderer prints most plates in package
     faces, whose look-alikes (6/8, D/O) differ from the plates' own."""
-    from ksrnet.synth.fonts import plate_fonts
-
-    faces = {Path(f.path).name: f for f in plate_fonts()}
     right = {c: [r.text == t.text for r, t in zip(reader.readings_from_logits(tracks, logits_at[c], [rule])[rule], tracks)]
              for c in sorted(logits_at)}
     groups: dict[str, list[int]] = {}
     for i, t in enumerate(tracks):
-        face = faces.get((t.typeface or "").partition("@")[0])
+        face = face_of(t.typeface)
         if face is None:
             continue
-        kind = "our plate faces" if face.source == "builtin" else f"{face.source} faces"
-        groups.setdefault(kind, []).append(i)
+        groups.setdefault(face_kind(face), []).append(i)
         groups.setdefault(f"{face.family} ({face.source})", []).append(i)
     rows = []
     for name, members in sorted(groups.items(), key=lambda kv: (kv[0].endswith(")"), -len(kv[1]))):
