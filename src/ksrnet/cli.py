@@ -68,23 +68,22 @@ def print_group_table(results: dict, title: str) -> None:
     plate layout, and per scenario where the tracks come from more than one: a rule can trade one
     layout for the other, which the overall figures hide."""
     first = next(iter(results.values()))
-    groups = [("layout", k) for k in first.by_layout]
-    if len(first.by_scenario) > 1:
-        groups += [("scenario", k) for k in first.by_scenario]
+    with_scenarios = len(first.by_scenario) > 1
+    groups = [(name, lambda r, k=name: r.by_layout[k]) for name in first.by_layout]
+    if with_scenarios:
+        groups += [(name, lambda r, k=name: r.by_scenario[k]) for name in first.by_scenario]
     if len(groups) < 2:
         return
-    by = "layout and scenario" if any(kind == "scenario" for kind, _ in groups) else "layout"
+    by = "layout and scenario" if with_scenarios else "layout"
     table = Table(title=f"{title}: by {by}, RR % / CER % / conf gap (pts)")
     table.add_column("fusion")
     table.add_column("F", justify="right")
-    for kind, name in groups:
-        table.add_column(f"{name} ({getattr(first, f'by_{kind}')[name].tracks})", justify="right")
+    for name, group_of in groups:
+        table.add_column(f"{name} ({group_of(first).tracks})", justify="right")
     for key, report in results.items():
         rule, _, frames = key.partition("@F=")
-        cells = []
-        for kind, name in groups:
-            g = getattr(report, f"by_{kind}")[name]
-            cells.append(f"{_fmt(g.recognition_rate)} / {_fmt(g.cer)} / {_fmt(g.confidence_gap)}")
+        cells = [f"{_fmt(g.recognition_rate)} / {_fmt(g.cer)} / {_fmt(g.confidence_gap)}"
+                 for g in (group_of(report) for _, group_of in groups)]
         table.add_row(rule, frames, *cells)
     console.print(table)
 
