@@ -223,7 +223,7 @@ def test_what_reading_a_folder_had_to_fix_is_noted_in_the_report_and_on_the_cons
 def test_console_notes_show_a_few_tracks_in_full_and_count_the_rest(capsys):
     from ksrnet.cli_readers import TRACK_NOTES_SHOWN, note_track_warnings
 
-    tracks = [Track(f"track_{i:05d}", [], warnings=[f"lr-00{i % 9}.png: grayscale image converted to RGB uint8"])
+    tracks = [(f"track_{i:05d}", [f"lr-00{i % 9}.png: grayscale image converted to RGB uint8"])
               for i in range(TRACK_NOTES_SHOWN + 3)]
     note_track_warnings(tracks)
     err = " ".join(capsys.readouterr().err.split())

@@ -27,9 +27,9 @@ def read_track_batches(paths, batch_tracks: int, description: str, labels: str =
         batch = []
         for item in iter_track_results(paths, with_hr=False, labels=labels):
             batch.append(item)
-            track = item[1]
-            if getattr(track, "warnings", None):
-                noted.append(track)
+            warnings = getattr(item[1], "warnings", None)
+            if warnings:  # the id and the notes only: a batch's frames are not kept past it
+                noted.append((item[1].track_id, warnings))
             if len(batch) == batch_tracks:
                 yield batch
                 progress.advance(task, len(batch))
@@ -40,13 +40,13 @@ def read_track_batches(paths, batch_tracks: int, description: str, labels: str =
     note_track_warnings(noted)
 
 
-def note_track_warnings(tracks: list) -> None:
-    """One line per warning of the first few tracks that have any, then how many more there are."""
+def note_track_warnings(tracks: list[tuple[str, list[str]]]) -> None:
+    """One line per warning of the first few (track id, warnings) pairs, then how many more there are."""
     from rich.markup import escape
 
-    for track in tracks[:TRACK_NOTES_SHOWN]:
-        for warning in track.warnings:
-            err_console.print(f"[yellow]note:[/yellow] {escape(track.track_id)}: {escape(warning)}", soft_wrap=True)
+    for track_id, warnings in tracks[:TRACK_NOTES_SHOWN]:
+        for warning in warnings:
+            err_console.print(f"[yellow]note:[/yellow] {escape(track_id)}: {escape(warning)}", soft_wrap=True)
     if len(tracks) > TRACK_NOTES_SHOWN:
         err_console.print(f"[yellow]note:[/yellow] {len(tracks) - TRACK_NOTES_SHOWN} more track(s) with input "
                           "notes like these: `ksrnet check-data TRACKS` lists them all", soft_wrap=True)
