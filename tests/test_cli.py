@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from ksrnet.cli import app
 from ksrnet.submission import Prediction, write_predictions
+from conftest import MICRO_PARSEQ
 
 runner = CliRunner()
 
@@ -631,6 +632,66 @@ def test_calibrate_says_which_tracks_it_could_not_use(tmp_path, micro_model):
     assert mentions(result.stderr, "unreadable, not used: track_00011"), result.stderr
     assert mentions(result.stderr, "1 unlabelled track(s) not used")
     assert mentions(result.stdout, "10 of 12 tracks usable")
+
+
+def test_calibrate_fits_the_typicality_reference_beside_the_weights(micro_model):
+    from ksrnet.typicality import load_for, reference_path
+
+    base = ["calibrate", "--model", micro_model, "--synth", "40", "--fusions", "product"]
+    for skip in (["--dry-run"], ["--no-typicality"]):
+        assert_exit(invoke(*base, *skip), 0)
+        assert not reference_path(micro_model).exists()
+    result = invoke(*base)
+    assert_exit(result, 0)
+    assert mentions(result.stdout, "typicality reference saved in"), result.stdout
+    reference = load_for(micro_model)
+    assert reference.source.startswith("40 synthetic tracks") and sorted(reference.reference_scores) == [1, 2, 3, 4, 5]
+
+
+def test_calibrate_leaves_the_reference_alone_when_too_few_tracks_to_fit_it(micro_model):
+    from ksrnet.typicality import reference_path
+
+    result = invoke("calibrate", "--model", micro_model, "--synth", "10", "--fusions", "product")
+    assert_exit(result, 0)  # the temperatures are still fitted and saved
+    assert mentions(result.stderr, "no typicality reference fitted"), result.stderr
+    assert not reference_path(micro_model).exists()
+
+
+@pytest.fixture
+def flagging_model(micro_model):
+    """The micro model with a typicality reference under which every track is atypical (every
+    reference score 0), so that the commands' flags can be checked."""
+    from ksrnet.typicality import TypicalityReference, reference_path
+    features = 2 * MICRO_PARSEQ["embed_dim"]  # the tokens' mean and spread
+    TypicalityReference(np.zeros(features), np.eye(features),
+                        {n: np.zeros(20) for n in range(1, 6)}).save(reference_path(micro_model))
+    return micro_model
+
+
+def test_predict_eval_and_report_flag_atypical_tracks(good_tree, flagging_model, tmp_path):
+    details = tmp_path / "d.jsonl"
+    result = invoke("predict", good_tree, "--model", flagging_model, "--out", tmp_path / "p.txt", "--details", details)
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "4 of 4 tracks look unlike the tracks this model was calibrated on"), result.stderr
+    assert all(json.loads(line)["atypicality"] == 1.0 for line in details.read_text().splitlines())
+    result = invoke("eval", good_tree, "--model", flagging_model, "--fusions", "product", "--frames", "1")
+    assert_exit(result, 0)
+    assert mentions(result.stdout, "tracks like the calibration tracks and atypical ones"), result.stdout
+    assert mentions(result.stdout, "│product│1│-│3:"), result.stdout  # none typical, the 3 labelled ones atypical
+    page = tmp_path / "r.html"
+    result = invoke("report", good_tree, "--model", flagging_model, "--out", page)
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "the report marks them"), result.stderr
+    html = page.read_text()
+    assert "4 of 4 tracks are marked atypical input" in html and html.count("Atypical input: ") == 4
+
+
+def test_predict_says_nothing_of_typicality_without_a_reference(good_tree, micro_model, tmp_path):
+    details = tmp_path / "d.jsonl"
+    result = invoke("predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt", "--details", details)
+    assert_exit(result, 0)
+    assert not mentions(result.stderr, "calibrated on")
+    assert all(json.loads(line)["atypicality"] is None for line in details.read_text().splitlines())
 
 
 # ---------------------------------------------------------------------------------------------

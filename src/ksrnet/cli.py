@@ -88,6 +88,36 @@ def print_group_table(results: dict, title: str) -> None:
     console.print(table)
 
 
+def print_typicality_table(truths: list, full: dict, title: str) -> None:
+    """RR % and wrong readings at >= 0.9 of each row of eval's table on the tracks that look like
+    the model's calibration tracks and on those flagged atypical (ksrnet.typicality): whether the
+    flag picks out footage the confidences do not hold on. Nothing without flagged tracks."""
+    from ksrnet.metrics import Reading, score
+
+    rows = []
+    for (rule, c), rs in full.items():
+        groups = [[t for t in truths if t.track_id in rs and rs[t.track_id].atypical == flag] for flag in (False, True)]
+        if not groups[1]:
+            continue
+        cells = []
+        for group in groups:
+            if not group:
+                cells.append("-")
+                continue
+            s = score(group, {t.track_id: Reading(t.track_id, rs[t.track_id].text, rs[t.track_id].confidence)
+                              for t in group}).overall
+            cells.append(f"{len(group)}: {_fmt(s.recognition_rate)} / {s.confident_wrong}")
+        rows.append((rule, str(c), *cells))
+    if not rows:
+        return
+    table = Table(title=f"{title}: tracks like the calibration tracks and atypical ones, tracks: RR % / wrong@>=0.9")
+    for col in ("fusion", "F", "typical", "atypical"):
+        table.add_column(col, justify="left" if col == "fusion" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def annotated_truth(path: Path):
     """GroundTruth from a track's annotations.json (None when unlabelled); raises TrackError."""
     from ksrnet.metrics import GroundTruth
@@ -509,6 +539,26 @@ def predict(
     if min_confidence is not None:
         console.print(f"{abstained} of {len(extra)} readings below confidence {min_confidence} written as illegible")
     note_uncalibrated(readings, fusion, getattr(reader, "rule", None), min_confidence)
+    note_atypical(readings, "--details holds each track's atypicality")
+
+
+def note_atypical(readings: list, where: str) -> None:
+    """Tell the user how many tracks look unlike the tracks the model was calibrated on (TrackReading.
+    atypical, ksrnet.typicality): their confidences were never checked on such input. Nothing when
+    the reader has no typicality reference."""
+    from rich.markup import escape
+
+    from ksrnet.typicality import ATYPICAL
+
+    scored = [r for r in readings if r.atypicality is not None]
+    flagged = sum(r.atypical for r in scored)
+    if not flagged:
+        return
+    err_console.print("[yellow]note:[/yellow] " + escape(
+        f"{flagged} of {len(scored)} tracks look unlike the tracks this model was calibrated on (less typical than "
+        f"{ATYPICAL:.0%} of them, by its encoder's features): their confidences were never checked on such input "
+        f"and may run high ({where}); calibrate on annotated tracks of this footage (`ksrnet calibrate FOLDER`) "
+        "before relying on them"), soft_wrap=True, highlight=False)
 
 
 def note_uncalibrated(readings: list, fusion: str, ensemble_rule: Optional[str] = None,
@@ -695,6 +745,7 @@ def eval_cmd(
     console.print("char ECE: each read character's probability against whether it is right; chars@>=0.9 wrong: "
                   "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
     print_group_table(results, escape(str(tracks)))
+    print_typicality_table(truths, full, escape(str(tracks)))
     raw = [k for k, ok in calibrated.items() if not ok]
     if raw:
         err_console.print("[yellow]note:[/yellow] " + escape(
@@ -975,6 +1026,10 @@ def calibrate(
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON "
                                "(ensembles: write --out)."),
+    typicality: bool = typer.Option(True, "--typicality/--no-typicality", help="Also fit, on the same tracks, "
+                                    "the reference that predict, eval and report use to flag tracks unlike "
+                                    "them (one recognizer read with PyTorch; saved as MODEL.typicality."
+                                    "safetensors beside its weights, replacing the one there)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
     mode: str = typer.Option("nar", "--decode"),
@@ -995,12 +1050,20 @@ def calibrate(
     views) the plain ones. With several --model the ensemble is calibrated (--ensemble logit: a
     temperature on the averaged log-probabilities; vote: an isotonic map of the vote's confidence)
     into the file --out, which predict and eval apply with --calibration FILE.
+
+    A temperature holds on footage like the tracks it was fitted on. So the same tracks also give
+    the model a typicality reference (ksrnet/typicality.py): predict, eval and report then flag each
+    track whose recognizer features are unlike those of 99 % of them, where the confidence was never
+    checked. Calibrating on annotated tracks of your own footage refits both.
     """
     import torch
     from rich.markup import escape
 
+    import numpy as np
+
     from ksrnet.calibration import fit_confidence_map, fit_temperature
     from ksrnet.export_onnx import is_onnx_path
+    from ksrnet.infer import Reader
     from ksrnet.plates import layout_masks
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
@@ -1021,6 +1084,9 @@ def calibrate(
     if out is not None and write:
         check_output_path(out, "--out")
     reader = make_readers(models, device, mode, views, ensemble)
+    # Only a recognizer read by PyTorch has encoder features, and only one model owns a reference.
+    fit_typicality = typicality and write and type(reader) is Reader
+    track_features: list = []
     # The vote's confidence is not a softmax of logits: it is mapped as read. Everything else: logits.
     by_reading = len(models) > 1 and ensemble == "vote"
     logits = {c: [] for c in counts}
@@ -1042,6 +1108,10 @@ def calibrate(
             else:
                 logits[c] += reader.track_logits(chosen, c)
             texts_at[c].extend(t.text for t in chosen)
+        if fit_typicality:
+            flat = reader.frame_features([f for t in batch for f in t.lr]).numpy()
+            starts = np.cumsum([0] + [len(t.lr) for t in batch])
+            track_features.extend(flat[a:b] for a, b in zip(starts[:-1], starts[1:]))
         texts.extend(t.text for t in batch)
         seen_counts.update(len(t.lr) for t in batch)
 
@@ -1109,6 +1179,25 @@ def calibrate(
         _write_ensemble_calibration(out, reader, models, views, fits, source)
     else:
         _store_temperatures(models[0], views, fits, source, seen_counts)
+    if fit_typicality:
+        _store_typicality(models[0], track_features, source)
+
+
+def _store_typicality(model: Optional[str], track_features: list, source: str) -> None:
+    """Fit the typicality reference on the calibration tracks' features and save it beside the weights."""
+    from ksrnet.typicality import ATYPICAL, TypicalityError, fit_reference, reference_path
+    from ksrnet.weights import resolve
+
+    try:
+        reference = fit_reference(track_features, source)
+        path = reference.save(reference_path(resolve(model)), {"tracks": len(track_features)})
+    except TypicalityError as exc:
+        err_console.print(f"[yellow]note:[/yellow] no typicality reference fitted: {exc}", soft_wrap=True)
+        return
+    except OSError as exc:
+        fail(f"cannot write the typicality reference: {exc}")
+    console.print(f"typicality reference saved in {path}: predict, eval and report flag tracks less typical than "
+                  f"{ATYPICAL:.0%} of these (frame counts {', '.join(map(str, sorted(reference.reference_scores)))})")
 
 
 def note_doubtful_fits(fits: list) -> None:
@@ -1301,6 +1390,7 @@ def report(
     console.print(f"wrote {out}: {len(reports)} tracks read ({illegible} below {min_confidence} marked illegible)"
                   + (f", {len(unreadable)} unreadable" if unreadable else ""), markup=False, highlight=False)
     note_uncalibrated([r.reading for r in reports], fusion, getattr(reader, "rule", None), min_confidence)
+    note_atypical([r.reading for r in reports], "the report marks them")
 
 
 @app.command()

@@ -244,7 +244,8 @@ def restoration_model(model: Optional[str]) -> tuple[Optional[str], bool]:
 
 def make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     from ksrnet.infer import Reader
-    from ksrnet.weights import ModelLoadError, load_model
+    from ksrnet.typicality import load_for
+    from ksrnet.weights import ModelLoadError, load_model, resolve
 
     check_device(device)
     restoration, baseline = restoration_model(model)
@@ -260,7 +261,7 @@ def make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
     try:
         net, meta = load_model(model, device=device)
         reader = Reader(net, device=device, mode=mode, temperatures=temperatures_for(meta, model, tta_views),
-                        tta_views=tta_views)
+                        tta_views=tta_views, typicality=load_for(resolve(model)))
     except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
         fail(str(exc))
     return reader, meta

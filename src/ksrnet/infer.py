@@ -11,11 +11,12 @@ import torch
 
 from ksrnet.models.baselines import FUSIONS, fuse
 from ksrnet.models.inference import inference_copy
-from ksrnet.models.parseq import Parseq
+from ksrnet.models.parseq import Parseq, ParseqOutput
 from ksrnet.plates import CHARSET, LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.recrop import pad_frame
 from ksrnet.tta import check_views, make_view, vote
+from ksrnet.typicality import ATYPICAL, TypicalityReference, pooled_features
 
 
 @dataclass
@@ -32,6 +33,13 @@ class TrackReading:
     # whether a fitted calibration (a temperature, or an ensemble's confidence map) for this fusion
     # rule and frame count set the confidence; if not, it is the raw one, a rank and not a probability
     calibrated: bool = False
+    # share of the model's calibration tracks that look more typical than this one (ksrnet.typicality);
+    # None when the model has no typicality reference
+    atypicality: float | None = None
+
+    @property
+    def atypical(self) -> bool:
+        return self.atypicality is not None and self.atypicality >= ATYPICAL
 
 
 def select_frames(frames: Sequence, count: int | None) -> list:
@@ -144,7 +152,7 @@ class Reader:
     def __init__(self, model: Parseq, *, device: str | torch.device = "cpu", mode: str = "nar",
                  refine_iters: int | None = None, batch_frames: int | None = None,
                  temperatures: dict[str, float] | None = None, tta_views: Sequence[str] | None = None,
-                 pad_margin: float = 0.0):
+                 pad_margin: float = 0.0, typicality: TypicalityReference | None = None):
         """temperatures: per fusion rule (or "rule@F" for tracks of F frames; see pick_temperature), the
         calibration temperature dividing the per-frame logits for the readings' probabilities
         (ksrnet.calibration; never the readings themselves, see baselines.fuse; rules without one
@@ -152,9 +160,14 @@ class Reader:
         the frame as it is. With views, the "tta:" temperatures are used where present, else the
         plain ones (pick_calibration; reader_temperatures drops "tta:" ones fitted for other views).
         pad_margin: pad every frame with its edge pixels by this share of its width per side before
-        reading (ksrnet.recrop.pad_frame; 0 to 0.5), for frames cropped tight to the plate; 0 = as they are."""
+        reading (ksrnet.recrop.pad_frame; 0 to 0.5), for frames cropped tight to the plate; 0 = as they are.
+        typicality: the model's reference (ksrnet.typicality); each reading then carries its track's
+        atypicality, from the encoder pass the reading makes anyway. A PyTorch network only."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
+        if typicality is not None and not isinstance(model, Parseq):
+            raise ValueError("a typicality reference needs the PyTorch network: it reads the encoder's tokens")
+        self.typicality = typicality
         self.tta_views = check_views(tta_views) if tta_views else None
         self.temperatures = checked_temperatures(temperatures)
         # A PyTorch network is read through a faster copy (models/inference.py); an ONNX session as is.
@@ -188,32 +201,65 @@ class Reader:
         return self.model.config.img_w
 
     @torch.inference_mode()
-    def frame_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def frame_outputs(self, frames: list, features: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (char_logits (N, 7, C), layout_logits (N, L)) on the CPU for a list of frames; with
-        TTA, the views' voted log-probabilities in their place."""
+        TTA, the views' voted log-probabilities in their place. features: a list that receives the
+        frames' pooled encoder features (ksrnet.typicality), of the frames as they are, also with TTA."""
         if self.tta_views is None:
-            return self._model_outputs(frames)
-        per_view = [self._model_outputs([make_view(f, v) for f in frames]) for v in self.tta_views]
+            return self._model_outputs(frames, features)
+        plain = features if "identity" in self.tta_views else None
+        per_view = [self._model_outputs([make_view(f, v) for f in frames], plain if v == "identity" else None)
+                    for v in self.tta_views]
+        if features is not None and plain is None:
+            features.append(self.frame_features(frames))
         return vote(torch.stack([c for c, _ in per_view]), torch.stack([l for _, l in per_view]), self.tta_views)
 
-    def _model_outputs(self, frames: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def _images(self, frames: list) -> torch.Tensor:
         if self.pad_margin:
             frames = [pad_frame(f, self.pad_margin) for f in frames]
-        images = frames_to_tensor(frames, self.height, self.width)
+        return frames_to_tensor(frames, self.height, self.width)
+
+    def _model_outputs(self, frames: list, features: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self._images(frames)
         chars, layouts = [], []
         for start in range(0, images.shape[0], self.batch_frames):
-            out = self.model(images[start:start + self.batch_frames].to(self.device), mode=self.mode,
-                             refine_iters=self.refine_iters)
+            x = images[start:start + self.batch_frames].to(self.device)
+            if features is None:
+                out = self.model(x, mode=self.mode, refine_iters=self.refine_iters)
+            else:  # Parseq.forward's steps, keeping the encoder's memory for the features
+                memory = self.model.encode(x)
+                out = ParseqOutput(self.model.decode_memory(memory, mode=self.mode, refine_iters=self.refine_iters),
+                                   self.model.layout_logits_from_memory(memory))
+                features.append(pooled_features(memory).cpu())
             chars.append(out.char_logits.float().cpu())
             layouts.append(out.layout_logits.float().cpu())
         return torch.cat(chars), torch.cat(layouts)
+
+    @torch.inference_mode()
+    def frame_features(self, frames: list) -> torch.Tensor:
+        """Pooled encoder features ``(N, 2 x embed_dim)`` of frames as this reader sees them (padded
+        if it pads), with the encoder alone: what ksrnet.typicality fits and scores."""
+        if not isinstance(self.model, Parseq):
+            raise ValueError("frame features need the PyTorch network: an ONNX graph gives logits only")
+        images = self._images(frames)
+        return torch.cat([pooled_features(self.model.encode(images[s:s + self.batch_frames].to(self.device))).cpu()
+                          for s in range(0, images.shape[0], self.batch_frames)])
 
     def read(self, tracks: list, fusions: Iterable[str] = ("product",), frame_count: int | None = None,
              topk: int = 3) -> dict[str, list[TrackReading]]:
         """Read a batch of tracks (objects with .track_id and .lr) with each fusion rule."""
         fusions = _check_fusions(fusions)  # before the costly pass
-        return self.readings_from_logits(tracks, self.track_logits(tracks, frame_count), fusions, topk,
-                                         frames_used=self.frames_used(tracks, frame_count))
+        logits, atypicality = self.scored_track_logits(tracks, frame_count)
+        return self.readings_from_logits(tracks, logits, fusions, topk,
+                                         frames_used=self.frames_used(tracks, frame_count), atypicality=atypicality)
+
+    def scored_track_logits(self, tracks: list, frame_count: int | None = None) -> tuple[list, list[float] | None]:
+        """track_logits, and each track's atypicality (ksrnet.typicality) when the reader has a
+        typicality reference, else None; from the same network pass."""
+        if self.typicality is None:
+            return self.track_logits(tracks, frame_count), None
+        logits, features = self._track_outputs(tracks, frame_count, with_features=True)
+        return logits, [self.typicality.atypicality(f.numpy()) for f in features]
 
     def frames_used(self, tracks: list, frame_count: int | None) -> list[int] | None:
         """Frames behind each track's logits where that is not their row count (see
@@ -222,14 +268,17 @@ class Reader:
 
     def readings_from_logits(self, tracks: list, logits: list[tuple[torch.Tensor, torch.Tensor]],
                              fusions: Iterable[str] = ("product",), topk: int = 3,
-                             frames_used: Sequence[int] | None = None) -> dict[str, list[TrackReading]]:
+                             frames_used: Sequence[int] | None = None,
+                             atypicality: Sequence[float] | None = None) -> dict[str, list[TrackReading]]:
         """The fusion half of ``read``, for per-track logits already computed (``track_logits``).
         frames_used: frames behind each track's logits when that is not their row count (a
-        restoration model reads all its frames as one image); it picks the temperature."""
+        restoration model reads all its frames as one image); it picks the temperature.
+        atypicality: each track's (``scored_track_logits``), carried into its readings."""
         fusions = _check_fusions(fusions)
         results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
         counts = list(frames_used) if frames_used is not None else [c.shape[0] for c, _ in logits]
-        for track, (char_logits, layout_logits), n in zip(tracks, logits, counts):
+        scores = list(atypicality) if atypicality is not None else [None] * len(tracks)
+        for track, (char_logits, layout_logits), n, score in zip(tracks, logits, counts, scores):
             for rule in fusions:
                 fitted = pick_calibration(self.temperatures, rule, n, self.tta_views is not None)
                 t = 1.0 if fitted is None else float(fitted)  # as pick_temperature
@@ -244,22 +293,33 @@ class Reader:
                                   for ids, ps in zip(r.topk_indices, r.topk_probs)],
                     frames_used=n,
                     calibrated=fitted is not None,
+                    atypicality=score,
                 ))
         return results
 
     def track_logits(self, tracks: list, frame_count: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per track, the raw (char_logits (F, 7, C), layout_logits (F, L)) of its chosen frames,
         computed in one batched pass."""
+        return self._track_outputs(tracks, frame_count)[0]
+
+    def _track_outputs(self, tracks: list, frame_count: int | None,
+                       with_features: bool = False) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
+        """track_logits, and with_features each track's frames' pooled features (else [])."""
         chosen = [select_frames(t.lr, frame_count) for t in tracks]
         flat = [frame for frames in chosen for frame in frames]
         if not flat:
-            return []
-        char_logits, layout_logits = self.frame_outputs(flat)
-        out, start = [], 0
+            return [], []
+        features: list | None = [] if with_features else None
+        char_logits, layout_logits = self.frame_outputs(flat, features)
+        feats = torch.cat(features) if with_features else None
+        out, per_track, start = [], [], 0
         for frames in chosen:
-            out.append((char_logits[start:start + len(frames)], layout_logits[start:start + len(frames)]))
-            start += len(frames)
-        return out
+            end = start + len(frames)
+            out.append((char_logits[start:end], layout_logits[start:end]))
+            if feats is not None:
+                per_track.append(feats[start:end])
+            start = end
+        return out, per_track
 
 
 ENSEMBLE_RULES = ("logit", "vote")
@@ -289,6 +349,7 @@ class EnsembleReader(Reader):
         if calibration is not None and calibration.rule != rule:
             raise ValueError(f"this ensemble calibration was fitted for the {calibration.rule!r} rule, not {rule!r}")
         self.readers, self.rule, self.calibration = list(readers), rule, calibration
+        self.typicality = None  # each member's reference describes its own calibration tracks, not the ensemble's
         self.temperatures = checked_temperatures(calibration.temperatures if calibration else None)
         self.confidence_maps = dict(calibration.confidence_maps) if calibration else {}
         # The ensemble's own keys are plain: its calibration file records the TTA views it was fitted with.

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ksrnet.infer import TrackReading
+from ksrnet.typicality import ATYPICAL
 
 # Character probability bands of the report's colours (and of its words for them).
 SURE, DOUBTFUL = 0.9, 0.5
@@ -114,11 +115,11 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
     the evidence the report shows."""
     from ksrnet.infer import select_frames
 
-    logits = reader.track_logits(tracks, frame_count)
+    logits, atypicality = reader.scored_track_logits(tracks, frame_count)
     if getattr(reader, "rule", None) == "vote":  # each member fuses alone: not a fusion of these logits
         fused = reader.read(tracks, [fusion], frame_count=frame_count)[fusion]
     else:  # what reader.read does, without running the network a second time
-        fused = reader.readings_from_logits(tracks, logits, [fusion])[fusion]
+        fused = reader.readings_from_logits(tracks, logits, [fusion], atypicality=atypicality)[fusion]
     names = []
     for t in tracks:
         all_names = list(getattr(t, "lr_names", None) or [f"frame {i + 1}" for i in range(len(t.lr))])
@@ -204,7 +205,23 @@ def _confidence(reading: TrackReading) -> str:
     """The confidence as shown; one no fitted calibration set is marked, since it is a score that
     orders readings, not the probability the page says confidences are."""
     shown = _num(reading.confidence, 3)
-    return shown if reading.calibrated else f'{shown} <span class="illegible">uncalibrated</span>'
+    if not reading.calibrated:
+        shown += ' <span class="illegible">uncalibrated</span>'
+    if reading.atypical:
+        shown += ' <span class="illegible">atypical input</span>'
+    return shown
+
+
+def _typicality(reading: TrackReading) -> str:
+    """How the track's input compares with the tracks the model was calibrated on (ksrnet.typicality)."""
+    if reading.atypicality is None:
+        return ""
+    share = f"{100 * reading.atypicality:.1f} %"
+    if reading.atypical:
+        return (f'<p class="notes">Atypical input: this track looks less typical than {share} of the tracks the model '
+                "was calibrated on (by its recognizer's encoder features), so its confidence was never checked on input "
+                "like it and may be too high.</p>")
+    return f"<p>Typicality: less typical than {share} of the tracks the model was calibrated on.</p>"
 
 
 def _truth_cell(report: TrackReport) -> str:
@@ -273,7 +290,7 @@ def _track_section(index: int, report: TrackReport, provenance: Provenance) -> s
             f"(layout {layout}; {r.frames_used} frame{'s' if r.frames_used != 1 else ''} fused by "
             f"{_esc(provenance.fusion)})"
             + (f"; annotation {_truth_cell(report)}" if report.truth is not None else "") + "</p>"
-            + _characters(r, report.illegible) + _frames(report) + "</section>")
+            + _typicality(r) + _characters(r, report.illegible) + _frames(report) + "</section>")
 
 
 def _provenance(p: Provenance) -> str:
@@ -307,6 +324,12 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
                      "not probabilities" + ("" if provenance.min_confidence is None else
                                             ", and the threshold below does not mean for them what it says")
                      + ". Fit a calibration with `ksrnet calibrate`.")
+    atypical = [r for r in reports if r.reading.atypical]
+    if atypical:
+        lines.append(f"{len(atypical)} of {len(reports)} tracks are marked atypical input: they look less typical than "
+                     f"{ATYPICAL:.0%} of the tracks the model was calibrated on, so their confidences were never checked "
+                     "on input like them and may be too high. Calibrating on annotated tracks of this footage "
+                     "(`ksrnet calibrate FOLDER`) refits both the confidences and this check.")
     explain = (
         "The confidence of a reading is the model's calibrated probability that all seven characters are right. "
         f"Character colours: green at least {SURE:g}, yellow at least {DOUBTFUL:g}, red below: a red character "
