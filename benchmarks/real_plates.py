@@ -48,6 +48,7 @@ from ksrnet.metrics import CONFIDENT, GroundTruth, Reading, score  # noqa: E402
 from ksrnet.plates import infer_layout  # noqa: E402
 from ksrnet.synth.contact_sheet import frame_rows  # noqa: E402
 from ksrnet.synth.dataset import as_canonical_plate, generate_track  # noqa: E402
+from ksrnet.typicality import ATYPICAL  # noqa: E402
 
 REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-samples"
 HR_FOLDERS = ("rodosol_hr", "pairs")
@@ -157,7 +158,33 @@ def figures(tracks: list, readings: list) -> dict:
         "sure_readings": sum(c >= CONFIDENT for c in conf), "sure_wrong": scores.confident_wrong,
         "sure_characters": chars["sure_characters"], "sure_characters_wrong": chars["sure_wrong"],
         "correct": right, "confidence": conf, "readings": [r.text for r in readings],
+        "atypicality": [r.atypicality for r in readings],
     }
+
+
+def auroc(negatives: list[float], positives: list[float]) -> float:
+    """P(a positive scores above a negative), ties counting half: how well a score tells them apart."""
+    neg, pos = np.asarray(negatives, float)[None, :], np.asarray(positives, float)[:, None]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+def typicality_row(preset: str, frames: int, twin: dict, mine: dict) -> str | None:
+    """One row of the typicality table (ksrnet.typicality): how many tracks are flagged, how well the
+    atypicality tells real plates from their twins, and how the real ones read flagged and not."""
+    if any(a is None for a in twin["atypicality"] + mine["atypicality"]):
+        return None  # the model has no typicality reference
+    flag_twin = [a >= ATYPICAL for a in twin["atypicality"]]
+    flag_real = [a >= ATYPICAL for a in mine["atypicality"]]
+    cells = []
+    for flagged in (False, True):
+        sel = [i for i, f in enumerate(flag_real) if f == flagged]
+        right = sum(mine["correct"][i] for i in sel)
+        sure = [i for i in sel if mine["confidence"][i] >= CONFIDENT]
+        cells.append((len(sel), right, len(sure), sum(not mine["correct"][i] for i in sure)))
+    (n0, r0, s0, w0), (n1, r1, s1, w1) = cells
+    return (f"| {preset} | {frames} | {pct(np.mean(flag_twin))} / {pct(np.mean(flag_real))} "
+            f"| {auroc(twin['atypicality'], mine['atypicality']):.3f} "
+            f"| {r0} of {n0} / {r1} of {n1} | {w0} of {s0} / {w1} of {s1} |")
 
 
 def confusions(tracks: list, readings: list) -> dict[str, int]:
@@ -212,6 +239,9 @@ def main() -> None:
     summary = ["| preset | F | twin RR % | real RR % | only twin / only real right (p) | CER twin / real % "
                "| ECE twin / real | readings >= 0.9: wrong of read, twin / real | characters >= 0.9 wrong, twin / real |",
                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    typicality = ["| preset | F | flagged atypical, twin / real % | AUROC, real over twin | real read right: not flagged "
+                  "/ flagged | real readings >= 0.9 wrong of read: not flagged / flagged |",
+                  "| --- | --- | --- | --- | --- | --- |"]
     per_plate, swaps = {}, {"twin": {}, "real": {}}
     for preset in presets:
         start = time.perf_counter()
@@ -241,6 +271,9 @@ def main() -> None:
                 f"| {twin['sure_wrong']} of {twin['sure_readings']} / {mine['sure_wrong']} of {mine['sure_readings']} "
                 f"| {twin['sure_characters_wrong']} of {twin['sure_characters']} / "
                 f"{mine['sure_characters_wrong']} of {mine['sure_characters']} |")
+            row = typicality_row(preset, frames, twin, mine)
+            if row:
+                typicality.append(row)
             if frames == max(FRAME_COUNTS):
                 for j, (name, _, _) in enumerate(plates):
                     sel = [i for i, o in enumerate(owner) if o == j]
@@ -251,6 +284,10 @@ def main() -> None:
               f"in {time.perf_counter() - start:.0f} s", flush=True)
     print("\n**product fusion; twin = our rendered plate, real = the photographed plate, same tracks otherwise**\n")
     print("\n".join(summary))
+    if len(typicality) > 2:
+        print(f"\n**typicality (ksrnet.typicality): tracks flagged atypical (less typical than {ATYPICAL:.0%} of the "
+              "model's calibration tracks)**\n")
+        print("\n".join(typicality))
     print(f"\n**per plate, F={max(FRAME_COUNTS)}: twin RR % / real RR % (real readings wrong at >= 0.9)**\n")
     print("| plate | " + " | ".join(presets) + " |")
     print("| --- |" + " --- |" * len(presets))

@@ -154,3 +154,32 @@ def test_recognizer_typeface_rows_split_every_track_once_by_kind_and_once_by_fam
     read = reader.readings_from_logits(tracks, logits[2], ["product"])["product"]
     everyone = sum(r.text == t.text for r, t in zip(read, tracks)) / len(tracks)
     assert sum(r["rr@2"] * r["tracks"] for r in kinds) / len(tracks) == pytest.approx(everyone)
+
+
+def test_real_plates_auroc_counts_ties_half():
+    auroc = _script("real_plates").auroc
+    assert auroc([0.1, 0.2], [0.3, 0.4]) == 1.0
+    assert auroc([0.3, 0.4], [0.1, 0.2]) == 0.0
+    assert auroc([1.0, 1.0], [1.0]) == 0.5
+    assert auroc([0.1, 0.5], [0.5, 0.9]) == 0.875  # pairs: 0.5>0.1, 0.5=0.5 (half), 0.9>0.1, 0.9>0.5
+
+
+def _reading(text: str, confidence: float, atypicality: float | None):
+    from ksrnet.infer import TrackReading
+
+    return TrackReading("t", text, confidence, atypicality=atypicality)
+
+
+def test_typicality_rows_split_tracks_by_the_flag():
+    real = _script("real_plates")
+    twin = {"atypicality": [0.2, 0.5, 0.995], "correct": [True, True, True], "confidence": [0.95, 0.95, 0.95]}
+    mine = {"atypicality": [0.3, 1.0, 1.0], "correct": [False, True, False], "confidence": [0.95, 0.2, 0.95]}
+    # flagged: twin 1 of 3, real 2 of 3; AUROC: 7 of the 9 (real, twin) pairs have the real one higher;
+    # real not flagged: 0 of 1 right, its one sure reading wrong; flagged: 1 of 2 right, one read sure, wrong
+    assert real.typicality_row("easy", 5, twin, mine) == \
+        "| easy | 5 | 33.3 / 66.7 | 0.778 | 0 of 1 / 1 of 2 | 1 of 1 / 1 of 1 |"
+    assert real.typicality_row("easy", 5, {**twin, "atypicality": [None] * 3}, mine) is None
+    bench = _script("typicality")
+    tracks = [SimpleNamespace(text="ABC1234")] * 3
+    readings = [_reading("ABC1234", 0.95, 0.1), _reading("ABC1235", 0.95, 0.2), _reading("ABC1234", 0.3, 0.999)]
+    assert bench.split_row("x", tracks, readings) == "| x | 33.33 | 1 of 2 / 1 of 2 | 1 of 1 / 0 of 0 |"
