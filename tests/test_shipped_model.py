@@ -77,3 +77,15 @@ def test_recipes_that_continue_the_shipped_model_fit_it(recipe):
     assert config.init_weights == DEFAULT_MODEL
     _, meta = load_model()
     assert initial_model(config).config == ParseqConfig.from_dict(meta["config"]) == config.model
+
+
+def test_the_shipped_reference_flags_illegible_tracks_and_few_like_the_calibration_ones():
+    from ksrnet.cli_readers import make_reader
+
+    reader = make_reader(None, "cpu", "nar")[0]  # as the commands load it, reference included
+    assert reader.typicality is not None
+    for r in reader.read(illegible_tracks())["product"]:
+        assert r.atypical, (r.track_id, r.atypicality)
+    # drawn like the calibration tracks (another seed): about 1 % flagged; 3 of 40 would be far off
+    tracks = [generate_track(4242, i, preset="mix") for i in range(40)]
+    assert sum(r.atypical for r in reader.read(tracks)["product"]) <= 2
