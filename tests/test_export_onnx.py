@@ -160,3 +160,79 @@ def test_an_onnx_model_read_with_the_torch_backend_is_pointed_to_onnx(tmp_path, 
     result = invoke("bench", "--model", onnx, "--batches", 1)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "--backend onnx" in result.output
+
+
+# --- the typicality check (ksrnet.typicality) through an export --------------------------------------
+
+def _fitted_reference(model):
+    from ksrnet.synth.dataset import generate_track
+    from ksrnet.typicality import fit_reference
+
+    reader = Reader(model)
+    return fit_reference([reader.frame_features(generate_track(3, i, preset="easy").lr).numpy() for i in range(40)])
+
+
+def test_an_export_carries_the_features_and_the_reference_and_scores_tracks_as_pytorch(tmp_path, noise_tracks):
+    from ksrnet.typicality import load_for, reference_path
+
+    weights = saved_micro(tmp_path)
+    model = micro()
+    reference = _fitted_reference(model)
+    reference.save(reference_path(weights))
+    onnx = tmp_path / "out" / "m.onnx"
+    result = invoke("export", "--onnx", onnx, "--model", weights, "--check-tracks", 1)
+    assert result.exit_code == 0, result.output
+    assert "m.onnx.typicality.safetensors" in result.output and "features" in result.output
+    runtime = OnnxParseq(onnx)
+    assert runtime.has_features
+    tracks = noise_tracks(3, frames=4)
+    torch_read = Reader(model, typicality=reference).read(tracks)["product"]
+    onnx_read = Reader(runtime, typicality=load_for(onnx)).read(tracks)["product"]
+    assert [r.atypicality for r in onnx_read] == pytest.approx([r.atypicality for r in torch_read], abs=0.03)
+    # a model without a reference leaves none beside its export: the earlier one describes other tracks
+    reference_path(weights).unlink()
+    assert invoke("export", "--onnx", onnx, "--model", weights, "--check-tracks", 1).exit_code == 0
+    assert not reference_path(onnx).exists()
+
+
+def test_an_export_from_before_the_features_reads_as_before_without_a_flag(tmp_path, noise_tracks):
+    import warnings
+
+    import cv2
+
+    from ksrnet.typicality import reference_path
+
+    model = micro()
+    path = export_onnx(model, tmp_path / "old.onnx")
+
+    class LogitsOnly(torch.nn.Module):  # the graph exports wrote before they gave the features
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            out = self.model(images, mode="nar")
+            return out.char_logits, out.layout_logits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, as export_onnx does
+        torch.onnx.export(LogitsOnly().eval(), (torch.zeros(2, 3, 16, 32),), str(path), input_names=["images"],
+                          output_names=["char_logits", "layout_logits"], dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in ("images", "char_logits", "layout_logits")})
+    meta = json.loads(onnx_meta_path(path).read_text())
+    meta.pop("onnx_sha256")
+    onnx_meta_path(path).write_text(json.dumps(meta))
+    runtime = OnnxParseq(path)
+    assert not runtime.has_features
+    reference = _fitted_reference(model)
+    with pytest.raises(ValueError, match="export it again"):
+        Reader(runtime, typicality=reference)
+    reference.save(reference_path(path))
+    out, details, root = tmp_path / "p.txt", tmp_path / "d.jsonl", tmp_path / "tracks"
+    for t in noise_tracks(2):
+        (root / t.track_id).mkdir(parents=True)
+        for i, frame in enumerate(t.lr):
+            cv2.imwrite(str(root / t.track_id / f"lr-{i + 1:03d}.png"), frame)
+    result = invoke("predict", root, "--backend", "onnx", "--model", path, "--out", out, "--details", details)
+    assert result.exit_code == 0, result.output
+    assert all(json.loads(line)["atypicality"] is None for line in details.read_text().splitlines())

@@ -930,7 +930,9 @@ def export_cmd(
     PyTorch on synthetic frames: prints the largest logit difference and fails if any reading differs,
     leaving FILE.onnx as it was (absent, or an earlier export).
     Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`. FILE.onnx.json holds a copy of
-    the model's temperatures as they are now: after `ksrnet calibrate`, export again."""
+    the model's temperatures as they are now, and FILE.onnx.typicality.safetensors of its typicality
+    reference: after `ksrnet calibrate`, export again."""
+    import shutil
     import time
 
     import torch
@@ -939,8 +941,10 @@ def export_cmd(
     from ksrnet.infer import default_batch_frames
     from ksrnet.models.inference import inference_copy
     from ksrnet.preprocess import frames_to_tensor
+    from ksrnet.atomic_files import atomic_write
     from ksrnet.synth.dataset import generate_track
-    from ksrnet.weights import ModelLoadError, load_model
+    from ksrnet.typicality import reference_path
+    from ksrnet.weights import ModelLoadError, load_model, resolve
 
     try:
         from ksrnet.export_onnx import OnnxParseq, check_onnx_path, check_parity, export_onnx, onnx_meta_path
@@ -970,14 +974,24 @@ def export_cmd(
         if not parity.readings_differ:
             staged.replace(onnx)
             onnx_meta_path(staged).replace(onnx_meta_path(onnx))
+            reference = reference_path(resolve(model))
+            try:  # the copy beside the graph, or none: an earlier export's would describe another model
+                if reference.exists():
+                    atomic_write(reference_path(onnx), lambda p: shutil.copyfile(reference, p))
+                else:
+                    reference_path(onnx).unlink(missing_ok=True)
+            except OSError as exc:
+                fail(f"cannot write {reference_path(onnx)}: {exc.strerror or exc}")
     finally:
         for leftover in (staged, onnx_meta_path(staged)):
             leftover.unlink(missing_ok=True)
     written = "did not write" if parity.readings_differ else "wrote"
-    console.print(f"{written} {escape(str(onnx))} (+ {escape(onnx.name)}.json); parity on {parity.frames} frames: "
+    beside = f"{onnx.name}.json" + (f", {reference_path(onnx).name}" if reference_path(onnx).exists() else "")
+    console.print(f"{written} {escape(str(onnx))} (+ {escape(beside)}); parity on {parity.frames} frames: "
                   "max |diff| char logits "
-                  f"{parity.max_abs_char_logits:.2e}, layout logits {parity.max_abs_layout_logits:.2e}; "
-                  f"readings that differ: {parity.readings_differ}")
+                  f"{parity.max_abs_char_logits:.2e}, layout logits {parity.max_abs_layout_logits:.2e}"
+                  + ("" if parity.max_abs_features is None else f", features {parity.max_abs_features:.2e}")
+                  + f"; readings that differ: {parity.readings_differ}")
     timings = {}
     fast = inference_copy(net)  # what `ksrnet predict` reads through with the PyTorch backend
     # Each backend in the network calls `ksrnet predict` makes on this CPU (infer.default_batch_frames).

@@ -205,6 +205,7 @@ def check_device(device: str) -> None:
 def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None, threads: Optional[int] = None):
     from ksrnet.export_onnx import is_onnx_path
     from ksrnet.infer import Reader
+    from ksrnet.typicality import load_for
 
     check_device(device)
 
@@ -216,8 +217,9 @@ def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=Non
         from ksrnet.export_onnx import OnnxParseq
 
         net = OnnxParseq(model, threads=threads)
+        # An export made before the graph gave features cannot be scored; it reads as before.
         reader = Reader(net, device=device, temperatures=temperatures_for(net.meta, model, tta_views),
-                        tta_views=tta_views)
+                        tta_views=tta_views, typicality=load_for(model) if net.has_features else None)
     except ImportError:
         fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
     except Exception as exc:  # onnxruntime raises its own types for a missing or corrupt file

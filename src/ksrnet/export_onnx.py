@@ -2,8 +2,9 @@
 
 The exported graph is the traceable reading path: encoder, NAR decoding of the 7 fixed slots and a
 fixed number of cloze refinement steps, returning the raw char and layout logits for a dynamic
-batch of frames. Syntax masks and fusion stay in Python (ksrnet.infer), so both backends share them.
-The model's JSON (config, calibration temperatures) is written beside the .onnx file.
+batch of frames, and the frames' pooled encoder features (ksrnet.typicality). Syntax masks and fusion
+stay in Python (ksrnet.infer), so both backends share them. The model's JSON (config, calibration
+temperatures) is written beside the .onnx file.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import torch
 from ksrnet.models.parseq import Parseq, ParseqConfig, ParseqOutput, decode_constrained, layout_log_probs
 from ksrnet.plates import Tokenizer, layout_masks
 from ksrnet.atomic_files import atomic_write
+from ksrnet.typicality import read_with_features
 
 OPSET = 17
+OUTPUTS = ("char_logits", "layout_logits")
+FEATURES = "features"  # absent from exports made before the typicality check
 
 
 class _NarReadout(torch.nn.Module):
@@ -29,8 +33,8 @@ class _NarReadout(torch.nn.Module):
         self.model, self.refine_iters = model, refine_iters
 
     def forward(self, images):
-        out = self.model(images, mode="nar", refine_iters=self.refine_iters)
-        return out.char_logits, out.layout_logits
+        out, features = read_with_features(self.model, images, "nar", self.refine_iters)
+        return out.char_logits, out.layout_logits, features
 
 
 def onnx_meta_path(onnx_path: Path) -> Path:
@@ -65,9 +69,8 @@ def export_onnx(model: Parseq, path: str | Path, meta: dict | None = None, refin
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(wrapper, (dummy,), target, input_names=["images"],
-                              output_names=["char_logits", "layout_logits"], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}, "char_logits": {0: "batch"},
-                                            "layout_logits": {0: "batch"}})
+                              output_names=[*OUTPUTS, FEATURES], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUTS, FEATURES)})
 
     atomic_write(path, write)
     from ksrnet.ensemble_calibration import file_sha256
@@ -104,6 +107,7 @@ class OnnxParseq:
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.has_features = FEATURES in {o.name for o in self.session.get_outputs()}
 
     def to(self, device):
         if torch.device(device).type != "cpu":
@@ -114,11 +118,23 @@ class OnnxParseq:
         return self
 
     def __call__(self, images: torch.Tensor, *, mode: str = "nar", refine_iters: int | None = None) -> ParseqOutput:
+        chars, layouts = self._run(OUTPUTS, images, mode, refine_iters)
+        return ParseqOutput(chars, layouts)
+
+    def read_with_features(self, images: torch.Tensor, *, mode: str = "nar",
+                           refine_iters: int | None = None) -> tuple[ParseqOutput, torch.Tensor]:
+        """The outputs and the frames' pooled encoder features (ksrnet.typicality.read_with_features)."""
+        if not self.has_features:
+            raise ValueError("this ONNX export has no features output: export it again with `ksrnet export --onnx`")
+        chars, layouts, features = self._run((*OUTPUTS, FEATURES), images, mode, refine_iters)
+        return ParseqOutput(chars, layouts), features
+
+    def _run(self, names: tuple[str, ...], images: torch.Tensor, mode: str, refine_iters: int | None) -> list:
         if mode != "nar" or refine_iters not in (None, self.refine_iters):
             raise ValueError(f"the ONNX model was exported for NAR decoding with {self.refine_iters} refinement "
                              "step(s) only")
-        chars, layouts = self.session.run(None, {"images": images.detach().cpu().numpy().astype(np.float32)})
-        return ParseqOutput(torch.from_numpy(chars), torch.from_numpy(layouts))
+        outs = self.session.run(list(names), {"images": images.detach().cpu().numpy().astype(np.float32)})
+        return [torch.from_numpy(o) for o in outs]
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,7 @@ class Parity:
     max_abs_layout_logits: float
     frames: int
     readings_differ: int
+    max_abs_features: float | None = None  # None: the export has no features output
 
 
 def _readings(char_logits: torch.Tensor, layout_logits: torch.Tensor) -> list[str]:
@@ -138,11 +155,16 @@ def _readings(char_logits: torch.Tensor, layout_logits: torch.Tensor) -> list[st
 @torch.inference_mode()
 def check_parity(model: Parseq, onnx_model: OnnxParseq, images: torch.Tensor) -> Parity:
     """Largest logit differences and how many per-frame readings differ between the two backends."""
-    ref = model(images, mode="nar", refine_iters=onnx_model.refine_iters)
-    got = onnx_model(images)
+    ref, ref_features = read_with_features(model, images, "nar", onnx_model.refine_iters)
+    if onnx_model.has_features:
+        got, got_features = onnx_model.read_with_features(images)
+        features = float((ref_features - got_features).abs().max())
+    else:
+        got, features = onnx_model(images), None
     return Parity(
         max_abs_char_logits=float((ref.char_logits - got.char_logits).abs().max()),
         max_abs_layout_logits=float((ref.layout_logits - got.layout_logits).abs().max()),
         frames=images.shape[0],
         readings_differ=sum(a != b for a, b in zip(_readings(*ref), _readings(*got))),
+        max_abs_features=features,
     )

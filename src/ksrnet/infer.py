@@ -11,12 +11,12 @@ import torch
 
 from ksrnet.models.baselines import FUSIONS, fuse
 from ksrnet.models.inference import inference_copy
-from ksrnet.models.parseq import Parseq, ParseqOutput
+from ksrnet.models.parseq import Parseq
 from ksrnet.plates import CHARSET, LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.recrop import pad_frame
 from ksrnet.tta import check_views, make_view, vote
-from ksrnet.typicality import ATYPICAL, TypicalityReference, pooled_features
+from ksrnet.typicality import ATYPICAL, TypicalityReference, gives_features, pooled_features, read_with_features
 
 
 @dataclass
@@ -162,11 +162,13 @@ class Reader:
         pad_margin: pad every frame with its edge pixels by this share of its width per side before
         reading (ksrnet.recrop.pad_frame; 0 to 0.5), for frames cropped tight to the plate; 0 = as they are.
         typicality: the model's reference (ksrnet.typicality); each reading then carries its track's
-        atypicality, from the encoder pass the reading makes anyway. A PyTorch network only."""
+        atypicality, from the encoder pass the reading makes anyway. A PyTorch network, or an ONNX
+        export with the features among its outputs."""
         if mode not in ("nar", "ar"):
             raise ValueError("mode must be 'nar' or 'ar'")
-        if typicality is not None and not isinstance(model, Parseq):
-            raise ValueError("a typicality reference needs the PyTorch network: it reads the encoder's tokens")
+        if typicality is not None and not gives_features(model):
+            raise ValueError("a typicality reference needs the encoder's features: the PyTorch network, or an ONNX "
+                             "export that outputs them (export it again with `ksrnet export --onnx`)")
         self.typicality = typicality
         self.tta_views = check_views(tta_views) if tta_views else None
         self.temperatures = checked_temperatures(temperatures)
@@ -226,11 +228,9 @@ class Reader:
             x = images[start:start + self.batch_frames].to(self.device)
             if features is None:
                 out = self.model(x, mode=self.mode, refine_iters=self.refine_iters)
-            else:  # Parseq.forward's steps, keeping the encoder's memory for the features
-                memory = self.model.encode(x)
-                out = ParseqOutput(self.model.decode_memory(memory, mode=self.mode, refine_iters=self.refine_iters),
-                                   self.model.layout_logits_from_memory(memory))
-                features.append(pooled_features(memory).cpu())
+            else:
+                out, feats = read_with_features(self.model, x, self.mode, self.refine_iters)
+                features.append(feats.float().cpu())
             chars.append(out.char_logits.float().cpu())
             layouts.append(out.layout_logits.float().cpu())
         return torch.cat(chars), torch.cat(layouts)
@@ -238,12 +238,17 @@ class Reader:
     @torch.inference_mode()
     def frame_features(self, frames: list) -> torch.Tensor:
         """Pooled encoder features ``(N, 2 x embed_dim)`` of frames as this reader sees them (padded
-        if it pads), with the encoder alone: what ksrnet.typicality fits and scores."""
-        if not isinstance(self.model, Parseq):
-            raise ValueError("frame features need the PyTorch network: an ONNX graph gives logits only")
+        if it pads): what ksrnet.typicality fits and scores. A PyTorch network runs its encoder alone."""
+        if not gives_features(self.model):
+            raise ValueError("frame features need the PyTorch network or an ONNX export that outputs them")
         images = self._images(frames)
-        return torch.cat([pooled_features(self.model.encode(images[s:s + self.batch_frames].to(self.device))).cpu()
-                          for s in range(0, images.shape[0], self.batch_frames)])
+        out = []
+        for s in range(0, images.shape[0], self.batch_frames):
+            x = images[s:s + self.batch_frames].to(self.device)
+            feats = (pooled_features(self.model.encode(x)) if isinstance(self.model, Parseq)
+                     else read_with_features(self.model, x, self.mode, self.refine_iters)[1])
+            out.append(feats.float().cpu())
+        return torch.cat(out)
 
     def read(self, tracks: list, fusions: Iterable[str] = ("product",), frame_count: int | None = None,
              topk: int = 3) -> dict[str, list[TrackReading]]:

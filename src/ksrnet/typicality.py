@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ksrnet.atomic_files import atomic_write
+from ksrnet.models.parseq import Parseq, ParseqOutput
 
 ATYPICAL = 0.99  # flag tracks more atypical than this share of the reference tracks
 SHRINKAGE = 0.05  # covariance + SHRINKAGE x its mean variance x I: 256 dimensions from a few thousand frames
@@ -41,6 +42,24 @@ SUFFIX = ".typicality.safetensors"
 
 class TypicalityError(ValueError):
     pass
+
+
+def read_with_features(model, images: torch.Tensor, mode: str = "nar",
+                       refine_iters: int | None = None) -> tuple[ParseqOutput, torch.Tensor]:
+    """A recognizer's outputs and its frames' pooled features, from one pass. ``model``: a Parseq
+    (Parseq.forward's steps, keeping the encoder's memory) or an ONNX export that has the features
+    among its outputs (export_onnx.OnnxParseq)."""
+    if isinstance(model, Parseq):
+        memory = model.encode(images)
+        out = ParseqOutput(model.decode_memory(memory, mode=mode, refine_iters=refine_iters),
+                           model.layout_logits_from_memory(memory))
+        return out, pooled_features(memory)
+    return model.read_with_features(images, mode=mode, refine_iters=refine_iters)
+
+
+def gives_features(model) -> bool:
+    """Whether read_with_features works with ``model``."""
+    return isinstance(model, Parseq) or bool(getattr(model, "has_features", False))
 
 
 def pooled_features(memory: torch.Tensor) -> torch.Tensor:
@@ -150,8 +169,12 @@ def fit_reference(track_features: Sequence[np.ndarray], source: str = "",
 
 
 def reference_path(weights: str | Path) -> Path:
-    """Where the reference of the model whose weights are at ``weights`` lives."""
+    """Where the reference of the model whose weights are at ``weights`` lives. An ONNX export keeps
+    its own copy, FILE.onnx.typicality.safetensors, as it keeps its metadata in FILE.onnx.json: model.onnx
+    and model.safetensors may sit side by side, and the copy is the one checked at export."""
     weights = Path(weights)
+    if weights.suffix.lower() == ".onnx":
+        return Path(str(weights) + SUFFIX)
     return weights.with_name(weights.stem + SUFFIX)
 
 
