@@ -21,6 +21,7 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
     from ksrnet.tracks import iter_tracks
     from ksrnet.report import Provenance, build_reports, render_html
     from ksrnet.atomic_files import atomic_write
+    from ksrnet.typicality import ATYPICAL, load_for
     from ksrnet.weights import DEFAULT_MODEL, ModelLoadError, load_model, resolve
 
     out = Path(out)
@@ -43,21 +44,24 @@ def run_demo(out: Path, console: Console, *, num_tracks: int = DEMO_TRACKS, pres
                   "product fusion over 5 frames)")
     if meta.get("provenance"):
         console.print(f"    model: {meta['provenance']}")
-    # The stored calibration, as predict applies it: the confidences shown are the ones users get.
-    reader = Reader(model, temperatures=meta.get("temperature"))
+    # The stored calibration and typicality reference, as predict applies them: what users get.
+    reader = Reader(model, temperatures=meta.get("temperature"), typicality=load_for(resolve(DEFAULT_MODEL)))
     reports = build_reports(reader, tracks, "product", min_confidence=REPORT_MIN_CONFIDENCE)
     readings = [r.reading for r in reports]
     preds = [Prediction(r.track_id, r.text, r.confidence) for r in readings]
     write_predictions(preds, predictions_path)
     table = Table(title="demo readings")
-    for col in ("track", "truth", "reading", "confidence", "least sure slot"):
+    for col in ("track", "truth", "reading", "confidence", "least sure slot", "atypicality"):
         table.add_column(col)
     for t, r in zip(tracks, readings):
         ok = "[green]" if r.text == t.text else "[red]"
         slot = min(range(7), key=lambda i: r.char_probs[i])
         alts = ", ".join(f"{c} {p:.2f}" for c, p in r.alternatives[slot])
-        table.add_row(t.track_id, t.text, f"{ok}{r.text}[/]", f"{r.confidence:.4f}", f"#{slot + 1}: {alts}")
+        typical = "-" if r.atypicality is None else f"{r.atypicality:.2f}" + (" [red]atypical[/]" if r.atypical else "")
+        table.add_row(t.track_id, t.text, f"{ok}{r.text}[/]", f"{r.confidence:.4f}", f"#{slot + 1}: {alts}", typical)
     console.print(table)
+    console.print("    atypicality: the share of the model's calibration tracks that look more typical than the track "
+                  f"(flagged at {ATYPICAL}: its confidence was never checked on input like it)")
     report = score(truths, {p.track_id: Reading(p.track_id, p.text, p.confidence) for p in preds})
     o = report.overall
     gap = f"{100 * o.confidence_gap:.1f}" if o.confidence_gap is not None else "-"
