@@ -678,6 +678,10 @@ def test_predict_eval_and_report_flag_atypical_tracks(good_tree, flagging_model,
     assert_exit(result, 0)
     assert mentions(result.stdout, "tracks like the calibration tracks and atypical ones"), result.stdout
     assert mentions(result.stdout, "│product│1│-│3:"), result.stdout  # none typical, the 3 labelled ones atypical
+    result = invoke("eval", good_tree, "--model", flagging_model, "--fusions", "product", "--frames", "1", "--json")
+    assert_exit(result, 0)
+    groups = json.loads(result.stdout)["product@F=1"]["by_typicality"]
+    assert groups["typical"] is None and groups["atypical"]["tracks"] == 3
     page = tmp_path / "r.html"
     result = invoke("report", good_tree, "--model", flagging_model, "--out", page)
     assert_exit(result, 0)

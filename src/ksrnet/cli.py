@@ -88,33 +88,40 @@ def print_group_table(results: dict, title: str) -> None:
     console.print(table)
 
 
-def print_typicality_table(truths: list, full: dict, title: str) -> None:
-    """RR % and wrong readings at >= 0.9 of each row of eval's table on the tracks that look like
-    the model's calibration tracks and on those flagged atypical (ksrnet.typicality): whether the
-    flag picks out footage the confidences do not hold on. Nothing without flagged tracks."""
+def typicality_groups(truths: list, full: dict) -> dict:
+    """Per row of eval's table ("rule@F=c"), the scores (metrics.GroupScores) of the tracks that look
+    like the model's calibration tracks ("typical") and of those flagged atypical ("atypical",
+    ksrnet.typicality); a group without tracks is None. Rows without a scored reading are left out."""
     from ksrnet.metrics import Reading, score
 
-    rows = []
+    out = {}
     for (rule, c), rs in full.items():
-        groups = [[t for t in truths if t.track_id in rs and rs[t.track_id].atypical == flag] for flag in (False, True)]
-        if not groups[1]:
+        if not any(r.atypicality is not None for r in rs.values()):
             continue
-        cells = []
-        for group in groups:
-            if not group:
-                cells.append("-")
-                continue
-            s = score(group, {t.track_id: Reading(t.track_id, rs[t.track_id].text, rs[t.track_id].confidence)
-                              for t in group}).overall
-            cells.append(f"{len(group)}: {_fmt(s.recognition_rate)} / {s.confident_wrong}")
-        rows.append((rule, str(c), *cells))
+        groups = {}
+        for name, flag in (("typical", False), ("atypical", True)):
+            group = [t for t in truths if t.track_id in rs and rs[t.track_id].atypical == flag]
+            groups[name] = score(group, {t.track_id: Reading(t.track_id, rs[t.track_id].text, rs[t.track_id].confidence)
+                                         for t in group}).overall if group else None
+        out[f"{rule}@F={c}"] = groups
+    return out
+
+
+def print_typicality_table(groups: dict, title: str) -> None:
+    """RR % and wrong readings at >= 0.9 of each row of eval's table on the tracks that look like
+    the model's calibration tracks and on those flagged atypical (typicality_groups): whether the
+    flag picks out footage the confidences do not hold on. Nothing without flagged tracks."""
+    rows = [(key, g) for key, g in groups.items() if g["atypical"] is not None]
     if not rows:
         return
     table = Table(title=f"{title}: tracks like the calibration tracks and atypical ones, tracks: RR % / wrong@>=0.9")
     for col in ("fusion", "F", "typical", "atypical"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
-    for row in rows:
-        table.add_row(*row)
+    for key, g in rows:
+        rule, _, frames = key.partition("@F=")
+        cells = ["-" if s is None else f"{s.tracks}: {_fmt(s.recognition_rate)} / {s.confident_wrong}"
+                 for s in (g["typical"], g["atypical"])]
+        table.add_row(rule, frames, *cells)
     console.print(table)
 
 
@@ -728,9 +735,12 @@ def eval_cmd(
     chars = {f"{rule}@F={c}": character_calibration(truths, rs) for (rule, c), rs in full.items()}
     # Rows with a confidence no fitted calibration set: their ECE measures raw scores.
     calibrated = {f"{rule}@F={c}": all(r.calibrated for r in rs.values()) for (rule, c), rs in full.items()}
+    typicality = typicality_groups(truths, full)
     if as_json:
+        by_typicality = {k: {"by_typicality": {name: None if g is None else g.as_dict() for name, g in groups.items()}}
+                         for k, groups in typicality.items()}
         print(json.dumps({k: v.as_dict() | {"ece": eces[k], "calibrated": calibrated[k], "character_calibration": chars[k]}
-                          for k, v in results.items()} | {"unreadable": failures}, indent=2))
+                          | by_typicality.get(k, {}) for k, v in results.items()} | {"unreadable": failures}, indent=2))
         return
     table = Table(title=escape(f"{tracks}: {len(truths)} tracks"))
     for col in ("fusion", "F", "RR %", "CER %", "conf gap (pts)", "ECE (pts)", "wrong@>=0.9", "char ECE (pts)",
@@ -745,7 +755,7 @@ def eval_cmd(
     console.print("char ECE: each read character's probability against whether it is right; chars@>=0.9 wrong: "
                   "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
     print_group_table(results, escape(str(tracks)))
-    print_typicality_table(truths, full, escape(str(tracks)))
+    print_typicality_table(typicality, escape(str(tracks)))
     raw = [k for k, ok in calibrated.items() if not ok]
     if raw:
         err_console.print("[yellow]note:[/yellow] " + escape(
