@@ -690,6 +690,16 @@ def test_predict_eval_and_report_flag_atypical_tracks(good_tree, flagging_model,
     assert "4 of 4 tracks are marked atypical input" in html and html.count("Atypical input: ") == 4
 
 
+def test_predict_refuses_a_corrupt_typicality_reference_and_says_what_to_do(good_tree, micro_model, tmp_path):
+    from ksrnet.typicality import reference_path
+
+    reference_path(micro_model).write_bytes(b"not a reference")
+    result = invoke("predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt")
+    assert_exit(result, 2)
+    assert mentions(result.stderr, "delete it, or fit it again with `ksrnet calibrate`"), result.stderr
+    assert not (tmp_path / "p.txt").exists()
+
+
 def test_predict_says_nothing_of_typicality_without_a_reference(good_tree, micro_model, tmp_path):
     details = tmp_path / "d.jsonl"
     result = invoke("predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt", "--details", details)

@@ -948,10 +948,10 @@ def export_cmd(
     import torch
     from rich.markup import escape
 
+    from ksrnet.atomic_files import atomic_write
     from ksrnet.infer import default_batch_frames
     from ksrnet.models.inference import inference_copy
     from ksrnet.preprocess import frames_to_tensor
-    from ksrnet.atomic_files import atomic_write
     from ksrnet.synth.dataset import generate_track
     from ksrnet.typicality import reference_path
     from ksrnet.weights import ModelLoadError, load_model, resolve
@@ -1080,10 +1080,9 @@ def calibrate(
     track whose recognizer features are unlike those of 99 % of them, where the confidence was never
     checked. Calibrating on annotated tracks of your own footage refits both.
     """
+    import numpy as np
     import torch
     from rich.markup import escape
-
-    import numpy as np
 
     from ksrnet.calibration import fit_confidence_map, fit_temperature
     from ksrnet.export_onnx import is_onnx_path

@@ -132,12 +132,14 @@ class TypicalityReference:
                 meta = f.metadata() or {}
                 arrays = {k: f.get_tensor(k).double().numpy() for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for a corrupt file
-            raise TypicalityError(f"cannot read the typicality reference {path}: {exc}") from exc
+            raise TypicalityError(f"cannot read the typicality reference {path} ({exc}): delete it, or fit it "
+                                  "again with `ksrnet calibrate`") from exc
         try:
             scores = {int(k.split("_", 1)[1]): np.sort(v) for k, v in arrays.items() if k.startswith("scores_")}
             return cls(arrays["mean"], arrays["precision"], scores, meta.get("source", ""))
         except (KeyError, ValueError) as exc:
-            raise TypicalityError(f"{path} is not a typicality reference: {exc}") from exc
+            raise TypicalityError(f"{path} is not a typicality reference ({exc}): delete it, or fit it again with "
+                                  "`ksrnet calibrate`") from exc
 
 
 def fit_reference(track_features: Sequence[np.ndarray], source: str = "",
