@@ -662,6 +662,7 @@ def flagging_model(micro_model):
     """The micro model with a typicality reference under which every track is atypical (every
     reference score 0), so that the commands' flags can be checked."""
     from ksrnet.typicality import TypicalityReference, reference_path
+
     features = 2 * MICRO_PARSEQ["embed_dim"]  # the tokens' mean and spread
     TypicalityReference(np.zeros(features), np.eye(features),
                         {n: np.zeros(20) for n in range(1, 6)}).save(reference_path(micro_model))

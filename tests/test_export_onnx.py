@@ -172,7 +172,8 @@ def _fitted_reference(model):
     return fit_reference([reader.frame_features(generate_track(3, i, preset="easy").lr).numpy() for i in range(40)])
 
 
-def test_an_export_carries_the_features_and_the_reference_and_scores_tracks_as_pytorch(tmp_path, noise_tracks):
+def test_an_export_carries_the_features_and_the_reference_and_scores_tracks_as_pytorch(tmp_path):
+    from ksrnet.synth.dataset import generate_track
     from ksrnet.typicality import load_for, reference_path
 
     weights = saved_micro(tmp_path)
@@ -185,10 +186,12 @@ def test_an_export_carries_the_features_and_the_reference_and_scores_tracks_as_p
     assert "m.onnx.typicality.safetensors" in result.output and "features" in result.output
     runtime = OnnxParseq(onnx)
     assert runtime.has_features
-    tracks = noise_tracks(3, frames=4)
-    torch_read = Reader(model, typicality=reference).read(tracks)["product"]
-    onnx_read = Reader(runtime, typicality=load_for(onnx)).read(tracks)["product"]
-    assert [r.atypicality for r in onnx_read] == pytest.approx([r.atypicality for r in torch_read], abs=0.03)
+    # tracks like the reference's, whose atypicality is spread out (noise would score 1.0 either way)
+    tracks = [generate_track(4, i, preset="easy") for i in range(6)]
+    torch_read = [r.atypicality for r in Reader(model, typicality=reference).read(tracks, frame_count=4)["product"]]
+    onnx_read = [r.atypicality for r in Reader(runtime, typicality=load_for(onnx)).read(tracks, frame_count=4)["product"]]
+    # equal, or one of the 20 reference tracks apart where a score sits on a reference one
+    assert len(set(torch_read)) > 2 and onnx_read == pytest.approx(torch_read, abs=0.051)
     # a model without a reference leaves none beside its export: the earlier one describes other tracks
     reference_path(weights).unlink()
     assert invoke("export", "--onnx", onnx, "--model", weights, "--check-tracks", 1).exit_code == 0
