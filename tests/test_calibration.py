@@ -102,6 +102,30 @@ def test_a_fit_says_when_it_found_no_best_temperature():
     assert edge.unbounded and edge.temperature > 4 and edge.recognition_rate == 0.0
 
 
+def test_a_gap_fit_widens_the_confidence_gap_beyond_every_temperature_searched():
+    logits, texts = calibrated_tracks(150, seed=3)
+    nll = fit_temperature(logits, texts, "product", MASKS)
+    gap = fit_temperature(logits, texts, "product", MASKS, objective="gap")
+    assert gap.objective == "gap" and nll.objective == "nll"
+    assert gap.recognition_rate == nll.recognition_rate  # a temperature moves confidences only
+    assert gap.gap_after > nll.gap_after and gap.gap_after >= gap.gap_before
+    # the best of a grid finer than the fit's coarse one, within the fit's resolution of 2^(1/8)
+    grid = [confidence_gap(*fused_confidences(logits, texts, "product", MASKS, t)) for t in np.geomspace(0.25, 16, 49)]
+    assert gap.gap_after >= max(grid) - 0.01
+    # calibrated confidences are what the cross-entropy fit gives: the gap fit's are worse at that
+    assert gap.nll_after > nll.nll_after
+    with pytest.raises(ValueError, match="objective"):
+        fit_temperature(logits, texts, "product", MASKS, objective="auc")
+
+
+def test_a_gap_fit_needs_a_right_reading():
+    logits, texts = calibrated_tracks(60, seed=2)
+    _, right = fused_confidences(logits, texts, "product", MASKS, 1.0)
+    wrong = [i for i in range(len(texts)) if not right[i]]
+    with pytest.raises(ValueError, match="no validation reading is right"):
+        fit_temperature([logits[i] for i in wrong], [texts[i] for i in wrong], "product", MASKS, objective="gap")
+
+
 def test_temperature_changes_confidence_not_the_single_frame_reading():
     logits, texts = calibrated_tracks(20, seed=1)
     conf1, right1 = fused_confidences(logits, texts, "product", MASKS, 1.0)

@@ -657,6 +657,68 @@ def test_calibrate_leaves_the_reference_alone_when_too_few_tracks_to_fit_it(micr
     assert not reference_path(micro_model).exists()
 
 
+def test_gap_temperatures_are_fitted_apart_and_read_with_confidence_gap(good_tree, micro_model, tmp_path):
+    from ksrnet.typicality import reference_path
+
+    meta_path = micro_model.with_suffix(".json")
+    out = tmp_path / "p.txt"
+    result = invoke("predict", good_tree, "--model", micro_model, "--out", out, "--confidence", "gap")
+    assert_exit(result, 2)  # nothing fitted yet: refused before reading, with the command that fits them
+    assert mentions(result.stderr, "has no gap temperatures: fit them with `ksrnet calibrate"), result.stderr
+    assert_exit(invoke("calibrate", "--model", micro_model, "--synth", "40", "--fusions", "product",
+                       "--no-typicality"), 0)
+    calibrated = json.loads(meta_path.read_text())["temperature"]
+    # The untrained micro model reads no synthetic plate right, and a gap needs right readings: a
+    # validation folder labelled with its own readings of 8 tracks of 14 (and wrong texts for 6).
+    val = tmp_path / "val"
+    for i in range(14):
+        make_track(val / f"track_{i:05d}", n=5, seed=100 + i)
+    readings = tmp_path / "val.jsonl"
+    assert_exit(invoke("predict", val, "--model", micro_model, "--out", tmp_path / "val.txt", "--details", readings), 0)
+    for i, line in enumerate(readings.read_text().splitlines()):
+        r = json.loads(line)
+        text = r["text"] if i < 8 else ("ABC1234" if r["text"] != "ABC1234" else "XYZ9876")
+        (val / r["track_id"] / "annotations.json").write_text(json.dumps(
+            {"plate_text": text, "plate_layout": "Brazilian" if text[4].isdigit() else "Mercosur", "corners": {}}))
+    result = invoke("calibrate", val, "--model", micro_model, "--fusions", "product", "--frames", "3,5",
+                    "--objective", "gap")
+    assert_exit(result, 0)
+    assert mentions(result.stdout, "read with --confidence gap"), result.stdout
+    meta = json.loads(meta_path.read_text())
+    assert meta["temperature"] == calibrated  # the calibrated temperatures are left as they were
+    assert set(meta["temperature_gap"]) == {"product@3", "product@5"}
+    assert all(f["objective"] == "gap" for f in meta["calibration_gap"]["fits"])
+    assert not reference_path(micro_model).exists()  # the typicality reference goes with calibrated fits only
+    plain, gap = tmp_path / "plain.jsonl", tmp_path / "gap.jsonl"
+    assert_exit(invoke("predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt", "--details", plain), 0)
+    result = invoke("predict", good_tree, "--model", micro_model, "--out", out, "--confidence", "gap", "--details", gap)
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "4 of 4 confidences come from the temperatures fitted to widen"), result.stderr
+    rows = [[json.loads(line) for line in f.read_text().splitlines()] for f in (plain, gap)]
+    assert [r["text"] for r in rows[0]] == [r["text"] for r in rows[1]]  # the same readings
+    assert all(a["confidence"] != b["confidence"] for a, b in zip(*rows))  # other confidences
+    result = invoke("eval", good_tree, "--model", micro_model, "--confidence", "gap", "--fusions", "product",
+                    "--frames", "3")
+    assert_exit(result, 0)
+    assert mentions(result.stderr, "do not measure calibration here"), result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--confidence", "gap", "--tta"], "without TTA"),
+    (["predict", "--confidence", "gap", "--min-confidence", "0.5"], "use it with --confidence calibrated"),
+    (["predict", "--confidence", "sure"], "--confidence must be one of calibrated, gap"),
+    (["eval", "--confidence", "gap", "--model", "a", "--model", "b"], "one recognizer"),
+    (["calibrate", "--objective", "gap", "--tta"], "without TTA"),
+    (["calibrate", "--objective", "auc"], "--objective must be one of nll, gap"),
+])
+def test_gap_confidences_refuse_what_they_were_not_fitted_for(good_tree, tmp_path, args, message):
+    verb, *rest = args
+    where = [good_tree, "--out", tmp_path / "p.txt"] if verb == "predict" else [good_tree] if verb == "eval" else []
+    result = invoke(verb, *where, *rest)
+    assert_exit(result, 2)
+    assert mentions(result.stderr, message), result.stderr
+
+
 @pytest.fixture
 def flagging_model(micro_model):
     """The micro model with a typicality reference under which every track is atypical (every

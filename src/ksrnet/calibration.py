@@ -16,6 +16,7 @@ regression of correctness on the confidence (pool-adjacent-violators), applied p
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -172,26 +173,47 @@ class CalibrationFit(FitFigures):
     # No optimum was found: the set has no right reading (the cross-entropy then falls as T grows
     # until confidences underflow), or the best T is the searched range's end (confidences far off).
     unbounded: bool = False
+    objective: str = "nll"  # what the temperature was fitted for (OBJECTIVES)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
-    """The temperature whose track confidences have the lowest binary cross-entropy against
-    whole-reading correctness (coarse-to-fine search, resolution 2^(1/8)).
-    track_logits: per track (char_logits (F, 7, C), layout_logits (F, L))."""
+# What a temperature can be fitted for: "nll", calibrated confidences (the lowest cross-entropy
+# against whole-reading correctness); "gap", the largest confidence gap, the competition's
+# tie-breaker (mean confidence of right readings minus that of wrong ones). A gap-fitted temperature
+# ranks readings as the calibrated one does but spreads them apart more: its confidences are not
+# probabilities.
+OBJECTIVES = ("nll", "gap")
+
+
+def _objective_loss(objective: str, conf: np.ndarray, right: np.ndarray) -> float:
+    if objective == "nll":
+        return _bce(conf, right)
+    gap = confidence_gap(conf, right)
+    return -gap if gap is not None else math.inf
+
+
+def fit_temperature(track_logits, texts, rule: str, masks, objective: str = "nll") -> CalibrationFit:
+    """The temperature whose track confidences are best for ``objective`` (OBJECTIVES): by default
+    the lowest binary cross-entropy against whole-reading correctness (coarse-to-fine search,
+    resolution 2^(1/8)). track_logits: per track (char_logits (F, 7, C), layout_logits (F, L))."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if len(track_logits) != len(texts) or not texts:
         raise ValueError("need one text per track and at least one track")
     conf1, right1 = fused_confidences(track_logits, texts, rule, masks, 1.0)
     if right1.all():  # the cross-entropy then falls without bound as T shrinks: the grid's edge would win
         raise ValueError(f"{rule}: {NO_WRONG_READING}")
+    if objective == "gap" and not right1.any():
+        raise ValueError(f"{rule}: no validation reading is right, so there is no confidence gap to widen; fit on "
+                         "tracks the model reads better")
     best = None
 
     def consider(t: float):
         nonlocal best
         conf, right = fused_confidences(track_logits, texts, rule, masks, t)
-        loss = _bce(conf, right)
+        loss = _objective_loss(objective, conf, right)
         if best is None or loss < best[0]:
             best = (loss, t, conf, right)
 
@@ -202,7 +224,8 @@ def fit_temperature(track_logits, texts, rule: str, masks) -> CalibrationFit:
         consider(centre * step)
     loss, t, conf, right = best
     unbounded = not right.any() or not COARSE_GRID[0] < t < COARSE_GRID[-1]
-    return CalibrationFit(temperature=float(t), unbounded=unbounded, **FitFigures.measure(rule, conf1, conf, right))
+    return CalibrationFit(temperature=float(t), unbounded=unbounded, objective=objective,
+                          **FitFigures.measure(rule, conf1, conf, right))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ from ksrnet.cli_console import (check_output_path, console, err_console, fail, f
                                 write_text_or_fail)
 from ksrnet.cli_readers import (
     CALIBRATION_HELP,
+    CONFIDENCE_HELP,
     ENSEMBLE_HELP,
     PAD_MARGIN_HELP,
     RESTORATION_MODEL_HELP,
     TTA_HELP,
     TTA_VIEWS_HELP,
     check_fusions_and_mode,
+    check_gap_temperatures,
     discover_or_fail,
     ensemble_members,
     make_ensemble_reader,
@@ -29,6 +31,7 @@ from ksrnet.cli_readers import (
     read_track_batches,
     restoration_model,
     set_pad_margin,
+    temperature_key_for,
     temperatures_for,
 )
 
@@ -493,6 +496,7 @@ def predict(
                                                    "is written empty, i.e. illegible, with confidence 0 (an empty "
                                                    "reading is never the plate); --details keeps the guess."),
     pad_margin: float = typer.Option(0.0, "--pad-margin", min=0.0, max=0.5, help=PAD_MARGIN_HELP),
+    confidence: str = typer.Option("calibrated", "--confidence", help=CONFIDENCE_HELP),
 ) -> None:
     """Read every track and write predictions.txt (track_id,TEXT;confidence).
 
@@ -514,9 +518,12 @@ def predict(
     for path, option in ((out, "--out"), (zip_path, "--zip"), (details, "--details")):
         if path is not None:
             check_output_path(path, option)
+    key = temperature_key_for(confidence, model, views, min_confidence)
     paths = discover_or_fail(tracks)
     check_submittable_ids(paths)
-    reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
+    reader = make_readers(model, device, mode, views, ensemble, backend, calibration, temperature_key=key)
+    if confidence == "gap":
+        check_gap_temperatures(reader, (model or [None])[0])
     set_pad_margin(reader, pad_margin)
     preds, extra, readings, failures, abstained = [], [], [], [], 0
     for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):
@@ -545,7 +552,7 @@ def predict(
     console.print(f"wrote {len(preds)} predictions to {escape(str(out))}" + (" (+ submission.zip)" if make_zip else ""))
     if min_confidence is not None:
         console.print(f"{abstained} of {len(extra)} readings below confidence {min_confidence} written as illegible")
-    note_uncalibrated(readings, fusion, getattr(reader, "rule", None), min_confidence)
+    note_uncalibrated(readings, fusion, getattr(reader, "rule", None), min_confidence, confidence)
     note_atypical(readings, "--details holds each track's atypicality")
 
 
@@ -569,10 +576,19 @@ def note_atypical(readings: list, where: str) -> None:
 
 
 def note_uncalibrated(readings: list, fusion: str, ensemble_rule: Optional[str] = None,
-                      min_confidence: Optional[float] = None) -> None:
+                      min_confidence: Optional[float] = None, confidence: str = "calibrated") -> None:
     """Tell the user which confidences no fitted calibration set (the fusion rule has no temperature,
     or confidence map, at that frame count): they rank readings but are not probabilities.
-    ensemble_rule: the reader's, when it is an ensemble (calibrated into a file of its own)."""
+    ensemble_rule: the reader's, when it is an ensemble (calibrated into a file of its own).
+    confidence "gap": the readings were scaled by the gap temperatures (--confidence gap), which
+    are never probabilities; say so, and name the gap fit for the ones that lack one."""
+    if confidence == "gap":
+        fitted = sum(r.calibrated for r in readings)
+        err_console.print(f"[yellow]note:[/yellow] {fitted} of {len(readings)} confidences come from the temperatures "
+                          "fitted to widen the confidence gap (--confidence gap): they order the readings as "
+                          "the calibrated ones do, but are not probabilities", soft_wrap=True, highlight=False)
+        if fitted == len(readings):
+            return
     from collections import Counter
 
     from rich.markup import escape
@@ -585,8 +601,8 @@ def note_uncalibrated(readings: list, fusion: str, ensemble_rule: Optional[str] 
         f"{sum(raw.values())} of {len(readings)} confidences are not calibrated: nothing is "
         f"fitted for fusion {fusion} at {counts}, so they rank readings but are not probabilities"
         + (f" (and --min-confidence {min_confidence} compares them as they are)" if min_confidence is not None else "")
-        + f"; fit it with `ksrnet calibrate --fusions {fusion} --frames {','.join(map(str, sorted(raw)))}` and the "
-        "same --model options" + (f", --ensemble {ensemble_rule} --out FILE, then read with --calibration FILE"
+        + f"; fit it with `ksrnet calibrate --fusions {fusion} --frames {','.join(map(str, sorted(raw)))}`"
+        + (" --objective gap" if confidence == "gap" else "") + " and the same --model options" + (f", --ensemble {ensemble_rule} --out FILE, then read with --calibration FILE"
                                   if ensemble_rule else "")), soft_wrap=True, highlight=False)
 
 
@@ -672,6 +688,7 @@ def eval_cmd(
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     pad_margin: float = typer.Option(0.0, "--pad-margin", min=0.0, max=0.5, help=PAD_MARGIN_HELP),
+    confidence: str = typer.Option("calibrated", "--confidence", help=CONFIDENCE_HELP),
 ) -> None:
     """RR, CER, confidence gap and ECE per fusion rule and frame count on an annotated folder.
 
@@ -684,7 +701,7 @@ def eval_cmd(
 
     if ablation:
         # The ablation rows fix their own frames and fusions and read with torch: these would be ignored.
-        refuse_given(ctx, ("fusions", "frame_counts", "backend", "pad_margin"), "do not apply to --ablation")
+        refuse_given(ctx, ("fusions", "frame_counts", "backend", "pad_margin", "confidence"), "do not apply to --ablation")
         _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
                   parse_tta_views(tta, tta_views), ensemble, as_json, calibration)
         return
@@ -698,8 +715,11 @@ def eval_cmd(
     counts = _frame_counts(frame_counts)
     check_fusions_and_mode(fusion_list, mode)
     views = parse_tta_views(tta, tta_views)
+    key = temperature_key_for(confidence, model, views)
     paths = scorable_paths_or_fail(tracks)
-    reader = make_readers(model, device, mode, views, ensemble, backend, calibration)
+    reader = make_readers(model, device, mode, views, ensemble, backend, calibration, temperature_key=key)
+    if confidence == "gap":
+        check_gap_temperatures(reader, (model or [None])[0])
     set_pad_margin(reader, pad_margin)
     # TrackReadings by (rule, F), then track id: scored as Readings, their per-character probabilities kept
     truths, full, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []
@@ -756,12 +776,17 @@ def eval_cmd(
                   "how often a character read at 0.9 or more is wrong (the report's green characters)", soft_wrap=True)
     print_group_table(results, escape(str(tracks)))
     print_typicality_table(typicality, escape(str(tracks)))
+    if confidence == "gap":
+        err_console.print("[yellow]note:[/yellow] --confidence gap: the confidences come from the temperatures fitted "
+                          "to widen the confidence gap, not probabilities, so the ECE columns do not measure "
+                          "calibration here", soft_wrap=True)
     raw = [k for k, ok in calibrated.items() if not ok]
     if raw:
         err_console.print("[yellow]note:[/yellow] " + escape(
-            f"no calibration is fitted for {', '.join(raw)}: those rows' confidences are raw scores, not probabilities "
-            "(`ksrnet calibrate --fusions RULE --frames F`"
-            + (f" with the same --model options and --ensemble {reader.rule} --out FILE, then --calibration FILE)"
+            f"no {'gap temperature' if confidence == 'gap' else 'calibration'} is fitted for {', '.join(raw)}: those "
+            "rows' confidences are raw scores, not probabilities (`ksrnet calibrate --fusions RULE --frames F`"
+            + (" --objective gap)" if confidence == "gap" else
+               f" with the same --model options and --ensemble {reader.rule} --out FILE, then --calibration FILE)"
                if getattr(reader, "rule", None) else ")")), soft_wrap=True)
 
 
@@ -1050,6 +1075,11 @@ def calibrate(
     tta_views: Optional[str] = typer.Option(None, "--tta-views", help=TTA_VIEWS_HELP),
     write: bool = typer.Option(True, "--write/--dry-run", help="Store the temperatures in the model's JSON "
                                "(ensembles: write --out)."),
+    objective: str = typer.Option("nll", "--objective", help="nll: calibrated confidences (probabilities; what "
+                                  "predict, eval and report use). gap: the temperatures that widen the confidence "
+                                  "gap most, the competition's tie-breaker, stored apart and read with predict/eval "
+                                  "--confidence gap (one recognizer, no TTA); they rank readings the same way but "
+                                  "are not probabilities."),
     typicality: bool = typer.Option(True, "--typicality/--no-typicality", help="Also fit, on the same tracks, "
                                     "the reference that predict, eval and report use to flag tracks unlike "
                                     "them (one recognizer read with PyTorch; saved as MODEL.typicality."
@@ -1075,6 +1105,9 @@ def calibrate(
     temperature on the averaged log-probabilities; vote: an isotonic map of the vote's confidence)
     into the file --out, which predict and eval apply with --calibration FILE.
 
+    --objective gap fits, apart from these, the temperatures that widen the confidence gap (mean
+    confidence of right readings minus that of wrong ones) the most, for predict/eval --confidence gap.
+
     A temperature holds on footage like the tracks it was fitted on. So the same tracks also give
     the model a typicality reference (ksrnet/typicality.py): predict, eval and report then flag each
     track whose recognizer features are unlike those of 99 % of them, where the confidence was never
@@ -1084,13 +1117,18 @@ def calibrate(
     import torch
     from rich.markup import escape
 
-    from ksrnet.calibration import fit_confidence_map, fit_temperature
+    from ksrnet.calibration import OBJECTIVES, fit_confidence_map, fit_temperature
     from ksrnet.export_onnx import is_onnx_path
     from ksrnet.infer import Reader
     from ksrnet.plates import layout_masks
 
     fusion_list = [f.strip() for f in fusions.split(",") if f.strip()]
     check_fusions_and_mode(fusion_list, mode)
+    if objective not in OBJECTIVES:
+        fail(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective == "gap" and (len(model or []) > 1 or tta or tta_views or any(restoration_model(m)[0] for m in model or [])):
+        fail("--objective gap fits one recognizer read frame by frame without TTA: leave out --tta, --tta-views, "
+             "a second --model and KSR-Net or MF-LPR² weights")
     onnx = [m for m in model or [] if is_onnx_path(m)]
     if onnx:
         # An exported graph reads with the copy of the temperatures made at export: calibrating the
@@ -1107,8 +1145,9 @@ def calibrate(
     if out is not None and write:
         check_output_path(out, "--out")
     reader = make_readers(models, device, mode, views, ensemble)
-    # Only a recognizer read by PyTorch has encoder features, and only one model owns a reference.
-    fit_typicality = typicality and write and type(reader) is Reader
+    # Only a recognizer read by PyTorch has encoder features, and only one model owns a reference;
+    # it describes the tracks the calibrated (not the gap) temperatures were fitted on.
+    fit_typicality = typicality and write and type(reader) is Reader and objective == "nll"
     track_features: list = []
     # The vote's confidence is not a softmax of logits: it is mapped as read. Everything else: logits.
     by_reading = len(models) > 1 and ensemble == "vote"
@@ -1179,12 +1218,14 @@ def calibrate(
             fits = [(c, fit_confidence_map(*pairs[(c, rule)], rule)) for c in counts for rule in fusion_list]
         else:
             masks = torch.from_numpy(layout_masks())
-            fits = [(c, fit_temperature(logits[c], texts_at[c], rule, masks)) for c in counts for rule in fusion_list]
+            fits = [(c, fit_temperature(logits[c], texts_at[c], rule, masks, objective))
+                    for c in counts for rule in fusion_list]
     except ValueError as exc:
         fail(f"cannot calibrate on {source}: {exc}")
     what = ("ensemble " + ensemble + " of " + ", ".join(model_label(m) for m in models)
             if len(models) > 1 else model_label(models[0])) + (f", TTA {','.join(views)}" if views else "")
-    table = Table(title=escape(f"calibration of {what} on {source}"))
+    fitted_for = "calibration" if objective == "nll" else "gap-widening temperatures"
+    table = Table(title=escape(f"{fitted_for} of {what} on {source}"))
     for col in ("fusion", "F", "T / map", "RR %", "ECE before", "ECE after", "gap before", "gap after"):
         table.add_column(col, justify="left" if col == "fusion" else "right")
     for c, f in fits:
@@ -1201,7 +1242,7 @@ def calibrate(
     if len(models) > 1:
         _write_ensemble_calibration(out, reader, models, views, fits, source)
     else:
-        _store_temperatures(models[0], views, fits, source, seen_counts)
+        _store_temperatures(models[0], views, fits, source, seen_counts, objective)
     if fit_typicality:
         _store_typicality(models[0], track_features, source)
 
@@ -1253,17 +1294,20 @@ def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: li
     console.print(f"ensemble calibration saved in {path}; read with --calibration {path}")
 
 
-def _store_temperatures(model: Optional[str], views, fits: list, source: str, covered=()) -> None:
+def _store_temperatures(model: Optional[str], views, fits: list, source: str, covered=(), objective: str = "nll") -> None:
     """Merge fitted temperatures (and their figures) into the model's JSON, keeping the other rules,
     counts and reading modes; TTA ones fitted for other views than these are replaced. A general fit
     (all frames of each track) replaces its rule's per-count temperatures for the frame counts it
-    was fitted on (covered): those would otherwise take precedence and leave it unused."""
-    from ksrnet.infer import TTA_PREFIX, TTA_VIEWS_KEY, temperature_key
+    was fitted on (covered): those would otherwise take precedence and leave it unused. Temperatures
+    fitted for the gap (objective "gap") go to keys of their own, beside the calibrated ones."""
+    from ksrnet.infer import GAP_TEMPERATURE_KEY, TTA_PREFIX, TTA_VIEWS_KEY, temperature_key
     from ksrnet.weights import ModelLoadError, resolve, update_metadata
 
     restoration, baseline = restoration_model(model)
     # The MF-LPR²-style reader lives in its KSR-Net's weights file: its own keys there.
     key, record_key = ("temperature_mflpr2", "calibration_mflpr2") if baseline else ("temperature", "calibration")
+    if objective == "gap":
+        key, record_key = GAP_TEMPERATURE_KEY, "calibration_gap"
     tta = views is not None
     dropped: list[str] = []
     superseded: list[str] = []
@@ -1306,7 +1350,7 @@ def _store_temperatures(model: Optional[str], views, fits: list, source: str, co
     if superseded:
         console.print(f"replaced by the new fit over all frames (they would take precedence over it): "
                       f"{', '.join(sorted(superseded))}")
-    console.print(f"temperatures saved in {meta_path}")
+    console.print(f"temperatures saved in {meta_path}" + ("; read with --confidence gap" if objective == "gap" else ""))
 
 
 def _positive_ints(text: str, option: str, what: str) -> list[int]:

@@ -96,9 +96,43 @@ CALIBRATION_HELP = ("With several --model: the ensemble calibration file written
                     "--model B --ensemble RULE --out FILE`; refused if its members, rule or TTA views differ.")
 
 
+CONFIDENCES = ("calibrated", "gap")
+CONFIDENCE_HELP = ("calibrated: the probability that the whole plate is right (temperatures fitted by `ksrnet "
+                   "calibrate`). gap: from the temperatures `ksrnet calibrate --objective gap` fitted to widen the "
+                   "confidence gap, the competition's tie-breaker: the same readings in the same order, but not "
+                   "probabilities (one recognizer, no TTA, no --min-confidence).")
+
+
+def temperature_key_for(confidence: str, models: Optional[List[str]], tta_views, min_confidence=None) -> str:
+    """The metadata key of the temperatures --confidence asks for, refusing what the gap ones do not
+    cover (see calibrate --objective gap)."""
+    from ksrnet.infer import GAP_TEMPERATURE_KEY
+
+    if confidence not in CONFIDENCES:
+        fail(f"--confidence must be one of {', '.join(CONFIDENCES)}, got {confidence!r}")
+    if confidence == "calibrated":
+        return "temperature"
+    if len(models or []) > 1 or tta_views or any(restoration_model(m)[0] for m in models or []):
+        fail("--confidence gap reads with one recognizer, frame by frame, without TTA: the gap temperatures are "
+             "fitted for that alone")
+    if min_confidence is not None:
+        fail("--min-confidence abstains below a probability: use it with --confidence calibrated")
+    return GAP_TEMPERATURE_KEY
+
+
+def check_gap_temperatures(reader, model: Optional[str]) -> None:
+    """Refuse, before reading, a --confidence gap reader whose model has no gap temperatures."""
+    if not reader.temperatures:
+        fail(f"{model_label(model)} has no gap temperatures: fit them with `ksrnet calibrate --model "
+             f"{model or 'parseq-tiny'} --objective gap --frames 1,3,5` (and `--objective gap` alone for other "
+             "frame counts)")
+
+
 def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
-                  backend: str = "torch", calibration: Optional[Path] = None, threads: Optional[int] = None):
-    """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE)."""
+                 backend: str = "torch", calibration: Optional[Path] = None, threads: Optional[int] = None,
+                 temperature_key: str = "temperature"):
+    """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE).
+    temperature_key: the metadata key of the temperatures to read with (temperature_key_for)."""
     from ksrnet.export_onnx import is_onnx_path
     from ksrnet.infer import ENSEMBLE_RULES
 
@@ -114,9 +148,9 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
         fail("--calibration is for ensembles (several --model); a single model's temperatures live in its JSON "
              "(`ksrnet calibrate --model M`)")
     if backend == "onnx":  # onnxruntime keeps its own thread pool: torch.set_num_threads does not reach it
-        readers = [make_onnx_reader(m, device, mode, tta_views, threads)[0] for m in models]
+        readers = [make_onnx_reader(m, device, mode, tta_views, threads, temperature_key)[0] for m in models]
     else:
-        readers = [make_reader(m, device, mode, tta_views)[0] for m in models]
+        readers = [make_reader(m, device, mode, tta_views, temperature_key)[0] for m in models]
     if len(readers) == 1:
         return readers[0]
     return make_ensemble_reader(readers, models, ensemble, backend, tta_views, calibration)
@@ -202,7 +236,8 @@ def check_device(device: str) -> None:
             fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
-def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None, threads: Optional[int] = None):
+def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=None, threads: Optional[int] = None,
+                     temperature_key: str = "temperature"):
     from ksrnet.export_onnx import is_onnx_path
     from ksrnet.infer import Reader
     from ksrnet.typicality import load_for
@@ -218,7 +253,7 @@ def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=Non
 
         net = OnnxParseq(model, threads=threads)
         # An export made before the graph gave features cannot be scored; it reads as before.
-        reader = Reader(net, device=device, temperatures=temperatures_for(net.meta, model, tta_views),
+        reader = Reader(net, device=device, temperatures=temperatures_for(net.meta, model, tta_views, temperature_key),
                         tta_views=tta_views, typicality=load_for(model) if net.has_features else None)
     except ImportError:
         fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
@@ -244,7 +279,7 @@ def restoration_model(model: Optional[str]) -> tuple[Optional[str], bool]:
     return (str(model), False) if is_ksrnet_weights(model) else (None, False)
 
 
-def make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
+def make_reader(model: Optional[str], device: str, mode: str, tta_views=None, temperature_key: str = "temperature"):
     from ksrnet.infer import Reader
     from ksrnet.typicality import load_for
     from ksrnet.weights import ModelLoadError, load_model, resolve
@@ -262,7 +297,7 @@ def make_reader(model: Optional[str], device: str, mode: str, tta_views=None):
             fail(f"cannot load the restoration model {restoration}: {exc}")
     try:
         net, meta = load_model(model, device=device)
-        reader = Reader(net, device=device, mode=mode, temperatures=temperatures_for(meta, model, tta_views),
+        reader = Reader(net, device=device, mode=mode, temperatures=temperatures_for(meta, model, tta_views, temperature_key),
                         tta_views=tta_views, typicality=load_for(resolve(model)))
     except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
         fail(str(exc))

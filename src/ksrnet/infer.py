@@ -54,6 +54,9 @@ def select_frames(frames: Sequence, count: int | None) -> list:
 TTA_PREFIX = "tta:"
 # Metadata key beside "temperature": the TTA views the "tta:" temperatures were fitted with.
 TTA_VIEWS_KEY = "temperature_tta_views"
+# Metadata key of the temperatures fitted for the confidence gap (calibration.OBJECTIVES), keyed
+# like "temperature"; read with `--confidence gap`.
+GAP_TEMPERATURE_KEY = "temperature_gap"
 
 
 def temperature_key(rule: str, frames: int | None = None, tta: bool = False) -> str:
