@@ -54,6 +54,26 @@ def test_each_frame_is_read_as_a_one_frame_track_would_be(micro_parseq, noise_tr
             assert f.image is image  # the frame's own pixels, untouched
 
 
+def test_each_frame_gets_the_atypicality_it_would_have_alone(micro_parseq, noise_tracks):
+    from ksrnet.synth.dataset import generate_track
+    from ksrnet.typicality import fit_reference
+
+    model = micro_parseq()
+    plain = Reader(model)
+    reference = fit_reference([plain.frame_features(generate_track(9, i, preset="easy").lr).numpy() for i in range(40)])
+    reader = Reader(model, typicality=reference)
+    tracks = [generate_track(10, 0, preset="easy"), *noise_tracks(n=1, frames=5)]
+    reports = build_reports(reader, tracks, "product", frame_count=4)
+    for track, report in zip(tracks, reports):
+        assert report.reading == reader.read([track], ["product"], frame_count=4)["product"][0]
+        for f, image in zip(report.frames, track.lr[1:]):
+            alone = reader.read([Track(track.track_id, [image])], ["product"])["product"][0]
+            assert f.atypicality == pytest.approx(alone.atypicality)
+    page = render_html(reports, [], provenance())
+    assert page.count("<th>atypicality alone</th>") == 2
+    assert "atypicality alone" not in render_html(build_reports(plain, tracks, "product"), [], provenance())
+
+
 @pytest.mark.parametrize("rule", ["logit", "vote"])
 def test_an_ensemble_reports_the_reading_it_would_give(micro_parseq, noise_tracks, rule):
     from ksrnet.infer import EnsembleReader

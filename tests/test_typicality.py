@@ -116,10 +116,11 @@ def test_a_reader_with_a_reference_reads_the_same_and_scores_every_track(micro_p
     # each track is scored from the frames it was read from: the last three here
     expected = [reference.atypicality(plain.frame_features(t.lr[-3:]).numpy()) for t in tracks]
     assert [r.atypicality for r in b["product"]] == pytest.approx(expected, abs=1e-9)
-    # the same per-track scores come with the logits, for callers that fuse themselves (the report)
-    logits, scores = scored.scored_track_logits(tracks, 3)
-    assert scores == pytest.approx(expected, abs=1e-9) and len(logits) == len(tracks)
-    assert plain.scored_track_logits(tracks, 3)[1] is None
+    # the same features come with the logits, for callers that fuse themselves (the report)
+    logits, features = scored.track_logits_and_features(tracks, 3)
+    assert scored.atypicality_of(features) == pytest.approx(expected, abs=1e-9) and len(logits) == len(tracks)
+    assert [f.shape for f in features] == [(3, 2 * model.config.embed_dim)] * len(tracks)
+    assert plain.track_logits_and_features(tracks, 3)[1] is None
 
 
 @pytest.mark.parametrize("views", [("identity", "gamma0.8"), ("scale0.9", "gamma1.2")])

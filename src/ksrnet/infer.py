@@ -257,17 +257,20 @@ class Reader:
              topk: int = 3) -> dict[str, list[TrackReading]]:
         """Read a batch of tracks (objects with .track_id and .lr) with each fusion rule."""
         fusions = _check_fusions(fusions)  # before the costly pass
-        logits, atypicality = self.scored_track_logits(tracks, frame_count)
-        return self.readings_from_logits(tracks, logits, fusions, topk,
-                                         frames_used=self.frames_used(tracks, frame_count), atypicality=atypicality)
+        logits, features = self.track_logits_and_features(tracks, frame_count)
+        return self.readings_from_logits(tracks, logits, fusions, topk, frames_used=self.frames_used(tracks, frame_count),
+                                         atypicality=self.atypicality_of(features))
 
-    def scored_track_logits(self, tracks: list, frame_count: int | None = None) -> tuple[list, list[float] | None]:
-        """track_logits, and each track's atypicality (ksrnet.typicality) when the reader has a
-        typicality reference, else None; from the same network pass."""
+    def track_logits_and_features(self, tracks: list, frame_count: int | None = None) -> tuple[list, list | None]:
+        """track_logits, and each track's frames' pooled encoder features ``(F, D)`` when the reader
+        has a typicality reference (else None), from the same network pass."""
         if self.typicality is None:
             return self.track_logits(tracks, frame_count), None
-        logits, features = self._track_outputs(tracks, frame_count, with_features=True)
-        return logits, [self.typicality.atypicality(f.numpy()) for f in features]
+        return self._track_outputs(tracks, frame_count, with_features=True)
+
+    def atypicality_of(self, features: list | None) -> list[float] | None:
+        """Each track's atypicality (ksrnet.typicality) from its frames' features; None for None."""
+        return None if features is None else [self.typicality.atypicality(f.numpy()) for f in features]
 
     def frames_used(self, tracks: list, frame_count: int | None) -> list[int] | None:
         """Frames behind each track's logits where that is not their row count (see
@@ -281,7 +284,7 @@ class Reader:
         """The fusion half of ``read``, for per-track logits already computed (``track_logits``).
         frames_used: frames behind each track's logits when that is not their row count (a
         restoration model reads all its frames as one image); it picks the temperature.
-        atypicality: each track's (``scored_track_logits``), carried into its readings."""
+        atypicality: each track's (``atypicality_of``), carried into its readings."""
         fusions = _check_fusions(fusions)
         results: dict[str, list[TrackReading]] = {f: [] for f in fusions}
         counts = list(frames_used) if frames_used is not None else [c.shape[0] for c, _ in logits]

@@ -34,6 +34,7 @@ class FrameEvidence:
     image: np.ndarray  # RGB uint8, as read from disk
     text: str
     confidence: float
+    atypicality: float | None = None  # of the frame alone, among single calibration frames (ksrnet.typicality)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,14 @@ class Provenance:
 
 
 def frame_evidence(reader, tracks: list, track_logits: list, frame_count: int | None,
-                   names: Sequence[Sequence[str]]) -> list[list[FrameEvidence]]:
+                   names: Sequence[Sequence[str]], features: list | None = None) -> list[list[FrameEvidence]]:
     """Each chosen frame of each track read on its own by the same reader (its temperature for one
-    frame), as (frame name, image, text, confidence); track_logits: the reader's ``track_logits``."""
+    frame), as (frame name, image, text, confidence, atypicality); track_logits and features: the
+    reader's ``track_logits_and_features`` (no atypicality without features)."""
     from ksrnet.infer import select_frames
 
     out = []
-    for track, logits, frame_names in zip(tracks, track_logits, names):
+    for i, (track, logits, frame_names) in enumerate(zip(tracks, track_logits, names)):
         chars, layouts = logits
         images = select_frames(track.lr, frame_count)
         if chars.shape[0] != len(images):
@@ -105,7 +107,10 @@ def frame_evidence(reader, tracks: list, track_logits: list, frame_count: int | 
             readings = reader.read([Track(track.track_id, [img]) for img in images], ["product"])["product"]
         else:
             readings = reader.readings_from_logits([track] * len(single), single, ["product"])["product"]
-        out.append([FrameEvidence(n, img, r.text, r.confidence) for n, img, r in zip(frame_names, images, readings)])
+        alone = ([None] * len(images) if features is None
+                 else [reader.typicality.atypicality(features[i][f:f + 1].numpy()) for f in range(len(images))])
+        out.append([FrameEvidence(n, img, r.text, r.confidence, a)
+                    for n, img, r, a in zip(frame_names, images, readings, alone)])
     return out
 
 
@@ -115,16 +120,16 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
     the evidence the report shows."""
     from ksrnet.infer import select_frames
 
-    logits, atypicality = reader.scored_track_logits(tracks, frame_count)
+    logits, features = reader.track_logits_and_features(tracks, frame_count)
     if getattr(reader, "rule", None) == "vote":  # each member fuses alone: not a fusion of these logits
         fused = reader.read(tracks, [fusion], frame_count=frame_count)[fusion]
     else:  # what reader.read does, without running the network a second time
-        fused = reader.readings_from_logits(tracks, logits, [fusion], atypicality=atypicality)[fusion]
+        fused = reader.readings_from_logits(tracks, logits, [fusion], atypicality=reader.atypicality_of(features))[fusion]
     names = []
     for t in tracks:
         all_names = list(getattr(t, "lr_names", None) or [f"frame {i + 1}" for i in range(len(t.lr))])
         names.append(select_frames(all_names, frame_count))
-    evidence = frame_evidence(reader, tracks, logits, frame_count, names)
+    evidence = frame_evidence(reader, tracks, logits, frame_count, names, features)
     return [TrackReport(track_id=t.track_id, reading=r, frames=e, truth=getattr(t, "text", None),
                         illegible=min_confidence is not None and r.confidence < min_confidence,
                         source=None if getattr(t, "path", None) is None else str(t.path),
@@ -262,14 +267,21 @@ def _characters(reading: TrackReading, in_doubt: bool) -> str:
 
 
 def _frames(report: TrackReport) -> str:
-    rows = ["<tr><th>frame</th><th>pixels (w x h)</th><th>image</th><th>read alone</th><th>confidence</th></tr>"]
+    # A frame unlike every calibration frame stands out here even when the track as a whole does not.
+    scored = any(f.atypicality is not None for f in report.frames)
+    rows = ["<tr><th>frame</th><th>pixels (w x h)</th><th>image</th><th>read alone</th><th>confidence</th>"
+            + ("<th>atypicality alone</th>" if scored else "") + "</tr>"]
     for f in report.frames:
         marked = "".join(c if c == r else f'<span class="differs">{_esc(c)}</span>'
                          for c, r in zip(f.text, report.reading.text.ljust(len(f.text))))
         h, w = f.image.shape[:2]
+        typical = ""
+        if scored:
+            flag = ' class="weak"' if f.atypicality is not None and f.atypicality >= ATYPICAL else ""
+            typical = f"<td{flag}>{'-' if f.atypicality is None else _num(f.atypicality, 3)}</td>"
         rows.append(f"<tr><td>{_esc(f.name)}</td><td>{w} x {h}</td>"
                     f'<td><img class="frame" src="{_png_data_uri(f.image)}" alt="{_esc(f.name)}"></td>'
-                    f'<td class="plate">{marked}</td><td>{_num(f.confidence, 3)}</td></tr>')
+                    f'<td class="plate">{marked}</td><td>{_num(f.confidence, 3)}</td>{typical}</tr>')
     return "<table>" + "".join(rows) + "</table>"
 
 
