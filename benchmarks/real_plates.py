@@ -239,8 +239,8 @@ def main() -> None:
     summary = ["| preset | F | twin RR % | real RR % | only twin / only real right (p) | CER twin / real % "
                "| ECE twin / real | readings >= 0.9: wrong of read, twin / real | characters >= 0.9 wrong, twin / real |",
                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    typicality = ["| preset | F | flagged atypical, twin / real % | AUROC, real over twin | real read right: not flagged "
-                  "/ flagged | real readings >= 0.9 wrong of read: not flagged / flagged |",
+    typicality = ["| preset | F | flagged atypical, twin / real % | AUROC, real over twin "
+                  "| real read right: not flagged / flagged | real readings >= 0.9 wrong of read: not flagged / flagged |",
                   "| --- | --- | --- | --- | --- | --- |"]
     per_plate, swaps = {}, {"twin": {}, "real": {}}
     for preset in presets:

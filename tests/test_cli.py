@@ -690,7 +690,8 @@ def test_gap_temperatures_are_fitted_apart_and_read_with_confidence_gap(good_tre
     assert all(f["objective"] == "gap" for f in meta["calibration_gap"]["fits"])
     assert not reference_path(micro_model).exists()  # the typicality reference goes with calibrated fits only
     plain, gap = tmp_path / "plain.jsonl", tmp_path / "gap.jsonl"
-    assert_exit(invoke("predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt", "--details", plain), 0)
+    assert_exit(invoke("predict", good_tree, "--model", micro_model, "--out", tmp_path / "p.txt",
+                       "--details", plain), 0)
     result = invoke("predict", good_tree, "--model", micro_model, "--out", out, "--confidence", "gap", "--details", gap)
     assert_exit(result, 0)
     assert mentions(result.stderr, "4 of 4 confidences come from the temperatures fitted to widen"), result.stderr

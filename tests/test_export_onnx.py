@@ -188,8 +188,9 @@ def test_an_export_carries_the_features_and_the_reference_and_scores_tracks_as_p
     assert runtime.has_features
     # tracks like the reference's, whose atypicality is spread out (noise would score 1.0 either way)
     tracks = [generate_track(4, i, preset="easy") for i in range(6)]
-    torch_read = [r.atypicality for r in Reader(model, typicality=reference).read(tracks, frame_count=4)["product"]]
-    onnx_read = [r.atypicality for r in Reader(runtime, typicality=load_for(onnx)).read(tracks, frame_count=4)["product"]]
+    torch_read, onnx_read = ([r.atypicality for r in reader.read(tracks, frame_count=4)["product"]]
+                             for reader in (Reader(model, typicality=reference),
+                                            Reader(runtime, typicality=load_for(onnx))))
     # equal, or one of the 20 reference tracks apart where a score sits on a reference one
     assert len(set(torch_read)) > 2 and onnx_read == pytest.approx(torch_read, abs=0.051)
     # a model without a reference leaves none beside its export: the earlier one describes other tracks

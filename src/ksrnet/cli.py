@@ -602,8 +602,9 @@ def note_uncalibrated(readings: list, fusion: str, ensemble_rule: Optional[str] 
         f"fitted for fusion {fusion} at {counts}, so they rank readings but are not probabilities"
         + (f" (and --min-confidence {min_confidence} compares them as they are)" if min_confidence is not None else "")
         + f"; fit it with `ksrnet calibrate --fusions {fusion} --frames {','.join(map(str, sorted(raw)))}`"
-        + (" --objective gap" if confidence == "gap" else "") + " and the same --model options" + (f", --ensemble {ensemble_rule} --out FILE, then read with --calibration FILE"
-                                  if ensemble_rule else "")), soft_wrap=True, highlight=False)
+        + (" --objective gap" if confidence == "gap" else "") + " and the same --model options"
+        + (f", --ensemble {ensemble_rule} --out FILE, then read with --calibration FILE" if ensemble_rule else "")),
+        soft_wrap=True, highlight=False)
 
 
 def check_submittable_ids(paths: list) -> None:
@@ -701,7 +702,8 @@ def eval_cmd(
 
     if ablation:
         # The ablation rows fix their own frames and fusions and read with torch: these would be ignored.
-        refuse_given(ctx, ("fusions", "frame_counts", "backend", "pad_margin", "confidence"), "do not apply to --ablation")
+        refuse_given(ctx, ("fusions", "frame_counts", "backend", "pad_margin", "confidence"),
+                     "do not apply to --ablation")
         _ablation(tracks, model, ksrnet_models, synth_tracks, presets, markdown, batch_size, device, mode,
                   parse_tta_views(tta, tta_views), ensemble, as_json, calibration)
         return
@@ -1126,7 +1128,8 @@ def calibrate(
     check_fusions_and_mode(fusion_list, mode)
     if objective not in OBJECTIVES:
         fail(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if objective == "gap" and (len(model or []) > 1 or tta or tta_views or any(restoration_model(m)[0] for m in model or [])):
+    restoring = any(restoration_model(m)[0] for m in model or [])
+    if objective == "gap" and (len(model or []) > 1 or tta or tta_views or restoring):
         fail("--objective gap fits one recognizer read frame by frame without TTA: leave out --tta, --tta-views, "
              "a second --model and KSR-Net or MF-LPR² weights")
     onnx = [m for m in model or [] if is_onnx_path(m)]
@@ -1294,7 +1297,8 @@ def _write_ensemble_calibration(out: Path, reader, models: list, views, fits: li
     console.print(f"ensemble calibration saved in {path}; read with --calibration {path}")
 
 
-def _store_temperatures(model: Optional[str], views, fits: list, source: str, covered=(), objective: str = "nll") -> None:
+def _store_temperatures(model: Optional[str], views, fits: list, source: str, covered=(),
+                        objective: str = "nll") -> None:
     """Merge fitted temperatures (and their figures) into the model's JSON, keeping the other rules,
     counts and reading modes; TTA ones fitted for other views than these are replaced. A general fit
     (all frames of each track) replaces its rule's per-count temperatures for the frame counts it

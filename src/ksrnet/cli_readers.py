@@ -253,8 +253,9 @@ def make_onnx_reader(model: Optional[str], device: str, mode: str, tta_views=Non
 
         net = OnnxParseq(model, threads=threads)
         # An export made before the graph gave features cannot be scored; it reads as before.
-        reader = Reader(net, device=device, temperatures=temperatures_for(net.meta, model, tta_views, temperature_key),
-                        tta_views=tta_views, typicality=load_for(model) if net.has_features else None)
+        temperatures = temperatures_for(net.meta, model, tta_views, temperature_key)
+        reader = Reader(net, device=device, temperatures=temperatures, tta_views=tta_views,
+                        typicality=load_for(model) if net.has_features else None)
     except ImportError:
         fail("the ONNX backend needs onnxruntime: pip install 'ksrnet[onnx]'")
     except Exception as exc:  # onnxruntime raises its own types for a missing or corrupt file
@@ -297,8 +298,9 @@ def make_reader(model: Optional[str], device: str, mode: str, tta_views=None, te
             fail(f"cannot load the restoration model {restoration}: {exc}")
     try:
         net, meta = load_model(model, device=device)
-        reader = Reader(net, device=device, mode=mode, temperatures=temperatures_for(meta, model, tta_views, temperature_key),
-                        tta_views=tta_views, typicality=load_for(resolve(model)))
+        temperatures = temperatures_for(meta, model, tta_views, temperature_key)
+        reader = Reader(net, device=device, mode=mode, temperatures=temperatures, tta_views=tta_views,
+                        typicality=load_for(resolve(model)))
     except (ModelLoadError, ValueError, TypeError) as exc:  # TypeError: "temperature" not a mapping
         fail(str(exc))
     return reader, meta

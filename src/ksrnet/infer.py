@@ -258,7 +258,8 @@ class Reader:
         """Read a batch of tracks (objects with .track_id and .lr) with each fusion rule."""
         fusions = _check_fusions(fusions)  # before the costly pass
         logits, features = self.track_logits_and_features(tracks, frame_count)
-        return self.readings_from_logits(tracks, logits, fusions, topk, frames_used=self.frames_used(tracks, frame_count),
+        return self.readings_from_logits(tracks, logits, fusions, topk,
+                                         frames_used=self.frames_used(tracks, frame_count),
                                          atypicality=self.atypicality_of(features))
 
     def track_logits_and_features(self, tracks: list, frame_count: int | None = None) -> tuple[list, list | None]:
@@ -313,8 +314,8 @@ class Reader:
         computed in one batched pass."""
         return self._track_outputs(tracks, frame_count)[0]
 
-    def _track_outputs(self, tracks: list, frame_count: int | None,
-                       with_features: bool = False) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
+    def _track_outputs(self, tracks: list, frame_count: int | None, with_features: bool = False
+                       ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
         """track_logits, and with_features each track's frames' pooled features (else [])."""
         chosen = [select_frames(t.lr, frame_count) for t in tracks]
         flat = [frame for frames in chosen for frame in frames]

@@ -124,7 +124,8 @@ def build_reports(reader, tracks: list, fusion: str, frame_count: int | None = N
     if getattr(reader, "rule", None) == "vote":  # each member fuses alone: not a fusion of these logits
         fused = reader.read(tracks, [fusion], frame_count=frame_count)[fusion]
     else:  # what reader.read does, without running the network a second time
-        fused = reader.readings_from_logits(tracks, logits, [fusion], atypicality=reader.atypicality_of(features))[fusion]
+        atypicality = reader.atypicality_of(features)
+        fused = reader.readings_from_logits(tracks, logits, [fusion], atypicality=atypicality)[fusion]
     names = []
     for t in tracks:
         all_names = list(getattr(t, "lr_names", None) or [f"frame {i + 1}" for i in range(len(t.lr))])
@@ -223,9 +224,9 @@ def _typicality(reading: TrackReading) -> str:
         return ""
     share = f"{100 * reading.atypicality:.1f} %"
     if reading.atypical:
-        return (f'<p class="notes">Atypical input: this track looks less typical than {share} of the tracks the model '
-                "was calibrated on (by its recognizer's encoder features), so its confidence was never checked on input "
-                "like it and may be too high.</p>")
+        return (f'<p class="notes">Atypical input: this track looks less typical than {share} of the tracks the '
+                "model was calibrated on (by its recognizer's encoder features), so its confidence was never checked "
+                "on input like it and may be too high.</p>")
     return f"<p>Typicality: less typical than {share} of the tracks the model was calibrated on.</p>"
 
 
@@ -338,9 +339,9 @@ def render_html(reports: list[TrackReport], unreadable: list[UnreadableTrack], p
                      + ". Fit a calibration with `ksrnet calibrate`.")
     atypical = [r for r in reports if r.reading.atypical]
     if atypical:
-        lines.append(f"{len(atypical)} of {len(reports)} tracks are marked atypical input: they look less typical than "
-                     f"{ATYPICAL:.0%} of the tracks the model was calibrated on, so their confidences were never checked "
-                     "on input like them and may be too high. Calibrating on annotated tracks of this footage "
+        lines.append(f"{len(atypical)} of {len(reports)} tracks are marked atypical input: they look less typical "
+                     f"than {ATYPICAL:.0%} of the tracks the model was calibrated on, so their confidences were never "
+                     "checked on input like them and may be too high. Calibrating on annotated tracks of this footage "
                      "(`ksrnet calibrate FOLDER`) refits both the confidences and this check.")
     explain = (
         "The confidence of a reading is the model's calibrated probability that all seven characters are right. "

@@ -145,10 +145,10 @@ class TypicalityReference:
 def fit_reference(track_features: Sequence[np.ndarray], source: str = "",
                   shrinkage: float = SHRINKAGE) -> TypicalityReference:
     """Fit on one half of the tracks (every other one, so that tracks listed in some order, by
-    scenario or layout say, fall in both halves) and score the other half at each frame count from 1 to the longest track, using each track's
-    last frames as the readers do (infer.select_frames): a reference scored on the tracks the Gaussian
-    was fitted to would look more typical than any new track. ``track_features``: per track, its
-    frames' pooled features ``(F, D)``."""
+    scenario or layout say, fall in both halves) and score the other half at each frame count from 1
+    to the longest track, using each track's last frames as the readers do (infer.select_frames): a
+    reference scored on the tracks the Gaussian was fitted to would look more typical than any new
+    track. ``track_features``: per track, its frames' pooled features ``(F, D)``."""
     tracks = [np.asarray(f, dtype=np.float64) for f in track_features if len(f)]
     fit, held = tracks[0::2], tracks[1::2]
     frames = np.concatenate(fit) if fit else np.zeros((0, 0))
