@@ -240,3 +240,17 @@ def test_an_export_from_before_the_features_reads_as_before_without_a_flag(tmp_p
     result = invoke("predict", root, "--backend", "onnx", "--model", path, "--out", out, "--details", details)
     assert result.exit_code == 0, result.output
     assert all(json.loads(line)["atypicality"] is None for line in details.read_text().splitlines())
+
+
+def test_gap_confidences_from_an_export_without_them_say_to_export_again(tmp_path, noise_tracks):
+    import cv2
+
+    onnx = tmp_path / "m.onnx"
+    assert invoke("export", "--onnx", onnx, "--model", saved_micro(tmp_path), "--check-tracks", 1).exit_code == 0
+    track = tmp_path / "tracks" / "t0"
+    track.mkdir(parents=True)
+    cv2.imwrite(str(track / "lr-001.png"), noise_tracks(1)[0].lr[0])
+    result = invoke("predict", track.parent, "--backend", "onnx", "--model", onnx, "--confidence", "gap",
+                    "--out", tmp_path / "p.txt")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "then export it again" in " ".join(result.output.split())

@@ -122,10 +122,15 @@ def temperature_key_for(confidence: str, models: Optional[List[str]], tta_views,
 
 def check_gap_temperatures(reader, model: Optional[str]) -> None:
     """Refuse, before reading, a --confidence gap reader whose model has no gap temperatures."""
+    from ksrnet.export_onnx import is_onnx_path
+
     if not reader.temperatures:
-        fail(f"{model_label(model)} has no gap temperatures: fit them with `ksrnet calibrate --model "
-             f"{model or 'parseq-tiny'} --objective gap --frames 1,3,5` (and `--objective gap` alone for other "
-             "frame counts)")
+        fit = "`ksrnet calibrate --model {} --objective gap --frames 1,3,5`"
+        if is_onnx_path(model):
+            fail(f"{model_label(model)} has no gap temperatures: fit them on the model it was exported from "
+                 f"({fit.format('M')}), then export it again")
+        fail(f"{model_label(model)} has no gap temperatures: fit them with {fit.format(model or 'parseq-tiny')} "
+             "(and `--objective gap` alone for other frame counts)")
 
 
 def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views, ensemble: str,
