@@ -737,7 +737,8 @@ def test_predict_eval_and_report_flag_atypical_tracks(good_tree, flagging_model,
     result = invoke("predict", good_tree, "--model", flagging_model, "--out", tmp_path / "p.txt", "--details", details)
     assert_exit(result, 0)
     assert mentions(result.stderr, "4 of 4 tracks look unlike the tracks this model was calibrated on"), result.stderr
-    assert all(json.loads(line)["atypicality"] == 1.0 for line in details.read_text().splitlines())
+    rows = [json.loads(line) for line in details.read_text().splitlines()]
+    assert all(r["atypicality"] == 1.0 and r["atypical"] for r in rows)
     result = invoke("eval", good_tree, "--model", flagging_model, "--fusions", "product", "--frames", "1")
     assert_exit(result, 0)
     assert mentions(result.stdout, "tracks like the calibration tracks and atypical ones"), result.stdout

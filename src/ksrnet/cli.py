@@ -539,7 +539,7 @@ def predict(
                 # The confidence of the line is that of what it says: an empty reading is never right,
                 # and keeping the guess's confidence there would lower the confidence gap.
                 preds.append(Prediction(r.track_id, "", 0.0) if illegible else Prediction(r.track_id, r.text, r.confidence))
-                extra.append(r.__dict__ | {"illegible": illegible})
+                extra.append(r.__dict__ | {"illegible": illegible, "atypical": r.atypical})
                 readings.append(r)
     try:
         write_predictions(preds, out, zip_path=zip_path)
