@@ -41,6 +41,12 @@ def resized_flow(traj, ref: int, t: int, lr_size: tuple[int, int]) -> np.ndarray
     return np.stack([u - xs, v - ys]).astype(np.float32)
 
 
+# The SR targets' warp runs in float32: in float64 (before session 22) it took about half of a
+# KSR-Net training sample's CPU time, for targets within 4.2e-5 of these and the same masks
+# (benchmarks/ksr_sample_cost.py, which sets this to torch.float64 for its comparison).
+WARP_DTYPE = torch.float32
+
+
 def sr_target(canonical_hr: np.ndarray, traj, ref: int, lr_size: tuple[int, int], upscale: int,
               supersample: int = 2) -> tuple[Tensor, Tensor]:
     """The canonical HR plate on the SR grid of the resized reference frame.
@@ -66,9 +72,9 @@ def _on_sr_grid(image: np.ndarray, lr_to_image: Tensor, lr_size: tuple[int, int]
     k = supersample
     h_fine = sr_homography_from_lr(h_sr, k) if k > 1 else h_sr
     out = (lr_size[0] * upscale * k, lr_size[1] * upscale * k)
-    target, inside = warp_to_reference_grid(frame_to_unit_tensor(image)[None].double(), h_fine, out)
+    target, inside = warp_to_reference_grid(frame_to_unit_tensor(image)[None].to(WARP_DTYPE), h_fine, out)
     if region is not None:
-        inside = inside * warp_to_reference_grid(region, h_fine, out, padding_mode="zeros")[0]
+        inside = inside * warp_to_reference_grid(region.to(WARP_DTYPE), h_fine, out, padding_mode="zeros")[0]
     if k > 1:
         target, inside = F.avg_pool2d(target, k), F.avg_pool2d(inside, k)
     mask = (inside > 1.0 - tolerance).to(torch.float32)
