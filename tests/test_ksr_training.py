@@ -182,6 +182,19 @@ def test_gt_flow_aligns_frames_at_lr_size(index):
         assert (resize_flow(native, LR)[0] - s["flows"][t]).abs().max() < 0.02
 
 
+def test_sr_target_in_float32_is_the_float64_one_to_rounding(monkeypatch):
+    from ksrnet import ksr_targets
+
+    tracks = [generate_track(3, i, preset="hard") for i in range(3)]
+    fast = [track_sample(t, LR, 4) for t in tracks]
+    monkeypatch.setattr(ksr_targets, "WARP_DTYPE", torch.float64)
+    exact = [track_sample(t, LR, 4) for t in tracks]
+    for a, b in zip(fast, exact):
+        assert a["sr_target"].dtype == torch.float32
+        assert (a["sr_target"] - b["sr_target"]).abs().max() < 1e-4  # an 8-bit level is 7.8e-3
+        assert (a["sr_mask"] != b["sr_mask"]).float().mean() < 1e-4
+
+
 @pytest.mark.parametrize("index", [0, 1, 3])
 def test_sr_target_lies_on_the_reference_grid(index):
     """The SR target must be the reference frame's plate, x4: compared with the camera-only render
