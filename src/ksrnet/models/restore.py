@@ -192,7 +192,7 @@ def warp_to_reference_grid(hr_canonical: Tensor, frame_to_canonical: Tensor, out
     xs = torch.arange(width, dtype=h_mat.dtype, device=h_mat.device).view(1, 1, 1, width)
     ys = torch.arange(height, dtype=h_mat.dtype, device=h_mat.device).view(1, 1, height, 1)
     # H (x, y, 1) for every output pixel as broadcast sums over the grid's rows and columns: the same
-    # values as a (pixels x 3) @ (3 x 3) product, at half the time of the whole warp on this CPU.
+    # values as a (pixels x 3) @ (3 x 3) product, and the whole warp takes half the time on a CPU.
     mapped = h_mat[:, :, 0, None, None] * xs + h_mat[:, :, 1, None, None] * ys + h_mat[:, :, 2, None, None]
     src_x, src_y = mapped[:, 0] / mapped[:, 2], mapped[:, 1] / mapped[:, 2]  # (B, H, W)
     # align_corners=False: pixel centre x maps to (2x + 1) / W - 1.
