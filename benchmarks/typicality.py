@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_readers import read_in_batches  # noqa: E402
 from recognizer import REAL_LR, real_tracks, synthetic_tracks  # noqa: E402
 
 from ksrnet.cli_readers import make_reader  # noqa: E402
@@ -28,13 +29,6 @@ from ksrnet.metrics import CONFIDENT  # noqa: E402
 from ksrnet.synth.dataset import generate_track  # noqa: E402
 from ksrnet.tracks import Track  # noqa: E402
 from ksrnet.typicality import ATYPICAL  # noqa: E402
-
-
-def read_all(reader, tracks: list, frames: int | None, batch: int = 64) -> list:
-    out = []
-    for s in range(0, len(tracks), batch):
-        out += reader.read(tracks[s:s + batch], ["product"], frame_count=frames)["product"]
-    return out
 
 
 def split_row(label: str, tracks: list, readings: list) -> str:
@@ -80,19 +74,20 @@ def main() -> None:
     for preset, n in (("hard", args.tracks), ("easy", max(1, args.tracks // 4))):
         tracks = synthetic_tracks(n, preset)
         for frames in (1, 3, 5):
-            print(split_row(f"synthetic {preset} test set, {n}, F={frames}", tracks, read_all(reader, tracks, frames)),
-                  flush=True)
+            read = read_in_batches(reader, tracks, "product", frames)
+            print(split_row(f"synthetic {preset} test set, {n}, F={frames}", tracks, read), flush=True)
         if preset == "hard":
             reader.pad_margin = 0.06
-            print(split_row(f"the same, F=5, read with --pad-margin 0.06", tracks, read_all(reader, tracks, 5)))
+            print(split_row("the same, F=5, read with --pad-margin 0.06", tracks,
+                            read_in_batches(reader, tracks, "product", 5)))
             reader.pad_margin = 0.0
     print(f"\n({time.perf_counter() - start:.0f} s)\n")
     print("| input | atypicality | reading | confidence |")
     print("| --- | --- | --- | --- |")
-    for t, r in zip(illegible := illegible_tracks(), read_all(reader, illegible, None)):
+    for t, r in zip(illegible := illegible_tracks(), read_in_batches(reader, illegible, "product", None)):
         print(f"| {t.track_id} | {r.atypicality:.3f} | {r.text} | {r.confidence:.3f} |")
     reals = real_tracks(REAL_LR) if REAL_LR.is_dir() else []
-    for t, r in zip(reals, read_all(reader, reals, None)):
+    for t, r in zip(reals, read_in_batches(reader, reals, "product", None)):
         print(f"| real LR frame {t.track_id} (truth {t.text}) | {r.atypicality:.3f} | {r.text} | {r.confidence:.3f} |")
 
 
