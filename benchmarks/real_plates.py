@@ -48,7 +48,7 @@ from ksrnet.metrics import CONFIDENT, GroundTruth, Reading, score  # noqa: E402
 from ksrnet.plates import infer_layout  # noqa: E402
 from ksrnet.synth.contact_sheet import frame_rows  # noqa: E402
 from ksrnet.synth.dataset import as_canonical_plate, generate_track  # noqa: E402
-from ksrnet.typicality import ATYPICAL  # noqa: E402
+from ksrnet.typicality import ATYPICAL, flagged  # noqa: E402
 
 REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-samples"
 HR_FOLDERS = ("rodosol_hr", "pairs")
@@ -173,11 +173,11 @@ def typicality_row(preset: str, frames: int, twin: dict, mine: dict) -> str | No
     atypicality tells real plates from their twins, and how the real ones read flagged and not."""
     if any(a is None for a in twin["atypicality"] + mine["atypicality"]):
         return None  # the model has no typicality reference
-    flag_twin = [a >= ATYPICAL for a in twin["atypicality"]]
-    flag_real = [a >= ATYPICAL for a in mine["atypicality"]]
+    flag_twin = [flagged(a) for a in twin["atypicality"]]
+    flag_real = [flagged(a) for a in mine["atypicality"]]
     cells = []
-    for flagged in (False, True):
-        sel = [i for i, f in enumerate(flag_real) if f == flagged]
+    for group in (False, True):
+        sel = [i for i, f in enumerate(flag_real) if f == group]
         right = sum(mine["correct"][i] for i in sel)
         sure = [i for i in sel if mine["confidence"][i] >= CONFIDENT]
         cells.append((len(sel), right, len(sure), sum(not mine["correct"][i] for i in sure)))

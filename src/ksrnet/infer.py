@@ -16,7 +16,7 @@ from ksrnet.plates import CHARSET, LAYOUTS, Tokenizer, layout_masks
 from ksrnet.preprocess import frames_to_tensor
 from ksrnet.recrop import pad_frame
 from ksrnet.tta import check_views, make_view, vote
-from ksrnet.typicality import ATYPICAL, TypicalityReference, gives_features, pooled_features, read_with_features
+from ksrnet.typicality import TypicalityReference, flagged, gives_features, pooled_features, read_with_features
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TrackReading:
 
     @property
     def atypical(self) -> bool:
-        return self.atypicality is not None and self.atypicality >= ATYPICAL
+        return flagged(self.atypicality)
 
 
 def select_frames(frames: Sequence, count: int | None) -> list:

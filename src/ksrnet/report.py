@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ksrnet.infer import TrackReading
-from ksrnet.typicality import ATYPICAL
+from ksrnet.typicality import ATYPICAL, flagged
 
 # Character probability bands of the report's colours (and of its words for them).
 SURE, DOUBTFUL = 0.9, 0.5
@@ -278,7 +278,7 @@ def _frames(report: TrackReport) -> str:
         h, w = f.image.shape[:2]
         typical = ""
         if scored:
-            flag = ' class="weak"' if f.atypicality is not None and f.atypicality >= ATYPICAL else ""
+            flag = ' class="weak"' if flagged(f.atypicality) else ""
             typical = f"<td{flag}>{'-' if f.atypicality is None else _num(f.atypicality, 3)}</td>"
         rows.append(f"<tr><td>{_esc(f.name)}</td><td>{w} x {h}</td>"
                     f'<td><img class="frame" src="{_png_data_uri(f.image)}" alt="{_esc(f.name)}"></td>'

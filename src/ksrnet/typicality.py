@@ -44,6 +44,11 @@ class TypicalityError(ValueError):
     pass
 
 
+def flagged(atypicality: float | None) -> bool:
+    """Whether an atypicality (of a track or of a frame alone) is flagged; None, unscored, is not."""
+    return atypicality is not None and atypicality >= ATYPICAL
+
+
 def read_with_features(model, images: torch.Tensor, mode: str = "nar",
                        refine_iters: int | None = None) -> tuple[ParseqOutput, torch.Tensor]:
     """A recognizer's outputs and its frames' pooled features, from one pass. ``model``: a Parseq
