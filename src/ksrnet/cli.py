@@ -29,6 +29,7 @@ from ksrnet.cli_readers import (
     model_label,
     parse_tta_views,
     read_track_batches,
+    refuse_gap_beyond_one_recognizer,
     restoration_model,
     set_pad_margin,
     temperature_key_for,
@@ -1128,10 +1129,10 @@ def calibrate(
     check_fusions_and_mode(fusion_list, mode)
     if objective not in OBJECTIVES:
         fail(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    restoring = any(restoration_model(m)[0] for m in model or [])
-    if objective == "gap" and (len(model or []) > 1 or tta or tta_views or restoring):
-        fail("--objective gap fits one recognizer read frame by frame without TTA: leave out --tta, --tta-views, "
-             "a second --model and KSR-Net or MF-LPR² weights")
+    if objective == "gap":
+        refuse_gap_beyond_one_recognizer(model, tta or tta_views, "--objective gap fits one recognizer read frame by "
+                                         "frame without TTA: leave out --tta, --tta-views, a second --model and "
+                                         "KSR-Net or MF-LPR² weights")
     onnx = [m for m in model or [] if is_onnx_path(m)]
     if onnx:
         # An exported graph reads with the copy of the temperatures made at export: calibrating the

@@ -103,6 +103,13 @@ CONFIDENCE_HELP = ("calibrated: the probability that the whole plate is right (t
                    "probabilities (one recognizer, no TTA, no --min-confidence).")
 
 
+def refuse_gap_beyond_one_recognizer(models: Optional[List[str]], tta_views, message: str) -> None:
+    """Gap temperatures (calibrate --objective gap) are fitted and read for one recognizer, frame by
+    frame, without TTA: refuse, with ``message``, several --model, TTA views or restoration weights."""
+    if len(models or []) > 1 or tta_views or any(restoration_model(m)[0] for m in models or []):
+        fail(message)
+
+
 def temperature_key_for(confidence: str, models: Optional[List[str]], tta_views, min_confidence=None) -> str:
     """The metadata key of the temperatures --confidence asks for, refusing what the gap ones do not
     cover (see calibrate --objective gap)."""
@@ -112,9 +119,8 @@ def temperature_key_for(confidence: str, models: Optional[List[str]], tta_views,
         fail(f"--confidence must be one of {', '.join(CONFIDENCES)}, got {confidence!r}")
     if confidence == "calibrated":
         return "temperature"
-    if len(models or []) > 1 or tta_views or any(restoration_model(m)[0] for m in models or []):
-        fail("--confidence gap reads with one recognizer, frame by frame, without TTA: the gap temperatures are "
-             "fitted for that alone")
+    refuse_gap_beyond_one_recognizer(models, tta_views, "--confidence gap reads with one recognizer, frame by frame, "
+                                     "without TTA: the gap temperatures are fitted for that alone")
     if min_confidence is not None:
         fail("--min-confidence abstains below a probability: use it with --confidence calibrated")
     return GAP_TEMPERATURE_KEY
