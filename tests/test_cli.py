@@ -635,7 +635,11 @@ def test_calibrate_says_which_tracks_it_could_not_use(tmp_path, micro_model):
 
 
 def test_calibrate_fits_the_typicality_reference_beside_the_weights(micro_model):
-    from ksrnet.typicality import load_for, reference_path
+    from ksrnet.cli import CALIBRATION_SEED
+    from ksrnet.infer import Reader
+    from ksrnet.synth.dataset import generate_track
+    from ksrnet.typicality import fit_reference, load_for, reference_path
+    from ksrnet.weights import load_model
 
     base = ["calibrate", "--model", micro_model, "--synth", "40", "--fusions", "product"]
     for skip in (["--dry-run"], ["--no-typicality"]):
@@ -646,6 +650,15 @@ def test_calibrate_fits_the_typicality_reference_beside_the_weights(micro_model)
     assert mentions(result.stdout, "typicality reference saved in"), result.stdout
     reference = load_for(micro_model)
     assert reference.source.startswith("40 synthetic tracks") and sorted(reference.reference_scores) == [1, 2, 3, 4, 5]
+    # The features came from the reading pass; the encoder alone on the same frames gives the same reference.
+    reader = Reader(load_model(micro_model)[0])
+    alone = fit_reference([reader.frame_features(generate_track(CALIBRATION_SEED, i, preset="mix").lr).numpy()
+                           for i in range(40)])
+    assert np.allclose(alone.mean, reference.mean, atol=1e-6)
+    assert all(np.allclose(alone.reference_scores[n], reference.reference_scores[n], rtol=1e-5) for n in range(1, 6))
+    # Fitted per frame count (--frames), where no pass reads every frame, the reference is the same.
+    assert_exit(invoke(*base, "--frames", "1,5"), 0)
+    assert np.allclose(load_for(micro_model).mean, reference.mean, atol=1e-6)
 
 
 def test_calibrate_leaves_the_reference_alone_when_too_few_tracks_to_fit_it(micro_model):

@@ -1172,9 +1172,14 @@ def calibrate(
                 for rule, rows in reader.read(chosen, fusion_list, frame_count=c).items():
                     confidences[(c, rule)] += [(r.confidence, r.text == t.text) for r, t in zip(rows, chosen)]
             else:
-                logits[c] += reader.track_logits(chosen, c)
+                # Read with all frames (c None), every track gives the typicality reference its
+                # features from the same pass; otherwise they take an encoder pass of their own below.
+                read, features = reader.track_logits_and_features(chosen, c, fit_typicality and c is None)
+                logits[c] += read
+                if features is not None:
+                    track_features.extend(f.numpy() for f in features)
             texts_at[c].extend(t.text for t in chosen)
-        if fit_typicality:
+        if fit_typicality and None not in counts:
             flat = reader.frame_features([f for t in batch for f in t.lr]).numpy()
             starts = np.cumsum([0] + [len(t.lr) for t in batch])
             track_features.extend(flat[a:b] for a, b in zip(starts[:-1], starts[1:]))

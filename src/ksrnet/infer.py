@@ -262,10 +262,12 @@ class Reader:
                                          frames_used=self.frames_used(tracks, frame_count),
                                          atypicality=self.atypicality_of(features))
 
-    def track_logits_and_features(self, tracks: list, frame_count: int | None = None) -> tuple[list, list | None]:
-        """track_logits, and each track's frames' pooled encoder features ``(F, D)`` when the reader
-        has a typicality reference (else None), from the same network pass."""
-        if self.typicality is None:
+    def track_logits_and_features(self, tracks: list, frame_count: int | None = None,
+                                  with_features: bool | None = None) -> tuple[list, list | None]:
+        """track_logits, and each track's frames' pooled encoder features ``(F, D)`` from the same
+        network pass; with_features None: when the reader has a typicality reference (else None is
+        returned for them). calibrate asks for them to fit the reference."""
+        if not (self.typicality is not None if with_features is None else with_features):
             return self.track_logits(tracks, frame_count), None
         return self._track_outputs(tracks, frame_count, with_features=True)
 
