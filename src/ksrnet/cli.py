@@ -20,7 +20,6 @@ from ksrnet.cli_readers import (
     TTA_HELP,
     TTA_VIEWS_HELP,
     check_fusions_and_mode,
-    check_gap_temperatures,
     discover_or_fail,
     ensemble_members,
     make_ensemble_reader,
@@ -523,8 +522,6 @@ def predict(
     paths = discover_or_fail(tracks)
     check_submittable_ids(paths)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration, temperature_key=key)
-    if confidence == "gap":
-        check_gap_temperatures(reader, (model or [None])[0])
     set_pad_margin(reader, pad_margin)
     preds, extra, readings, failures, abstained = [], [], [], [], 0
     for batch in read_track_batches(paths, batch_size, "reading plates", labels="lenient"):
@@ -721,8 +718,6 @@ def eval_cmd(
     key = temperature_key_for(confidence, model, views)
     paths = scorable_paths_or_fail(tracks)
     reader = make_readers(model, device, mode, views, ensemble, backend, calibration, temperature_key=key)
-    if confidence == "gap":
-        check_gap_temperatures(reader, (model or [None])[0])
     set_pad_margin(reader, pad_margin)
     # TrackReadings by (rule, F), then track id: scored as Readings, their per-character probabilities kept
     truths, full, failures = [], {(f, c): {} for f in fusion_list for c in counts}, []

@@ -143,9 +143,10 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
                  backend: str = "torch", calibration: Optional[Path] = None, threads: Optional[int] = None,
                  temperature_key: str = "temperature"):
     """One Reader, or an EnsembleReader over several --model (calibrated by --calibration FILE).
-    temperature_key: the metadata key of the temperatures to read with (temperature_key_for)."""
+    temperature_key: the metadata key of the temperatures to read with (temperature_key_for); a
+    model without the gap ones is refused before anything is read."""
     from ksrnet.export_onnx import is_onnx_path
-    from ksrnet.infer import ENSEMBLE_RULES
+    from ksrnet.infer import ENSEMBLE_RULES, GAP_TEMPERATURE_KEY
 
     if ensemble not in ENSEMBLE_RULES:
         fail(f"--ensemble must be one of {', '.join(ENSEMBLE_RULES)}, got {ensemble!r}")
@@ -162,6 +163,8 @@ def make_readers(models: Optional[List[str]], device: str, mode: str, tta_views,
         readers = [make_onnx_reader(m, device, mode, tta_views, threads, temperature_key)[0] for m in models]
     else:
         readers = [make_reader(m, device, mode, tta_views, temperature_key)[0] for m in models]
+    if temperature_key == GAP_TEMPERATURE_KEY:
+        check_gap_temperatures(readers[0], models[0])  # one model: refuse_gap_beyond_one_recognizer
     if len(readers) == 1:
         return readers[0]
     return make_ensemble_reader(readers, models, ensemble, backend, tta_views, calibration)
