@@ -180,13 +180,19 @@ class DataConfig:
     # Scenario B) stay as they are. 0 = off.
     recrop_prob: float = 0.0
     recrop_margin: list = field(default_factory=lambda: [-0.02, 0.04])
+    # Print this share of the synthetic training tracks in the plate faces alone (ours, the user's,
+    # Open DIN: fonts.plate_faces), on top of the generator's own font draw, which already gives them
+    # about 31 % of the plates; the package faces print the rest. Validation keeps the generator's
+    # draw. 0 = off.
+    plate_face_prob: float = 0.0
 
     def __post_init__(self):
         check_track_source(self, tracks="synth_tracks_per_epoch", preset="synth_preset", frames="frames_per_track")
         if self.val_tracks < 1:
             raise ValueError("val_tracks must be >= 1")
-        if not 0 <= self.recrop_prob <= 1:
-            raise ValueError(f"recrop_prob must be in [0, 1], got {self.recrop_prob}")
+        for name in ("recrop_prob", "plate_face_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         m = self.recrop_margin
         if (not isinstance(m, list) or len(m) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in m)
                 or not -0.1 <= m[0] <= m[1] <= 0.5):

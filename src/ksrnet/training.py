@@ -424,7 +424,8 @@ def build_datasets(config: TrainConfig):
     d = config.data
     sources = []
     if d.synth_tracks_per_epoch:
-        sources.append(SyntheticTrackDataset(d.synth_tracks_per_epoch, seed=d.seed, preset=d.synth_preset))
+        sources.append(SyntheticTrackDataset(d.synth_tracks_per_epoch, seed=d.seed, preset=d.synth_preset,
+                                             plate_face_prob=d.plate_face_prob))
     # The recognizer reads LR frames only: a track's HR frames must not decide whether it trains.
     folder = dict(seed=d.seed, require_labels=True, with_hr=False)
     train_part, val_part = lrlpr_parts(d.lrlpr_root, d.lrlpr_val_fraction)

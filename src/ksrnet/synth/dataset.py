@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,14 @@ from torch.utils.data import IterableDataset
 from ksrnet.plates import Layout, normalize_text, text_problems
 from ksrnet.synth.camera import CameraParams, canonical_homography, flow_to_reference, render_frames, sample_trajectory
 from ksrnet.synth.degrade import DegradationParams, make_lr_track, sample_degradation
+from ksrnet.synth.fonts import FontFace, plate_faces
 from ksrnet.synth.render import CANONICAL_SIZE, random_plate_text, render_plate, render_scene, sample_style
 from ksrnet.track_dataset import my_indices
 
 # The LRLPR-26 blind test is 80 % Mercosur; training sees Brazilian plates often enough to learn them.
 MERCOSUR_FRACTION = 0.65
+# The extra draw that picks SyntheticTrackDataset's plate-face tracks: a stream apart from each track's.
+PLATE_FACE_STREAM = 0x706C6174
 
 
 @dataclass
@@ -97,7 +101,8 @@ class UndegradedTrack:
 def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
                      layout: Layout | None = None, codec: str | None = None,
                      camera: CameraParams = CameraParams(), epoch: int = 0,
-                     text: str | None = None, plate_image: np.ndarray | None = None) -> UndegradedTrack:
+                     text: str | None = None, plate_image: np.ndarray | None = None,
+                     fonts: Sequence[FontFace] | None = None) -> UndegradedTrack:
     """generate_track's draws up to the degradations (same arguments)."""
     rng = np.random.default_rng([seed, epoch, index])
     if layout is None:
@@ -109,7 +114,7 @@ def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: 
         raise ValueError(f"text {text!r} does not fit track {index}'s {layout.value} layout: " + "; ".join(problems))
     else:
         text = normalize_text(text)
-    style = sample_style(rng, layout)
+    style = sample_style(rng, layout, fonts=fonts)
     plate = render_plate(text, style, size=CANONICAL_SIZE)
     typeface = Path(style.font_path).name + ("" if style.font_weight is None else f"@{style.font_weight}")
     if plate_image is not None:
@@ -126,7 +131,7 @@ def undegraded_track(seed: int, index: int, *, preset: str = "mix", num_frames: 
 def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: int = 5,
                    layout: Layout | None = None, codec: str | None = None,
                    camera: CameraParams = CameraParams(), epoch: int = 0, text: str | None = None,
-                   plate_image: np.ndarray | None = None) -> SynthTrack:
+                   plate_image: np.ndarray | None = None, fonts: Sequence[FontFace] | None = None) -> SynthTrack:
     """Track `index` of the stream identified by (seed, epoch): deterministic in all arguments.
 
     `text` prints that text instead of the drawn one, on the same plate, camera and degradations
@@ -136,9 +141,12 @@ def generate_track(seed: int, index: int, *, preset: str = "mix", num_frames: in
     rendered plate's pixels, stretched to the canonical size, in the same scene, camera and
     degradations: the same track with a real plate in it. Pass the plate's text as `text` (and its
     layout), or the labels will not describe what is printed.
+
+    `fonts` draws the plate's face from these faces instead of `plate_fonts()` (the draws after the
+    face may then differ: a variable face takes a weight draw that a static one does not).
     """
     track = undegraded_track(seed, index, preset=preset, num_frames=num_frames, layout=layout, codec=codec,
-                             camera=camera, epoch=epoch, text=text, plate_image=plate_image)
+                             camera=camera, epoch=epoch, text=text, plate_image=plate_image, fonts=fonts)
     # The stream itself, not a copy: nothing else uses this one.
     return track.finish(make_lr_track(track.scene, track.trajectory, track.degradation, track.rng))
 
@@ -167,11 +175,13 @@ class SyntheticTrackDataset(IterableDataset):
     """
 
     def __init__(self, num_tracks: int, *, seed: int = 0, preset: str = "mix", fixed: bool = False,
-                 num_frames: int = 5, codec: str | None = None):
+                 num_frames: int = 5, codec: str | None = None, plate_face_prob: float = 0.0):
         if num_tracks < 1:
             raise ValueError("num_tracks must be >= 1")
+        if not 0 <= plate_face_prob <= 1:
+            raise ValueError(f"plate_face_prob must be in [0, 1], got {plate_face_prob}")
         self.num_tracks, self.seed, self.preset, self.fixed = num_tracks, seed, preset, fixed
-        self.num_frames, self.codec = num_frames, codec
+        self.num_frames, self.codec, self.plate_face_prob = num_frames, codec, plate_face_prob
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -183,11 +193,20 @@ class SyntheticTrackDataset(IterableDataset):
     def __iter__(self):
         _quiet_worker_threads()
         epoch = 0 if self.fixed else self.epoch
+        faces = plate_faces() if self.plate_face_prob > 0 else None
         for i in my_indices(self.num_tracks):
             track = generate_track(self.seed, i, preset=self.preset, num_frames=self.num_frames,
-                                   codec=self.codec, epoch=epoch)
+                                   codec=self.codec, epoch=epoch, fonts=self.fonts_for(i, epoch, faces))
             track.scene = track.trajectory = None  # large, and not needed by the recognizer
             yield track
+
+
+    def fonts_for(self, index: int, epoch: int, faces: tuple | None) -> tuple | None:
+        """The plate faces alone for a plate_face_prob share of the tracks (drawn on a stream of its
+        own, so the other tracks are the generator's as they are), else None: the generator's fonts."""
+        if not faces or np.random.default_rng([self.seed, epoch, index, PLATE_FACE_STREAM]).random() >= self.plate_face_prob:
+            return None
+        return faces
 
 
 def hr_views(track: SynthTrack, factor: int = 4) -> list[np.ndarray]:

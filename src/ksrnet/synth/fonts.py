@@ -251,6 +251,12 @@ def plate_fonts(
     return kept or faces
 
 
+def plate_faces(extra_dirs: Iterable[str | os.PathLike] | None = None) -> tuple[FontFace, ...]:
+    """The faces of plate_fonts() drawn after the real plate faces: ours, the user's and Open DIN if
+    installed; none of the package faces, which only vary the shapes the reader sees."""
+    return tuple(f for f in plate_fonts(extra_dirs) if f.source != "package")
+
+
 def clear_cache() -> None:
     """Forget discovered and loaded fonts (after installing fonts or changing $KSRNET_FONT_DIRS)."""
     _discover.cache_clear()
