@@ -181,9 +181,9 @@ class DataConfig:
     recrop_prob: float = 0.0
     recrop_margin: list = field(default_factory=lambda: [-0.02, 0.04])
     # Print this share of the synthetic training tracks in the plate faces alone (ours, the user's,
-    # Open DIN: fonts.plate_faces), on top of the generator's own font draw, which already gives them
-    # about 31 % of the plates; the package faces print the rest. Validation keeps the generator's
-    # draw. 0 = off.
+    # Open DIN: fonts.plate_faces). The other tracks keep the generator's own font draw, which prints
+    # about 31 % of its plates in them and the rest in the package faces. Validation keeps the
+    # generator's draw. 0 = off.
     plate_face_prob: float = 0.0
 
     def __post_init__(self):

@@ -200,13 +200,13 @@ class SyntheticTrackDataset(IterableDataset):
             track.scene = track.trajectory = None  # large, and not needed by the recognizer
             yield track
 
-
     def fonts_for(self, index: int, epoch: int, faces: tuple | None) -> tuple | None:
         """The plate faces alone for a plate_face_prob share of the tracks (drawn on a stream of its
         own, so the other tracks are the generator's as they are), else None: the generator's fonts."""
-        if not faces or np.random.default_rng([self.seed, epoch, index, PLATE_FACE_STREAM]).random() >= self.plate_face_prob:
+        if not faces:
             return None
-        return faces
+        draw = np.random.default_rng([self.seed, epoch, index, PLATE_FACE_STREAM]).random()
+        return faces if draw < self.plate_face_prob else None
 
 
 def hr_views(track: SynthTrack, factor: int = 4) -> list[np.ndarray]:
