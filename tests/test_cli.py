@@ -890,3 +890,15 @@ def test_predict_pads_tight_crops_on_request(tmp_path):
     assert out.read_text().startswith("track_00001,")
     assert_failed(invoke("predict", tmp_path / "tracks", "--out", out, "--pad-margin", "0.9"))
     assert_failed(invoke("predict", tmp_path / "tracks", "--out", out, "--pad-margin", "-0.1"))
+
+
+def test_command_help_paragraphs_are_unwrapped_for_the_terminal_to_wrap():
+    from ksrnet.cli import unwrapped_help
+
+    assert unwrapped_help("""First line
+    goes on.
+
+    Second paragraph,
+        indented in the source.""") == "First line goes on.\n\nSecond paragraph, indented in the source."
+    for command in app.registered_commands:
+        assert command.help and all("\n" not in p for p in command.help.split("\n\n")), command.callback.__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -908,9 +909,10 @@ def bench_cmd(
     backend: str = typer.Option("torch", "--backend", help="torch, or onnx with --model FILE.onnx (onnxruntime)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
-    """Inference speed: tracks/s and latency per track at each batch size, and the time of each
-    component (preprocess, network = encoder + decoder, fusion) per batch, on fixed synthetic hard
-    tracks. A PyTorch model also gets encoder and decoder timed apart."""
+    """Inference speed: tracks/s and latency per track at each batch size.
+
+    Also the time of each component (preprocess, network = encoder + decoder, fusion) per batch, on
+    fixed synthetic hard tracks. A PyTorch model also gets encoder and decoder timed apart."""
     import torch
 
     from ksrnet.bench import bench
@@ -959,9 +961,11 @@ def export_cmd(
                                                help="Refinement steps baked into the graph (default: the model's)."),
     check_tracks: int = typer.Option(32, "--check-tracks", min=1, help="Synthetic tracks for the parity check."),
 ) -> None:
-    """Export the recognizer to ONNX (NAR + fixed refinement, dynamic batch), then check it against
-    PyTorch on synthetic frames: prints the largest logit difference and fails if any reading differs,
-    leaving FILE.onnx as it was (absent, or an earlier export).
+    """Export the recognizer to ONNX (NAR + fixed refinement, dynamic batch), checked against PyTorch.
+
+    The check reads synthetic frames with both: it prints the largest logit difference and fails if
+    any reading differs, leaving FILE.onnx as it was (absent, or an earlier export).
+
     Read with it: `ksrnet predict TRACKS --backend onnx --model FILE.onnx`. FILE.onnx.json holds a copy of
     the model's temperatures as they are now, and FILE.onnx.typicality.safetensors of its typicality
     reference: after `ksrnet calibrate`, export again."""
@@ -1473,6 +1477,17 @@ def demo(
     from ksrnet.demo import run_demo
 
     run_demo(out, console)
+
+
+def unwrapped_help(doc: str) -> str:
+    """A docstring with each paragraph on one line. Typer keeps the line breaks of every paragraph
+    after the first, which a terminal narrower than the source then wraps into ragged lines."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _command in app.registered_commands:
+    _command.help = unwrapped_help(_command.help or _command.callback.__doc__ or "")
 
 
 def main() -> None:
