@@ -9,7 +9,9 @@ Usage: python benchmarks/compare_readers.py --model A --model B [--model C ...] 
        [--preset hard] [--frames 5] [--fusion product]
 A model is anything `ksrnet predict --model` takes (a shipped name, a .safetensors file, a run dir,
 a KSR-Net run dir); `tta:MODEL` reads MODEL as `ksrnet predict --tta` does (the default TTA views,
-with its TTA temperatures). Every model after the first is compared with the first. The tracks are those of
+with its TTA temperatures); `vote:A+B` (or `logit:A+B`, more members with more +) reads with an
+ensemble of those models, as `ksrnet predict --model A --model B --ensemble vote` does without
+--calibration. Every model after the first is compared with the first. The tracks are those of
 benchmarks/recognizer.py (its TEST_SEED), never seen in training.
 """
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recognizer import synthetic_tracks  # noqa: E402  (the test set every recognizer figure uses)
 
 from ksrnet.cli_readers import make_reader  # noqa: E402
+from ksrnet.infer import ENSEMBLE_RULES, EnsembleReader  # noqa: E402
 from ksrnet.tta import DEFAULT_VIEWS  # noqa: E402
 
 
@@ -50,6 +53,7 @@ def read_in_batches(reader, tracks: list, fusion: str, frames: int | None, batch
 
 # A model spec, not infer.TTA_PREFIX (the prefix of TTA temperature keys).
 TTA_MODEL_PREFIX = "tta:"
+ENSEMBLE_SEPARATOR = "+"
 
 
 def reader_spec(model: str) -> tuple[str, tuple[str, ...] | None]:
@@ -59,11 +63,30 @@ def reader_spec(model: str) -> tuple[str, tuple[str, ...] | None]:
     return model, None
 
 
+def ensemble_spec(model: str) -> tuple[str, list[str]] | None:
+    """(rule, member specs) of `vote:A+B[+C]` or `logit:A+B` (infer.ENSEMBLE_RULES), else None."""
+    rule, _, members = model.partition(":")
+    if rule in ENSEMBLE_RULES and ENSEMBLE_SEPARATOR in members:
+        return rule, members.split(ENSEMBLE_SEPARATOR)
+    return None
+
+
+def reader_of(model: str):
+    """The reader a --model argument names, as `ksrnet predict` reads with it (calibrated). An
+    ensemble spec gives an infer.EnsembleReader of its members, each calibrated on its own, with no
+    ensemble calibration: under `vote` a reading the members split on cannot come out sure."""
+    ensemble = ensemble_spec(model)
+    if ensemble is not None:
+        rule, members = ensemble
+        return EnsembleReader([reader_of(m) for m in members], rule)
+    name, views = reader_spec(model)
+    return make_reader(name, "cpu", "nar", views)[0]
+
+
 def readings_of(model: str, tracks: list, fusion: str, frames: int | None, batch: int = 64) -> list:
     """The model's readings of `tracks` by `fusion` over their last `frames` (calibrated as `ksrnet
     predict` gives them), read `batch` tracks at a time."""
-    name, views = reader_spec(model)
-    return read_in_batches(make_reader(name, "cpu", "nar", views)[0], tracks, fusion, frames, batch)
+    return read_in_batches(reader_of(model), tracks, fusion, frames, batch)
 
 
 def correct_per_track(model: str, tracks: list, fusion: str, frames: int | None, batch: int) -> list[bool]:

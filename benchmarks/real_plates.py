@@ -36,14 +36,13 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_readers import mcnemar_exact, read_in_batches  # noqa: E402
+from compare_readers import mcnemar_exact, read_in_batches, reader_of  # noqa: E402
 
 from ksrnet.calibration import (  # noqa: E402
     character_calibration,
     confidence_and_correct,
     expected_calibration_error,
 )
-from ksrnet.cli_readers import make_reader  # noqa: E402
 from ksrnet.metrics import CONFIDENT, GroundTruth, Reading, score  # noqa: E402
 from ksrnet.plates import infer_layout  # noqa: E402
 from ksrnet.synth.contact_sheet import frame_rows  # noqa: E402
@@ -214,7 +213,9 @@ def pct(x: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="parseq-tiny", help="anything `ksrnet predict --model` takes (a recognizer)")
+    ap.add_argument("--model", default="parseq-tiny",
+                    help="anything `ksrnet predict --model` takes (a recognizer), or an ensemble as "
+                         "compare_readers.py names one (vote:A+B)")
     ap.add_argument("--draws", type=int, default=20, help="tracks per plate and preset (default 20)")
     ap.add_argument("--presets", default="easy,medium,hard")
     ap.add_argument("--threads", type=int, default=2)
@@ -228,7 +229,7 @@ def main() -> None:
     plates = real_plates()
     if not plates:
         sys.exit(f"no labelled HR plate crops under {REAL_SAMPLES} ({', '.join(HR_FOLDERS)})")
-    reader = make_reader(args.model, "cpu", "nar")[0]
+    reader = reader_of(args.model)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     print(f"{len(plates)} real plates x {args.draws} draws x {len(presets)} presets, model {args.model}\n")
     clean = clean_reads(reader, plates)

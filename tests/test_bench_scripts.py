@@ -107,6 +107,18 @@ def test_compare_readers_reads_tta_prefixed_models_with_the_default_views():
     assert compare.reader_spec("tta:runs/x") == ("runs/x", DEFAULT_VIEWS)
 
 
+def test_compare_readers_reads_ensemble_specs_as_ensembles_of_their_members():
+    from ksrnet.infer import EnsembleReader, Reader
+
+    compare = _script("compare_readers")
+    assert compare.ensemble_spec("vote:parseq-tiny+runs/x") == ("vote", ["parseq-tiny", "runs/x"])
+    assert compare.ensemble_spec("logit:a+b+tta:c") == ("logit", ["a", "b", "tta:c"])
+    assert compare.ensemble_spec("runs/x") is None and compare.ensemble_spec("vote:runs/x") is None
+    reader = compare.reader_of("vote:parseq-tiny+parseq-tiny")
+    assert isinstance(reader, EnsembleReader) and reader.rule == "vote" and len(reader.readers) == 2
+    assert reader.calibration is None and all(type(m) is Reader and m.temperatures for m in reader.readers)
+
+
 def test_refine_context_probe_shipped_row_is_the_readers_decoding_and_its_context_the_fused_reading():
     from ksrnet.models.baselines import fuse_product
     from ksrnet.models.parseq import Parseq, ParseqConfig
