@@ -42,8 +42,8 @@ def resized_flow(traj, ref: int, t: int, lr_size: tuple[int, int]) -> np.ndarray
 
 
 # The SR targets' warp runs in float32: in float64 (before session 22) it took about half of a
-# KSR-Net training sample's CPU time, for targets within 4.2e-5 of these and the same masks
-# (benchmarks/ksr_sample_cost.py, which sets this to torch.float64 for its comparison).
+# KSR-Net training sample's CPU time, for targets within 4.7e-5 of these and masks differing in 1
+# pixel of 6.1 million (benchmarks/ksr_sample_cost.py, which sets this to torch.float64 to compare).
 WARP_DTYPE = torch.float32
 
 

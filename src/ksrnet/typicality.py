@@ -2,11 +2,12 @@
 
 A temperature fitted on one kind of footage says nothing about another: on real plate photographs
 put into synthetic tracks, the shipped reader's characters read at >= 0.9 were wrong 8 % of the time
-against 0.44 % on its own renders (benchmarks/RESULTS.md). A reader cannot see its own mistakes
-there, but it can see that the input is unlike what it was calibrated on. This module measures that
-from the recognizer's encoder: each frame becomes the mean and standard deviation of its encoder
-tokens; a Gaussian (shared mean, shrunk covariance) is fitted to those of the calibration tracks;
-a frame's Mahalanobis distance to it, averaged over the track's frames, is the track's score.
+against 0.20 % on the same tracks with its own renders (benchmarks/RESULTS.md). A reader cannot see
+its own mistakes there, but it can see that the input is unlike what it was calibrated on. This
+module measures that from the recognizer's encoder: each frame becomes the mean and standard
+deviation of its encoder tokens; a Gaussian (shared mean, shrunk covariance) is fitted to those of
+the calibration tracks; a frame's Mahalanobis distance to it, averaged over the track's frames, is
+the track's score.
 
 The score of a track is then placed among the scores of held-out calibration tracks of the same
 frame count (averaging over more frames narrows the spread, so each count has its own reference):
